@@ -1,0 +1,58 @@
+//! The DATAGEN source: declares the scenario's relations, then emits one transaction per
+//! tick (`rate / tps` changes each), paced in real time, until `limit` transactions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use changeflow_engine::connector::{Progress, SourceConnector, SourceEvent, SourceReader, SourceRelationDef};
+use changeflow_engine::error::Result;
+
+use super::config::DatagenConfig;
+use super::scenario::SessionsScenario;
+
+pub struct DatagenConnector;
+
+#[async_trait]
+impl SourceConnector for DatagenConnector {
+    fn relations(&self, source: &str, options: &BTreeMap<String, String>) -> Result<Vec<SourceRelationDef>> {
+        let config = DatagenConfig::from_options(source, options)?;
+        Ok(SessionsScenario::new(&config.prefix, config.seed, config.experiences).relations())
+    }
+
+    async fn open(&self, source: &str, options: &BTreeMap<String, String>, _resume: Option<Progress>) -> Result<Box<dyn SourceReader>> {
+        let config = DatagenConfig::from_options(source, options)?;
+        let scenario = SessionsScenario::new(&config.prefix, config.seed, config.experiences);
+        let interval = tokio::time::interval(Duration::from_micros(1_000_000 / config.transactions_per_second));
+        Ok(Box::new(DatagenReader { config, scenario, interval, emitted: 0 }))
+    }
+}
+
+struct DatagenReader {
+    config: DatagenConfig,
+    scenario: SessionsScenario,
+    interval: tokio::time::Interval,
+    emitted: u64,
+}
+
+#[async_trait]
+impl SourceReader for DatagenReader {
+    async fn next(&mut self) -> Result<Option<SourceEvent>> {
+        if self.config.limit.is_some_and(|limit| self.emitted >= limit) {
+            return Ok(None);
+        }
+        let changes = if self.emitted == 0 {
+            self.scenario.initial()?
+        } else {
+            self.interval.tick().await;
+            let per_transaction = (self.config.rate / self.config.transactions_per_second).max(1) as usize;
+            self.scenario.transaction(per_transaction)?
+        };
+        self.emitted += 1;
+        Ok(Some(SourceEvent::Transaction { changes, progress: Progress(format!("transaction {}", self.emitted)) }))
+    }
+
+    async fn commit(&mut self, _upto: &Progress) -> Result<()> {
+        Ok(())
+    }
+}

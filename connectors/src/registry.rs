@@ -1,0 +1,12 @@
+//! Maps the system name in `CREATE SOURCE ... FROM NAME` to its connector.
+
+use std::sync::Arc;
+
+use changeflow_engine::connector::ConnectorRegistry;
+
+/// Every connector this build includes.
+pub fn registry() -> ConnectorRegistry {
+    let mut registry = ConnectorRegistry::default();
+    registry.register_source("datagen", Arc::new(crate::datagen::DatagenConnector));
+    registry
+}

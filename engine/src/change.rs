@@ -1,0 +1,124 @@
+//! Change batches: an Arrow `RecordBatch` of rows plus one weight per row (+1 inserts the row,
+//! -1 retracts it; an update is a retraction and an insertion). Every batch belongs to one
+//! epoch. Consolidation sums the weights of equal rows and drops rows whose weight is zero.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use rustc_hash::FxHashMap;
+
+use crate::error::{EngineError, Result};
+use crate::rows::RowCodec;
+
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub data: RecordBatch,
+    pub weights: Vec<i64>,
+}
+
+impl ChangeBatch {
+    pub fn new(data: RecordBatch, weights: Vec<i64>) -> Result<Self> {
+        if data.num_rows() != weights.len() {
+            return Err(EngineError::Internal(format!(
+                "change batch has {} rows but {} weights",
+                data.num_rows(),
+                weights.len()
+            )));
+        }
+        Ok(Self { data, weights })
+    }
+
+    pub fn empty(schema: SchemaRef) -> Self {
+        Self { data: RecordBatch::new_empty(schema), weights: Vec::new() }
+    }
+
+    /// Every row of `data` inserted once.
+    pub fn inserts(data: RecordBatch) -> Self {
+        let weights = vec![1; data.num_rows()];
+        Self { data, weights }
+    }
+
+    /// Every row of `data` retracted once.
+    pub fn retractions(data: RecordBatch) -> Self {
+        let weights = vec![-1; data.num_rows()];
+        Self { data, weights }
+    }
+
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.data.schema()
+    }
+
+    pub fn negate(mut self) -> Self {
+        for w in &mut self.weights {
+            *w = -*w;
+        }
+        self
+    }
+
+    /// The same columns under another schema with the same types (renames, qualifiers).
+    pub fn with_schema(self, schema: SchemaRef) -> Result<Self> {
+        if Arc::ptr_eq(&self.data.schema(), &schema) {
+            return Ok(self);
+        }
+        let columns: Vec<ArrayRef> = self.data.columns().to_vec();
+        let data = RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(self.data.num_rows())),
+        )?;
+        Ok(Self { data, weights: self.weights })
+    }
+
+    /// Concatenates batches of one schema.
+    pub fn concat(schema: &SchemaRef, batches: &[ChangeBatch]) -> Result<Self> {
+        let non_empty: Vec<&ChangeBatch> = batches.iter().filter(|b| !b.is_empty()).collect();
+        match non_empty.as_slice() {
+            [] => Ok(Self::empty(Arc::clone(schema))),
+            [one] => Ok((*one).clone().with_schema(Arc::clone(schema))?),
+            many => {
+                let data = concat_batches(schema, many.iter().map(|b| &b.data))?;
+                let weights = many.iter().flat_map(|b| b.weights.iter().copied()).collect();
+                Ok(Self { data, weights })
+            }
+        }
+    }
+
+    /// Sums the weights of equal rows and drops rows whose total is zero. Keeps the first
+    /// occurrence's position, so the result is deterministic.
+    pub fn consolidate(&self) -> Result<Self> {
+        if self.is_empty() {
+            return Ok(self.clone());
+        }
+        let codec = RowCodec::for_schema(&self.data.schema())?;
+        let rows = codec.encode(self.data.columns())?;
+        let mut positions: FxHashMap<&[u8], usize> = FxHashMap::default();
+        let mut order: Vec<(u32, i64)> = Vec::with_capacity(self.len());
+        for (i, weight) in self.weights.iter().enumerate() {
+            let row = rows.row(i);
+            match positions.get(row.as_ref()) {
+                Some(&slot) => order[slot].1 += weight,
+                None => {
+                    positions.insert(row.data(), order.len());
+                    order.push((i as u32, *weight));
+                }
+            }
+        }
+        order.retain(|(_, w)| *w != 0);
+        if order.len() == self.len() {
+            return Ok(self.clone());
+        }
+        let indices = UInt32Array::from_iter_values(order.iter().map(|(i, _)| *i));
+        let data = take_record_batch(&self.data, &indices)?;
+        Ok(Self { data, weights: order.into_iter().map(|(_, w)| w).collect() })
+    }
+}

@@ -1,0 +1,262 @@
+//! The engine: executes statements against the catalog, the stored relations and the
+//! materialized views' dataflows. Changes from DML (or a source transaction) form one epoch:
+//! every view is stepped with the epoch's changes in creation order (views over views see
+//! their inputs' changes of the same epoch), so a reader never sees part of a transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use changeflow_sql::parser::{ParsedStatement, Statement};
+use changeflow_sql::{Catalog, SqlError};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::SessionState;
+use datafusion::sql::sqlparser::ast;
+use rustc_hash::FxHashMap;
+
+use crate::change::ChangeBatch;
+use crate::connector::ConnectorRegistry;
+use crate::error::{EngineError, Result};
+use crate::operator::{EpochChanges, Operator};
+use crate::store::RelationStore;
+
+/// What a statement returns.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A query's rows (SELECT, SHOW, EXPLAIN).
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    /// The command tag of anything else, as PostgreSQL prints it (`INSERT 0 3`).
+    Command(String),
+}
+
+/// Whether statements run, or are only parsed and planned (`changeflow check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Execute,
+    PlanOnly,
+}
+
+/// A materialized view's dataflow and health.
+pub(crate) struct MaterializedView {
+    pub name: String,
+    pub dataflow: Option<Box<dyn Operator>>,
+    pub inputs: Vec<String>,
+    /// Set when maintaining the view failed; the view then stops changing.
+    pub error: Option<String>,
+}
+
+/// The state of a running source, as `SHOW SOURCES` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStatus {
+    pub state: String,
+    pub transactions: u64,
+    pub changes: u64,
+    pub progress: Option<String>,
+}
+
+pub struct Engine {
+    pub(crate) mode: Mode,
+    pub(crate) catalog: Catalog,
+    pub(crate) state: SessionState,
+    pub(crate) stores: FxHashMap<String, RelationStore>,
+    pub(crate) views: Vec<MaterializedView>,
+    /// Changes of the open transaction, applied to tables already and to views at COMMIT.
+    pub(crate) transaction: Option<Vec<(String, ChangeBatch)>>,
+    pub(crate) epoch: u64,
+    pub(crate) registry: ConnectorRegistry,
+    pub(crate) sources: BTreeMap<String, SourceStatus>,
+}
+
+impl Engine {
+    pub fn new(registry: ConnectorRegistry) -> Self {
+        Self::with_mode(registry, Mode::Execute)
+    }
+
+    pub fn with_mode(registry: ConnectorRegistry, mode: Mode) -> Self {
+        Self {
+            mode,
+            catalog: Catalog::default(),
+            state: changeflow_sql::new_session_state(),
+            stores: FxHashMap::default(),
+            views: Vec::new(),
+            transaction: None,
+            epoch: 0,
+            registry,
+            sources: BTreeMap::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Number of epochs applied so far.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// Executes one parsed statement.
+    pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
+        match &statement.statement {
+            Statement::Sql(sql) => self.execute_sql(sql).await,
+            Statement::CreateSource(create) => self.create_source(create),
+            Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
+            Statement::Show(kind) => self.show(*kind),
+            Statement::ExplainView(create) => self.explain_view(create),
+        }
+    }
+
+    /// Parses and executes every statement of a text, returning each output.
+    pub async fn execute_sql_text(&mut self, sql: &str) -> Result<Vec<Output>> {
+        let mut outputs = Vec::new();
+        for statement in changeflow_sql::parse_sql(sql)? {
+            outputs.push(self.execute(&statement).await?);
+        }
+        Ok(outputs)
+    }
+
+    async fn execute_sql(&mut self, statement: &ast::Statement) -> Result<Output> {
+        use ast::Statement as S;
+        match statement {
+            S::Query(query) => self.query(query).await,
+            S::CreateTable(create) => self.create_table(create),
+            S::CreateView(view) => self.create_view(statement, view).await,
+            S::Drop { object_type, if_exists, names, cascade, .. } => {
+                if *cascade {
+                    return Err(SqlError::Unsupported("DROP ... CASCADE is not supported; drop the dependent views first".into()).into());
+                }
+                self.drop(*object_type, *if_exists, names)
+            }
+            S::Insert(_) | S::Update(_) | S::Delete(_) => self.dml(statement).await,
+            S::StartTransaction { .. } => {
+                if self.transaction.is_some() {
+                    return Err(EngineError::State("there is already a transaction in progress".into()));
+                }
+                self.transaction = Some(Vec::new());
+                Ok(Output::Command("BEGIN".into()))
+            }
+            S::Commit { .. } => match self.transaction.take() {
+                Some(changes) => {
+                    if self.mode == Mode::Execute {
+                        self.run_epoch(changes)?;
+                    }
+                    Ok(Output::Command("COMMIT".into()))
+                }
+                None => Err(EngineError::State("there is no transaction in progress".into())),
+            },
+            S::Rollback { .. } => match self.transaction.take() {
+                Some(changes) => {
+                    for (relation, change) in changes.into_iter().rev() {
+                        if let Some(store) = self.stores.get_mut(&relation) {
+                            store.apply(&change.negate())?;
+                        }
+                    }
+                    Ok(Output::Command("ROLLBACK".into()))
+                }
+                None => Err(EngineError::State("there is no transaction in progress".into())),
+            },
+            S::Explain { statement: inner, .. } => self.explain_query(inner),
+            other => {
+                let text = other.to_string();
+                let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                Err(SqlError::Unsupported(format!("{head} ... is not supported by changeflow")).into())
+            }
+        }
+    }
+
+    /// Refuses DDL inside a transaction block, as changes to views must be whole epochs.
+    pub(crate) fn refuse_in_transaction(&self, what: &str) -> Result<()> {
+        if self.transaction.is_some() {
+            return Err(EngineError::State(format!("{what} cannot run inside a transaction block; COMMIT or ROLLBACK first")));
+        }
+        Ok(())
+    }
+
+    /// Records changes to stored relations: now when autocommitting, at COMMIT otherwise.
+    pub(crate) fn submit(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        match &mut self.transaction {
+            Some(pending) => {
+                pending.extend(changes);
+                Ok(())
+            }
+            None => self.run_epoch(changes),
+        }
+    }
+
+    /// Applies a source transaction (or several) as one epoch: the relations' stores, then
+    /// every affected view.
+    pub fn apply_source_changes(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        for (relation, change) in &changes {
+            let store = self
+                .stores
+                .get_mut(relation)
+                .ok_or_else(|| EngineError::Internal(format!("no store for source relation {relation}")))?;
+            store.apply(change)?;
+        }
+        self.run_epoch(changes)
+    }
+
+    /// Runs one epoch through the views. Stores of the changed relations are up to date.
+    pub fn run_epoch(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        let mut grouped: BTreeMap<String, Vec<ChangeBatch>> = BTreeMap::new();
+        for (relation, change) in changes {
+            grouped.entry(relation).or_default().push(change);
+        }
+        let mut epoch: EpochChanges = FxHashMap::default();
+        for (relation, batches) in grouped {
+            let schema = Arc::clone(batches[0].data.schema_ref());
+            let change = ChangeBatch::concat(&schema, &batches)?.consolidate()?;
+            if !change.is_empty() {
+                epoch.insert(relation, change);
+            }
+        }
+        self.epoch += 1;
+        if epoch.is_empty() {
+            return Ok(());
+        }
+        let mut failed: Vec<String> = Vec::new();
+        for view in &mut self.views {
+            if view.error.is_some() {
+                continue;
+            }
+            if let Some(input) = view.inputs.iter().find(|i| failed.contains(i)) {
+                view.error = Some(format!("its input \"{input}\" failed"));
+                failed.push(view.name.clone());
+                continue;
+            }
+            if !view.inputs.iter().any(|i| epoch.contains_key(i)) {
+                continue;
+            }
+            let Some(dataflow) = view.dataflow.as_mut() else { continue };
+            let result = dataflow.step(&epoch).and_then(|out| out.consolidate());
+            match result {
+                Ok(out) => {
+                    if out.is_empty() {
+                        continue;
+                    }
+                    let store = self
+                        .stores
+                        .get_mut(&view.name)
+                        .ok_or_else(|| EngineError::Internal(format!("no store for view {}", view.name)))?;
+                    store.apply(&out)?;
+                    epoch.insert(view.name.clone(), out);
+                }
+                Err(error) => {
+                    tracing::error!(view = %view.name, %error, "maintaining a materialized view failed");
+                    view.error = Some(format!("failed at epoch {}: {error}", self.epoch));
+                    failed.push(view.name.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A view's error, if maintaining it failed.
+    pub(crate) fn view_error(&self, name: &str) -> Option<String> {
+        self.views.iter().find(|v| v.name == name).and_then(|v| v.error.clone())
+    }
+}

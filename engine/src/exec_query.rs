@@ -1,0 +1,193 @@
+//! Ad-hoc queries (DataFusion over a consistent snapshot of the stored relations), SHOW and
+//! EXPLAIN of queries.
+
+use std::sync::Arc;
+
+use changeflow_sql::ddl::sql_type_name;
+use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::sql::sqlparser::ast;
+
+use crate::engine::{Engine, Mode, Output};
+use crate::error::{EngineError, Result};
+
+impl RelationData for Engine {
+    fn provider(&self, relation: &Relation) -> DFResult<Arc<dyn TableProvider>> {
+        if let Some(error) = self.view_error(&relation.name) {
+            return Err(DataFusionError::Execution(format!(
+                "materialized view \"{}\" {error}; drop and recreate it",
+                relation.name
+            )));
+        }
+        let store = self
+            .stores
+            .get(&relation.name)
+            .ok_or_else(|| DataFusionError::Internal(format!("no store for {}", relation.name)))?;
+        let batch = store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+    }
+}
+
+impl Engine {
+    pub(crate) async fn query(&mut self, query: &ast::Query) -> Result<Output> {
+        let plan = {
+            let context = PlanContext::for_execution(&self.catalog, &self.state, self);
+            context.plan_query(query)?
+        };
+        let plan = changeflow_sql::context::optimize(&self.state, &plan)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        if self.mode == Mode::PlanOnly {
+            return Ok(Output::Rows { schema, batches: Vec::new() });
+        }
+        let batch = self.run_plan(&plan).await?;
+        Ok(Output::Rows { schema, batches: vec![batch] })
+    }
+
+    pub(crate) fn explain_query(&mut self, statement: &ast::Statement) -> Result<Output> {
+        let ast::Statement::Query(query) = statement else {
+            return Err(changeflow_sql::SqlError::Unsupported(
+                "EXPLAIN works on SELECT queries and on CREATE MATERIALIZED VIEW".into(),
+            )
+            .into());
+        };
+        let context = PlanContext::for_planning(&self.catalog, &self.state);
+        let plan = context.optimize(&context.plan_query(query)?)?;
+        let text = plan.display_indent().to_string();
+        text_rows("plan", text.lines())
+    }
+
+    pub(crate) fn show(&self, kind: ShowKind) -> Result<Output> {
+        match kind {
+            ShowKind::Tables => {
+                let tables: Vec<&Relation> = self.catalog.relations().filter(|r| r.kind == RelationKind::Table).collect();
+                table_output(
+                    &["name", "columns", "rows"],
+                    tables
+                        .iter()
+                        .map(|t| vec![Some(t.name.clone()), Some(describe_columns(t)), Some(self.row_count(&t.name).to_string())])
+                        .collect(),
+                )
+            }
+            ShowKind::Views => {
+                let views: Vec<&Relation> = self
+                    .catalog
+                    .relations()
+                    .filter(|r| matches!(r.kind, RelationKind::View | RelationKind::MaterializedView))
+                    .collect();
+                table_output(
+                    &["name", "kind", "columns"],
+                    views
+                        .iter()
+                        .map(|v| vec![Some(v.name.clone()), Some(v.kind.describe().to_string()), Some(describe_columns(v))])
+                        .collect(),
+                )
+            }
+            ShowKind::MaterializedViews => {
+                let views: Vec<&Relation> =
+                    self.catalog.relations().filter(|r| r.kind == RelationKind::MaterializedView).collect();
+                table_output(
+                    &["name", "rows", "status"],
+                    views
+                        .iter()
+                        .map(|v| {
+                            let status = match self.view_error(&v.name) {
+                                Some(error) => format!("failed: {error}"),
+                                None => "running".to_string(),
+                            };
+                            vec![Some(v.name.clone()), Some(self.row_count(&v.name).to_string()), Some(status)]
+                        })
+                        .collect(),
+                )
+            }
+            ShowKind::Sources => {
+                let rows = self
+                    .catalog
+                    .sources()
+                    .map(|s| {
+                        let status = self.sources.get(&s.name).cloned().unwrap_or_default();
+                        vec![
+                            Some(s.name.clone()),
+                            Some(s.connector.clone()),
+                            Some(s.relations.join(", ")),
+                            Some(status.state.clone()),
+                            Some(status.transactions.to_string()),
+                            Some(status.changes.to_string()),
+                            status.progress.clone(),
+                        ]
+                    })
+                    .collect();
+                table_output(&["name", "connector", "relations", "state", "transactions", "changes", "progress"], rows)
+            }
+        }
+    }
+
+    fn row_count(&self, relation: &str) -> i64 {
+        self.stores.get(relation).map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Rows of a stored relation, as a batch (tests and tools compare views with this).
+    pub fn contents(&self, relation: &str) -> Result<RecordBatch> {
+        let store = self
+            .stores
+            .get(relation)
+            .ok_or_else(|| EngineError::Sql(changeflow_sql::SqlError::Catalog(format!("relation \"{relation}\" does not exist"))))?;
+        if let Some(error) = self.view_error(relation) {
+            return Err(EngineError::State(format!("materialized view \"{relation}\" {error}")));
+        }
+        store.snapshot()
+    }
+}
+
+fn describe_columns(relation: &Relation) -> String {
+    relation
+        .schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut text = format!("{} {}", f.name(), sql_type_name(f.data_type()));
+            if relation.primary_key.contains(&i) {
+                text.push_str(" primary key");
+            } else if !f.is_nullable() && relation.kind == RelationKind::Table {
+                text.push_str(" not null");
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn text_rows<'a>(column: &str, lines: impl Iterator<Item = &'a str>) -> Result<Output> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    let array = StringArray::from(lines.collect::<Vec<_>>());
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(array)])?;
+    Ok(Output::Rows { schema, batches: vec![batch] })
+}
+
+/// A text table for SHOW; a column named "rows" or "transactions"/"changes" is numeric.
+fn table_output(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Result<Output> {
+    let numeric = |name: &str| matches!(name, "rows" | "transactions" | "changes");
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, if numeric(c) { DataType::Int64 } else { DataType::Utf8 }, true))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| -> ArrayRef {
+            if numeric(c) {
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r[i].as_deref().and_then(|v| v.parse::<i64>().ok()))))
+            } else {
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r[i].clone())))
+            }
+        })
+        .collect();
+    let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
+    Ok(Output::Rows { schema, batches: vec![batch] })
+}

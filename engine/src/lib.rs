@@ -1,0 +1,31 @@
+//! changeflow's incremental engine.
+//!
+//! **Change batches** ([`change`]): an Arrow `RecordBatch` plus a weight per row (+1 insert,
+//! -1 retract; an update is both). **Epochs**: the changes of one or more whole upstream
+//! transactions (a local transaction, a source transaction); [`Engine::run_epoch`] steps every
+//! materialized view's operator tree ([`operator`]) with the epoch's changes in creation order
+//! and applies each view's output change to its stored contents ([`store`]), so queries never
+//! see part of a transaction. Operators keep explicit state (per-group accumulators, join
+//! arrangements, ordered rows for top-k) so an epoch costs work proportional to its change.
+//!
+//! Ad-hoc queries run on DataFusion over snapshots of the stored relations. Sources and sinks
+//! plug in through the traits of [`connector`]; [`Database`] runs sources as tasks that feed
+//! the engine. Durability (checkpoints, data directory) is not implemented yet: state lives in
+//! memory.
+
+pub mod change;
+pub mod connector;
+mod database;
+mod engine;
+pub mod error;
+mod exec_ddl;
+mod exec_dml;
+mod exec_query;
+pub mod operator;
+pub mod rows;
+pub mod store;
+
+pub use change::ChangeBatch;
+pub use database::Database;
+pub use engine::{Engine, Mode, Output, SourceStatus};
+pub use error::{EngineError, Result};

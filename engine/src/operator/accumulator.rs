@@ -1,0 +1,277 @@
+//! Retractable aggregate accumulators, one slot per group. Sums and counts take negative
+//! weights directly; min and max keep a multiset of values per group (ordered by the row
+//! encoding), so deleting the current minimum finds the next one.
+
+use std::collections::BTreeMap;
+
+use changeflow_sql::plan::{AggregateCall, AggregateKind};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use datafusion::common::ScalarValue;
+use rustc_hash::FxHashMap;
+
+use crate::error::{EngineError, Result};
+use crate::rows::{RowCodec, encode_owned};
+
+/// The state of one aggregate call across all groups.
+pub enum Accumulator {
+    CountRows,
+    Count { counts: Vec<i64> },
+    /// Exact sums of integers and decimals (as unscaled i128), with the count of non-NULL values.
+    SumExact { sums: Vec<i128>, counts: Vec<i64>, output: DataType },
+    SumFloat { sums: Vec<f64>, counts: Vec<i64> },
+    AvgFloat { sums: Vec<f64>, counts: Vec<i64> },
+    AvgDecimal { sums: Vec<i128>, counts: Vec<i64>, input_scale: i8, output: DataType },
+    Extremum { values: Vec<BTreeMap<Box<[u8]>, i64>>, codec: RowCodec, max: bool, input: DataType, output: DataType },
+    CountDistinct { values: Vec<FxHashMap<Box<[u8]>, i64>>, codec: RowCodec },
+}
+
+/// The argument column of one batch, converted to what the accumulator reads.
+pub enum Prepared {
+    None,
+    Nulls(ArrayRef),
+    Int(ArrayRef),
+    Float(ArrayRef),
+    Encoded(Vec<Option<Box<[u8]>>>),
+}
+
+impl Accumulator {
+    pub fn new(call: &AggregateCall) -> Result<Self> {
+        let unsupported = || {
+            EngineError::Sql(changeflow_sql::SqlError::NotIncremental(format!(
+                "{} over {} (result type {}) is not supported",
+                call.display,
+                call.arg_type.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                call.output_type
+            )))
+        };
+        Ok(match call.kind {
+            AggregateKind::CountRows => Accumulator::CountRows,
+            AggregateKind::Count => Accumulator::Count { counts: Vec::new() },
+            AggregateKind::Sum => match &call.output_type {
+                DataType::Int64 | DataType::Decimal128(_, _) => {
+                    Accumulator::SumExact { sums: Vec::new(), counts: Vec::new(), output: call.output_type.clone() }
+                }
+                DataType::Float64 => Accumulator::SumFloat { sums: Vec::new(), counts: Vec::new() },
+                _ => return Err(unsupported()),
+            },
+            AggregateKind::Avg => match (&call.output_type, &call.arg_type) {
+                (DataType::Float64, _) => Accumulator::AvgFloat { sums: Vec::new(), counts: Vec::new() },
+                (DataType::Decimal128(_, _), Some(DataType::Decimal128(_, scale))) => Accumulator::AvgDecimal {
+                    sums: Vec::new(),
+                    counts: Vec::new(),
+                    input_scale: *scale,
+                    output: call.output_type.clone(),
+                },
+                _ => return Err(unsupported()),
+            },
+            AggregateKind::Min | AggregateKind::Max => {
+                let input = call.arg_type.clone().ok_or_else(unsupported)?;
+                Accumulator::Extremum {
+                    values: Vec::new(),
+                    codec: RowCodec::new(std::slice::from_ref(&input))?,
+                    max: call.kind == AggregateKind::Max,
+                    input,
+                    output: call.output_type.clone(),
+                }
+            }
+            AggregateKind::CountDistinct => {
+                let input = call.arg_type.clone().ok_or_else(unsupported)?;
+                Accumulator::CountDistinct { values: Vec::new(), codec: RowCodec::new(&[input])? }
+            }
+        })
+    }
+
+    /// Converts the argument column once per batch.
+    pub fn prepare(&self, arg: Option<&ArrayRef>) -> Result<Prepared> {
+        let Some(arg) = arg else { return Ok(Prepared::None) };
+        if arg.null_count() == arg.len() && !matches!(self, Accumulator::CountRows) {
+            return Ok(Prepared::Nulls(arg.clone()));
+        }
+        Ok(match self {
+            Accumulator::CountRows => Prepared::None,
+            Accumulator::Count { .. } => Prepared::Nulls(arg.clone()),
+            Accumulator::SumExact { output, .. } => Prepared::Int(cast(arg, output)?),
+            Accumulator::AvgDecimal { input_scale, .. } => Prepared::Int(cast(arg, &DataType::Decimal128(38, *input_scale))?),
+            Accumulator::SumFloat { .. } | Accumulator::AvgFloat { .. } => Prepared::Float(cast(arg, &DataType::Float64)?),
+            Accumulator::Extremum { codec, .. } | Accumulator::CountDistinct { codec, .. } => {
+                let keys = encode_owned(codec, std::slice::from_ref(arg), arg.len())?;
+                Prepared::Encoded(keys.into_iter().enumerate().map(|(i, k)| (!arg.is_null(i)).then_some(k)).collect())
+            }
+        })
+    }
+
+    /// Makes room for group `group` (a new or reused slot) with an empty state.
+    pub fn reset(&mut self, group: usize) {
+        fn slot<T: Default>(v: &mut Vec<T>, group: usize) {
+            if v.len() <= group {
+                v.resize_with(group + 1, T::default);
+            } else {
+                v[group] = T::default();
+            }
+        }
+        match self {
+            Accumulator::CountRows => {}
+            Accumulator::Count { counts } => slot(counts, group),
+            Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. } => {
+                slot(sums, group);
+                slot(counts, group);
+            }
+            Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts } => {
+                slot(sums, group);
+                slot(counts, group);
+            }
+            Accumulator::Extremum { values, .. } => slot(values, group),
+            Accumulator::CountDistinct { values, .. } => slot(values, group),
+        }
+    }
+
+    /// Adds row `row` of the prepared argument with weight `weight` to group `group`.
+    pub fn update(&mut self, group: usize, prepared: &Prepared, row: usize, weight: i64) -> Result<()> {
+        match (self, prepared) {
+            (Accumulator::CountRows, _) | (_, Prepared::None) => {}
+            (Accumulator::Count { counts }, Prepared::Nulls(arg)) => {
+                if arg.is_valid(row) {
+                    counts[group] += weight;
+                }
+            }
+            (_, Prepared::Nulls(_)) => {}
+            (Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. }, Prepared::Int(arg)) => {
+                if arg.is_valid(row) {
+                    let value: i128 = match arg.data_type() {
+                        DataType::Int64 => arg.as_primitive::<Int64Type>().value(row) as i128,
+                        _ => arg.as_primitive::<Decimal128Type>().value(row),
+                    };
+                    sums[group] = value
+                        .checked_mul(weight as i128)
+                        .and_then(|v| sums[group].checked_add(v))
+                        .ok_or_else(|| EngineError::Constraint("sum is out of range".into()))?;
+                    counts[group] += weight;
+                }
+            }
+            (Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts }, Prepared::Float(arg)) => {
+                if arg.is_valid(row) {
+                    sums[group] += arg.as_primitive::<Float64Type>().value(row) * weight as f64;
+                    counts[group] += weight;
+                }
+            }
+            (Accumulator::Extremum { values, .. }, Prepared::Encoded(keys)) => {
+                if let Some(key) = &keys[row] {
+                    adjust(&mut values[group], key, weight)?;
+                }
+            }
+            (Accumulator::CountDistinct { values, .. }, Prepared::Encoded(keys)) => {
+                if let Some(key) = &keys[row] {
+                    adjust(&mut values[group], key, weight)?;
+                }
+            }
+            _ => return Err(EngineError::Internal("aggregate argument prepared for another accumulator".into())),
+        }
+        Ok(())
+    }
+
+    /// The aggregate's value for a group with `rows` rows.
+    pub fn value(&self, group: usize, rows: i64) -> Result<ScalarValue> {
+        Ok(match self {
+            Accumulator::CountRows => ScalarValue::Int64(Some(rows)),
+            Accumulator::Count { counts } => ScalarValue::Int64(Some(counts[group])),
+            Accumulator::SumExact { sums, counts, output } => {
+                if counts[group] == 0 {
+                    ScalarValue::try_from(output)?
+                } else {
+                    match output {
+                        DataType::Int64 => ScalarValue::Int64(Some(
+                            i64::try_from(sums[group]).map_err(|_| EngineError::Constraint("bigint out of range in sum".into()))?,
+                        )),
+                        DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(sums[group]), *p, *s),
+                        other => return Err(EngineError::Internal(format!("sum into {other}"))),
+                    }
+                }
+            }
+            Accumulator::SumFloat { sums, counts } => {
+                ScalarValue::Float64((counts[group] != 0).then_some(sums[group]))
+            }
+            Accumulator::AvgFloat { sums, counts } => {
+                ScalarValue::Float64((counts[group] != 0).then(|| sums[group] / counts[group] as f64))
+            }
+            Accumulator::AvgDecimal { sums, counts, input_scale, output } => {
+                let DataType::Decimal128(p, s) = output else {
+                    return Err(EngineError::Internal(format!("avg into {output}")));
+                };
+                if counts[group] == 0 {
+                    ScalarValue::Decimal128(None, *p, *s)
+                } else {
+                    let shift = 10i128.pow((*s - *input_scale).max(0) as u32);
+                    let numerator = sums[group] * shift;
+                    let count = counts[group] as i128;
+                    // Round half away from zero, as PostgreSQL does for numeric.
+                    let quotient = numerator / count;
+                    let remainder = numerator % count;
+                    let rounded = if remainder.abs() * 2 >= count.abs() { quotient + numerator.signum() * count.signum() } else { quotient };
+                    ScalarValue::Decimal128(Some(rounded), *p, *s)
+                }
+            }
+            Accumulator::Extremum { values, codec, max, input, output } => {
+                let entry = if *max { values[group].keys().next_back() } else { values[group].keys().next() };
+                match entry {
+                    None => ScalarValue::try_from(output)?,
+                    Some(key) => {
+                        let array = codec.decode([key.as_ref()])?.remove(0);
+                        let array = if input != output { cast(&array, output)? } else { array };
+                        ScalarValue::try_from_array(&array, 0)?
+                    }
+                }
+            }
+            Accumulator::CountDistinct { values, .. } => ScalarValue::Int64(Some(values[group].len() as i64)),
+        })
+    }
+}
+
+/// A map from encoded values to multiplicities.
+trait Multiset {
+    fn count_mut(&mut self, key: &[u8]) -> Option<&mut i64>;
+    fn put(&mut self, key: Box<[u8]>, count: i64);
+    fn delete(&mut self, key: &[u8]);
+}
+
+impl Multiset for BTreeMap<Box<[u8]>, i64> {
+    fn count_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
+        self.get_mut(key)
+    }
+    fn put(&mut self, key: Box<[u8]>, count: i64) {
+        self.insert(key, count);
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.remove(key);
+    }
+}
+
+impl Multiset for FxHashMap<Box<[u8]>, i64> {
+    fn count_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
+        self.get_mut(key)
+    }
+    fn put(&mut self, key: Box<[u8]>, count: i64) {
+        self.insert(key, count);
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.remove(key);
+    }
+}
+
+/// Adds `weight` to the multiplicity of `key`, removing it at zero.
+fn adjust(map: &mut impl Multiset, key: &[u8], weight: i64) -> Result<()> {
+    match map.count_mut(key) {
+        Some(count) => {
+            *count += weight;
+            if *count == 0 {
+                map.delete(key);
+            } else if *count < 0 {
+                return Err(EngineError::Internal("a value was retracted more often than inserted".into()));
+            }
+        }
+        None if weight > 0 => map.put(key.into(), weight),
+        None => return Err(EngineError::Internal("a value was retracted that was never inserted".into())),
+    }
+    Ok(())
+}

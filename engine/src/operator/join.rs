@@ -1,0 +1,313 @@
+//! Joins over arrangements: each side's rows indexed by join key, each distinct row with its
+//! multiplicity and the number of rows of the other side it matches (key equal and residual
+//! filter true). One epoch computes ΔL⋈R (against the old right side), applies ΔL, then
+//! L'⋈ΔR, then applies ΔR: the classic delta rule, costing work proportional to the change
+//! and the matching rows. Match counts give outer-join padding, semi and anti joins: a row's
+//! padded output changes only when its multiplicity or its match count moves to or from zero.
+//! NULL join keys never match (unless the join says NULLs are equal).
+
+use std::sync::Arc;
+
+use changeflow_sql::plan::JoinKind;
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::physical_expr::PhysicalExpr;
+use rustc_hash::FxHashMap;
+
+use super::{EpochChanges, Operator, evaluate, physical};
+use crate::change::ChangeBatch;
+use crate::error::{EngineError, Result};
+use crate::rows::{RowCodec, encode_owned};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    multiplicity: i64,
+    matches: i64,
+}
+
+/// Key `None` holds rows with a NULL key: stored, never probed.
+type Buckets = FxHashMap<Option<Box<[u8]>>, FxHashMap<Box<[u8]>, Entry>>;
+
+struct Side {
+    input: Box<dyn Operator>,
+    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    key_types: Vec<DataType>,
+    row_codec: RowCodec,
+    schema: SchemaRef,
+    buckets: Buckets,
+}
+
+/// One consolidated change of a side: (key, row, weight).
+type Delta = Vec<(Option<Box<[u8]>>, Box<[u8]>, i64)>;
+
+impl Side {
+    fn new(input: Box<dyn Operator>, schema: &DFSchema, keys: Vec<&Expr>, key_types: &[DataType]) -> Result<Self> {
+        let arrow_schema: SchemaRef = Arc::new(schema.as_arrow().clone());
+        Ok(Self {
+            input,
+            key_exprs: keys.iter().map(|k| physical(k, schema)).collect::<Result<_>>()?,
+            key_types: key_types.to_vec(),
+            row_codec: RowCodec::for_schema(&arrow_schema)?,
+            schema: arrow_schema,
+            buckets: FxHashMap::default(),
+        })
+    }
+
+    fn delta(&self, change: &ChangeBatch, key_codec: &RowCodec, nulls_equal: bool) -> Result<Delta> {
+        if change.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut key_columns = Vec::with_capacity(self.key_exprs.len());
+        for (expr, key_type) in self.key_exprs.iter().zip(&self.key_types) {
+            let column = evaluate(expr, &change.data)?;
+            key_columns.push(if column.data_type() != key_type { cast(&column, key_type)? } else { column });
+        }
+        let keys = encode_owned(key_codec, &key_columns, change.len())?;
+        let rows = encode_owned(&self.row_codec, change.data.columns(), change.len())?;
+        let mut positions: FxHashMap<&[u8], usize> = FxHashMap::default();
+        let mut delta: Delta = Vec::new();
+        for (i, (key, row)) in keys.into_iter().zip(rows.iter()).enumerate() {
+            let weight = change.weights[i];
+            if let Some(&at) = positions.get(row.as_ref()) {
+                delta[at].2 += weight;
+                continue;
+            }
+            let has_null = !nulls_equal && key_columns.iter().any(|c| c.is_null(i));
+            positions.insert(row.as_ref(), delta.len());
+            delta.push(((!has_null).then_some(key), row.clone(), weight));
+        }
+        delta.retain(|(_, _, w)| *w != 0);
+        Ok(delta)
+    }
+
+    fn entry(&self, key: &Option<Box<[u8]>>, row: &[u8]) -> Entry {
+        self.buckets.get(key).and_then(|b| b.get(row)).copied().unwrap_or_default()
+    }
+}
+
+pub struct Join {
+    left: Side,
+    right: Side,
+    key_codec: RowCodec,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Left columns then right columns: what the residual filter and pair output read.
+    pair_schema: SchemaRef,
+    join_type: JoinKind,
+    nulls_equal: bool,
+    schema: SchemaRef,
+}
+
+impl Join {
+    pub fn new(
+        left: (Box<dyn Operator>, &DFSchema),
+        right: (Box<dyn Operator>, &DFSchema),
+        on: &[(Expr, Expr)],
+        filter: Option<&Expr>,
+        join_type: JoinKind,
+        nulls_equal: bool,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let key_types = on.iter().map(|(l, _)| l.get_type(left.1)).collect::<Result<Vec<_>, _>>()?;
+        let pair_df_schema = left.1.join(right.1)?;
+        let filter = filter.map(|f| physical(f, &pair_df_schema)).transpose()?;
+        Ok(Self {
+            left: Side::new(left.0, left.1, on.iter().map(|(l, _)| l).collect(), &key_types)?,
+            right: Side::new(right.0, right.1, on.iter().map(|(_, r)| r).collect(), &key_types)?,
+            key_codec: RowCodec::new(&key_types)?,
+            filter,
+            pair_schema: Arc::new(pair_df_schema.as_arrow().clone()),
+            join_type,
+            nulls_equal,
+            schema,
+        })
+    }
+
+    /// Joins a side's delta with the other side's stored rows: emits the passing pairs and
+    /// returns them as (index into `delta`, stored row, stored multiplicity).
+    fn join_delta(&self, delta: &Delta, delta_is_left: bool, out: &mut Vec<ChangeBatch>) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
+        let stored = if delta_is_left { &self.right } else { &self.left };
+        let mut candidates: Vec<(usize, &[u8], i64)> = Vec::new();
+        for (index, (key, _, _)) in delta.iter().enumerate() {
+            if key.is_none() {
+                continue;
+            }
+            if let Some(bucket) = stored.buckets.get(key) {
+                candidates.extend(bucket.iter().map(|(row, entry)| (index, row.as_ref(), entry.multiplicity)));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let delta_rows = candidates.iter().map(|(i, _, _)| delta[*i].1.as_ref());
+        let stored_rows = candidates.iter().map(|(_, row, _)| *row);
+        let (left_columns, right_columns) = if delta_is_left {
+            (self.left.row_codec.decode(delta_rows)?, self.right.row_codec.decode(stored_rows)?)
+        } else {
+            (self.left.row_codec.decode(stored_rows)?, self.right.row_codec.decode(delta_rows)?)
+        };
+        let batch = RecordBatch::try_new_with_options(
+            self.pair_schema.clone(),
+            left_columns.into_iter().chain(right_columns).collect(),
+            &RecordBatchOptions::new().with_row_count(Some(candidates.len())),
+        )?;
+        let passes: Vec<bool> = match &self.filter {
+            None => vec![true; candidates.len()],
+            Some(filter) => {
+                let mask = evaluate(filter, &batch)?;
+                let mask = mask
+                    .as_boolean_opt()
+                    .ok_or_else(|| EngineError::Internal(format!("join filter returned {}", mask.data_type())))?;
+                mask.iter().map(|v| v == Some(true)).collect()
+            }
+        };
+        if self.join_type.emits_pairs() && passes.iter().any(|p| *p) {
+            let weights = candidates.iter().map(|(i, _, m)| delta[*i].2 * m).collect();
+            let mask = datafusion::arrow::array::BooleanArray::from(passes.clone());
+            let change = super::map::filter_changes(ChangeBatch::new(batch, weights)?, &mask)?;
+            out.push(change.with_schema(self.schema.clone())?);
+        }
+        Ok(candidates
+            .into_iter()
+            .zip(passes)
+            .filter(|(_, pass)| *pass)
+            .map(|((index, row, multiplicity), _)| (index, Box::<[u8]>::from(row), multiplicity))
+            .collect())
+    }
+}
+
+/// Before-epoch entries of rows the epoch touched, in first-touch order.
+#[derive(Default)]
+struct Touched {
+    order: Vec<(Option<Box<[u8]>>, Box<[u8]>)>,
+    before: FxHashMap<(Option<Box<[u8]>>, Box<[u8]>), Entry>,
+}
+
+impl Touched {
+    fn note(&mut self, side: &Side, key: &Option<Box<[u8]>>, row: &[u8]) {
+        let id = (key.clone(), Box::<[u8]>::from(row));
+        if !self.before.contains_key(&id) {
+            self.before.insert(id.clone(), side.entry(key, row));
+            self.order.push(id);
+        }
+    }
+}
+
+/// Adds `weight` copies of `row` to a side; `matches` gives the match count of a new row.
+fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matches: i64) -> Result<()> {
+    let bucket = side.buckets.entry(key.clone()).or_default();
+    let entry = bucket.entry(row.into()).or_insert(Entry { multiplicity: 0, matches });
+    entry.multiplicity += weight;
+    if entry.multiplicity < 0 {
+        return Err(EngineError::Internal("a join input row was retracted more often than inserted".into()));
+    }
+    if entry.multiplicity == 0 {
+        bucket.remove(row);
+        if bucket.is_empty() {
+            side.buckets.remove(key);
+        }
+    }
+    Ok(())
+}
+
+/// Applies one side's delta after it was joined with the other side: the other side's
+/// matched rows gain the delta's weight as matches, new rows of this side start with the
+/// matches found, then the delta is added to this side.
+fn absorb(
+    this: &mut Side,
+    other: &mut Side,
+    delta: &Delta,
+    hits: Vec<(usize, Box<[u8]>, i64)>,
+    touched_this: &mut Touched,
+    touched_other: &mut Touched,
+) -> Result<()> {
+    let mut found = vec![0i64; delta.len()];
+    for (index, other_row, multiplicity) in hits {
+        found[index] += multiplicity;
+        let (key, _, weight) = &delta[index];
+        touched_other.note(other, key, &other_row);
+        if let Some(entry) = other.buckets.get_mut(key).and_then(|b| b.get_mut(other_row.as_ref())) {
+            entry.matches += weight;
+        }
+    }
+    for (index, (key, row, weight)) in delta.iter().enumerate() {
+        touched_this.note(this, key, row);
+        apply(this, key, row, *weight, found[index])?;
+    }
+    Ok(())
+}
+
+impl Operator for Join {
+    fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch> {
+        let left_change = self.left.input.step(changes)?;
+        let right_change = self.right.input.step(changes)?;
+        let left_delta = self.left.delta(&left_change, &self.key_codec, self.nulls_equal)?;
+        let right_delta = self.right.delta(&right_change, &self.key_codec, self.nulls_equal)?;
+        if left_delta.is_empty() && right_delta.is_empty() {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let mut out: Vec<ChangeBatch> = Vec::new();
+        let mut touched_left = Touched::default();
+        let mut touched_right = Touched::default();
+        // ΔL ⋈ R (right side as before the epoch), then L += ΔL.
+        let hits = self.join_delta(&left_delta, true, &mut out)?;
+        absorb(&mut self.left, &mut self.right, &left_delta, hits, &mut touched_left, &mut touched_right)?;
+        // L' ⋈ ΔR (left side including ΔL), then R += ΔR.
+        let hits = self.join_delta(&right_delta, false, &mut out)?;
+        absorb(&mut self.right, &mut self.left, &right_delta, hits, &mut touched_right, &mut touched_left)?;
+        self.emit_unmatched(&touched_left, true, &mut out)?;
+        self.emit_unmatched(&touched_right, false, &mut out)?;
+        ChangeBatch::concat(&self.schema, &out)
+    }
+}
+
+impl Join {
+    /// Padded rows (outer joins), or the rows themselves (semi and anti joins), for rows whose
+    /// multiplicity or match count changed.
+    fn emit_unmatched(&self, touched: &Touched, is_left: bool, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        // Outer-join padding and anti joins keep rows without matches; semi joins rows with.
+        let (pads, semi) = match (self.join_type, is_left) {
+            (kind, true) if kind.pads_left() => (true, false),
+            (kind, false) if kind.pads_right() => (true, false),
+            (JoinKind::LeftSemi, true) | (JoinKind::RightSemi, false) => (false, true),
+            (JoinKind::LeftAnti, true) | (JoinKind::RightAnti, false) => (false, false),
+            _ => return Ok(()),
+        };
+        let side = if is_left { &self.left } else { &self.right };
+        let visible = |entry: Entry| -> i64 {
+            let keep = if semi { entry.matches > 0 } else { entry.matches == 0 };
+            if keep { entry.multiplicity } else { 0 }
+        };
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut weights: Vec<i64> = Vec::new();
+        for id in &touched.order {
+            let before = touched.before.get(id).copied().unwrap_or_default();
+            let after = side.entry(&id.0, &id.1);
+            let change = visible(after) - visible(before);
+            if change != 0 {
+                rows.push(id.1.as_ref());
+                weights.push(change);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let own = side.row_codec.decode(rows.iter().copied())?;
+        let columns: Vec<ArrayRef> = if pads {
+            let other = if is_left { &self.right.schema } else { &self.left.schema };
+            let nulls = other.fields().iter().map(|f| new_null_array(f.data_type(), rows.len()));
+            if is_left { own.into_iter().chain(nulls).collect() } else { nulls.chain(own).collect() }
+        } else {
+            own
+        };
+        let data = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )?;
+        out.push(ChangeBatch::new(data, weights)?);
+        Ok(())
+    }
+}

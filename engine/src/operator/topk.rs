@@ -1,0 +1,124 @@
+//! ORDER BY ... LIMIT: keeps every input row ordered by the sort key (ties broken by the whole
+//! row, so the choice is deterministic) and emits the change of the first `skip + fetch`
+//! rows' last `fetch`. An epoch costs its change plus `skip + fetch`, not the input size.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use changeflow_sql::plan::SortKey;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::physical_expr::PhysicalExpr;
+use rustc_hash::FxHashMap;
+
+use super::{EpochChanges, Operator, evaluate, physical};
+use crate::change::ChangeBatch;
+use crate::error::{EngineError, Result};
+use crate::rows::{RowCodec, encode_owned};
+
+pub struct TopK {
+    input: Box<dyn Operator>,
+    sort_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    sort_codec: RowCodec,
+    row_codec: RowCodec,
+    rows: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    emitted: FxHashMap<Box<[u8]>, i64>,
+    skip: usize,
+    fetch: usize,
+    schema: SchemaRef,
+}
+
+impl TopK {
+    pub fn new(
+        input: Box<dyn Operator>,
+        input_schema: &DFSchema,
+        order: &[SortKey],
+        skip: usize,
+        fetch: usize,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let fields = order
+            .iter()
+            .map(|k| Ok((k.expr.get_type(input_schema)?, SortOptions { descending: k.descending, nulls_first: k.nulls_first })))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            input,
+            sort_exprs: order.iter().map(|k| physical(&k.expr, input_schema)).collect::<Result<_>>()?,
+            sort_codec: RowCodec::sorted(fields)?,
+            row_codec: RowCodec::for_schema(&schema)?,
+            rows: BTreeMap::new(),
+            emitted: FxHashMap::default(),
+            skip,
+            fetch,
+            schema,
+        })
+    }
+}
+
+impl Operator for TopK {
+    fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch> {
+        let change = self.input.step(changes)?;
+        if change.is_empty() {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let sort_columns = self.sort_exprs.iter().map(|e| evaluate(e, &change.data)).collect::<Result<Vec<_>>>()?;
+        let sort_keys = encode_owned(&self.sort_codec, &sort_columns, change.len())?;
+        let rows = encode_owned(&self.row_codec, change.data.columns(), change.len())?;
+        for ((sort_key, row), weight) in sort_keys.into_iter().zip(rows).zip(&change.weights) {
+            let id = (sort_key, row);
+            let count = self.rows.entry(id.clone()).or_insert(0);
+            *count += weight;
+            if *count == 0 {
+                self.rows.remove(&id);
+            } else if *count < 0 {
+                return Err(EngineError::Internal("a row was retracted from ORDER BY ... LIMIT more often than inserted".into()));
+            }
+        }
+        // The new window: rows at positions skip .. skip + fetch, counting multiplicities.
+        let mut window: FxHashMap<Box<[u8]>, i64> = FxHashMap::default();
+        let mut position = 0usize;
+        let end = self.skip + self.fetch;
+        for ((_, row), count) in &self.rows {
+            if position >= end {
+                break;
+            }
+            let first = position.max(self.skip);
+            let last = (position + *count as usize).min(end);
+            if last > first {
+                *window.entry(row.clone()).or_default() += (last - first) as i64;
+            }
+            position += *count as usize;
+        }
+        let mut out_rows: Vec<&[u8]> = Vec::new();
+        let mut weights = Vec::new();
+        for (row, count) in &window {
+            let change = count - self.emitted.get(row).copied().unwrap_or(0);
+            if change != 0 {
+                out_rows.push(row);
+                weights.push(change);
+            }
+        }
+        for (row, count) in &self.emitted {
+            if !window.contains_key(row) {
+                out_rows.push(row);
+                weights.push(-count);
+            }
+        }
+        if out_rows.is_empty() {
+            self.emitted = window;
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let columns = self.row_codec.decode(out_rows.iter().copied())?;
+        let data = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(out_rows.len())),
+        )?;
+        let result = ChangeBatch::new(data, weights);
+        self.emitted = window;
+        result
+    }
+}

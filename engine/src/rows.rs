@@ -1,0 +1,62 @@
+//! Row encoding with `arrow::row`: rows and keys become byte strings that hash, compare and
+//! sort like the values they encode (NULLs included), and decode back to Arrow arrays.
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+
+use crate::error::Result;
+
+/// Encodes and decodes rows of a fixed list of column types.
+#[derive(Debug)]
+pub struct RowCodec {
+    converter: RowConverter,
+    width: usize,
+}
+
+impl RowCodec {
+    pub fn new(types: &[DataType]) -> Result<Self> {
+        Self::with_fields(types.iter().map(|t| SortField::new(t.clone())).collect())
+    }
+
+    /// A codec whose byte order is the given sort order (for ORDER BY keys).
+    pub fn sorted(fields: Vec<(DataType, SortOptions)>) -> Result<Self> {
+        Self::with_fields(fields.into_iter().map(|(t, o)| SortField::new_with_options(t, o)).collect())
+    }
+
+    fn with_fields(fields: Vec<SortField>) -> Result<Self> {
+        let width = fields.len();
+        Ok(Self { converter: RowConverter::new(fields)?, width })
+    }
+
+    pub fn for_schema(schema: &Schema) -> Result<Self> {
+        let types: Vec<DataType> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
+        Self::new(&types)
+    }
+
+    /// Number of columns; a zero-width codec encodes every row as the empty string.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn encode(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.converter.convert_columns(columns)?)
+    }
+
+    /// Decodes encoded rows (as stored byte strings) back into columns.
+    pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        Ok(self.converter.convert_rows(rows.into_iter().map(|bytes| parser.parse(bytes)))?)
+    }
+}
+
+/// Encodes the given columns row by row into owned byte strings; an empty column list gives
+/// `len` empty keys (every row in one group).
+pub fn encode_owned(codec: &RowCodec, columns: &[ArrayRef], len: usize) -> Result<Vec<Box<[u8]>>> {
+    if codec.width() == 0 {
+        return Ok(vec![Box::default(); len]);
+    }
+    let rows = codec.encode(columns)?;
+    Ok(rows.iter().map(|row| Box::<[u8]>::from(row.data())).collect())
+}

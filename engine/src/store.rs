@@ -1,0 +1,182 @@
+//! Stored relation contents: a multiset of encoded rows (tables, materialized views, source
+//! relations), with primary-key and NOT NULL checks for writes to tables, and a cached Arrow
+//! snapshot for queries.
+
+use std::sync::Mutex;
+
+use datafusion::arrow::array::{Array, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::array_value_to_string;
+use rustc_hash::FxHashMap;
+
+use crate::change::ChangeBatch;
+use crate::error::{EngineError, Result};
+use crate::rows::{RowCodec, encode_owned};
+
+pub struct RelationStore {
+    name: String,
+    schema: SchemaRef,
+    codec: RowCodec,
+    rows: FxHashMap<Box<[u8]>, i64>,
+    primary_key: Vec<usize>,
+    key_codec: Option<RowCodec>,
+    keys: FxHashMap<Box<[u8]>, i64>,
+    total: i64,
+    snapshot: Mutex<Option<RecordBatch>>,
+}
+
+impl RelationStore {
+    pub fn new(name: &str, schema: SchemaRef, primary_key: &[usize]) -> Result<Self> {
+        let key_codec = if primary_key.is_empty() {
+            None
+        } else {
+            let types: Vec<_> = primary_key.iter().map(|&i| schema.field(i).data_type().clone()).collect();
+            Some(RowCodec::new(&types)?)
+        };
+        Ok(Self {
+            name: name.to_string(),
+            codec: RowCodec::for_schema(&schema)?,
+            schema,
+            rows: FxHashMap::default(),
+            primary_key: primary_key.to_vec(),
+            key_codec,
+            keys: FxHashMap::default(),
+            total: 0,
+            snapshot: Mutex::new(None),
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Number of rows, counting duplicates.
+    pub fn len(&self) -> i64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The current contents as one batch (cached until the next change).
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let mut cached = self.snapshot.lock().map_err(|_| EngineError::Internal("snapshot cache poisoned".into()))?;
+        if let Some(batch) = cached.as_ref() {
+            return Ok(batch.clone());
+        }
+        let rows = self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), *count as usize));
+        let batch = if self.rows.is_empty() {
+            RecordBatch::new_empty(self.schema.clone())
+        } else {
+            RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                self.codec.decode(rows)?,
+                &RecordBatchOptions::new().with_row_count(Some(self.total as usize)),
+            )?
+        };
+        *cached = Some(batch.clone());
+        Ok(batch)
+    }
+
+    /// Checks a write to a table: NOT NULL columns, existing rows for retractions, primary
+    /// key uniqueness. Nothing is changed; an error names the violated constraint.
+    pub fn check(&self, change: &ChangeBatch) -> Result<()> {
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            if field.is_nullable() {
+                continue;
+            }
+            let column = change.data.column(i);
+            if column.null_count() == 0 {
+                continue;
+            }
+            if (0..change.len()).any(|row| column.is_null(row) && change.weights[row] > 0) {
+                return Err(EngineError::Constraint(format!(
+                    "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                    field.name(),
+                    self.name
+                )));
+            }
+        }
+        let rows = encode_owned(&self.codec, change.data.columns(), change.len())?;
+        let mut row_changes: FxHashMap<&[u8], i64> = FxHashMap::default();
+        for (row, weight) in rows.iter().zip(&change.weights) {
+            *row_changes.entry(row.as_ref()).or_default() += weight;
+        }
+        for (row, delta) in &row_changes {
+            if self.rows.get(*row).copied().unwrap_or(0) + delta < 0 {
+                return Err(EngineError::Internal(format!("a row of \"{}\" was deleted that does not exist", self.name)));
+            }
+        }
+        if let Some(key_codec) = &self.key_codec {
+            let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+            let keys = encode_owned(key_codec, &key_columns, change.len())?;
+            let mut key_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
+            for (row, (key, weight)) in keys.iter().zip(&change.weights).enumerate() {
+                let entry = key_changes.entry(key.as_ref()).or_insert((0, row));
+                entry.0 += weight;
+                if *weight > 0 {
+                    entry.1 = row;
+                }
+            }
+            for (key, (delta, row)) in key_changes {
+                if self.keys.get(key).copied().unwrap_or(0) + delta > 1 {
+                    let columns: Vec<String> = self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
+                    let values: Vec<String> = key_columns
+                        .iter()
+                        .map(|c| array_value_to_string(c, row).unwrap_or_else(|_| "?".into()))
+                        .collect();
+                    return Err(EngineError::Constraint(format!(
+                        "duplicate key value violates unique constraint \"{}_pkey\": key ({})=({}) already exists",
+                        self.name,
+                        columns.join(", "),
+                        values.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a change without checks (the change is known to be valid).
+    pub fn apply(&mut self, change: &ChangeBatch) -> Result<()> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        let rows = encode_owned(&self.codec, change.data.columns(), change.len())?;
+        for (row, weight) in rows.into_iter().zip(&change.weights) {
+            add_count(&mut self.rows, row, *weight);
+        }
+        if let Some(key_codec) = &self.key_codec {
+            let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+            let keys = encode_owned(key_codec, &key_columns, change.len())?;
+            for (key, weight) in keys.into_iter().zip(&change.weights) {
+                add_count(&mut self.keys, key, *weight);
+            }
+        }
+        self.total += change.weights.iter().sum::<i64>();
+        if let Ok(mut cached) = self.snapshot.lock() {
+            *cached = None;
+        }
+        Ok(())
+    }
+
+    pub fn primary_key(&self) -> &[usize] {
+        &self.primary_key
+    }
+}
+
+/// Adds `weight` to a multiplicity, dropping the entry at zero.
+fn add_count(map: &mut FxHashMap<Box<[u8]>, i64>, key: Box<[u8]>, weight: i64) {
+    match map.get_mut(&key) {
+        Some(count) => {
+            *count += weight;
+            if *count == 0 {
+                map.remove(&key);
+            }
+        }
+        None => {
+            map.insert(key, weight);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of changeflow, installing what the tests need first:
+# PostgreSQL (the oracle for SQL semantics) from Debian's packages when initdb is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "PostgreSQL server binaries are missing: installing postgresql from apt" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null || { echo "initdb still missing after install" >&2; exit 1; }
+
+cargo test --workspace "$@"

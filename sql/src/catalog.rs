@@ -1,0 +1,173 @@
+//! The catalog: tables, views, materialized views and sources with their Arrow schemas and
+//! dependencies. It knows nothing about data; the engine keeps contents elsewhere.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::sql::sqlparser::ast;
+
+use crate::error::{Result, SqlError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// A local table, written with INSERT / UPDATE / DELETE.
+    Table,
+    /// A view whose query is inlined wherever it is used.
+    View,
+    /// A view maintained incrementally, with stored contents.
+    MaterializedView,
+    /// A relation fed by a source (read-only for DML).
+    SourceRelation,
+}
+
+impl RelationKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::View => "view",
+            RelationKind::MaterializedView => "materialized view",
+            RelationKind::SourceRelation => "source relation",
+        }
+    }
+
+    /// Whether the engine keeps this relation's contents (and so can scan it as an input).
+    pub fn is_stored(self) -> bool {
+        !matches!(self, RelationKind::View)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub name: String,
+    pub kind: RelationKind,
+    pub schema: SchemaRef,
+    /// Column indexes of the primary key (empty when there is none).
+    pub primary_key: Vec<usize>,
+    /// Relations this one reads directly (views only).
+    pub dependencies: Vec<String>,
+    /// The defining query of a view, re-planned wherever the view is used.
+    pub query: Option<Box<ast::Query>>,
+    /// The source feeding a source relation.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceDef {
+    pub name: String,
+    pub connector: String,
+    pub options: BTreeMap<String, String>,
+    /// The relations the source feeds, in the order the connector declared them.
+    pub relations: Vec<String>,
+}
+
+/// All named objects. Names are case-folded like PostgreSQL: unquoted identifiers are lower case.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    relations: BTreeMap<String, Relation>,
+    sources: BTreeMap<String, SourceDef>,
+}
+
+impl Catalog {
+    pub fn relation(&self, name: &str) -> Option<&Relation> {
+        self.relations.get(name)
+    }
+
+    pub fn require_relation(&self, name: &str) -> Result<&Relation> {
+        self.relation(name).ok_or_else(|| SqlError::Catalog(format!("relation \"{name}\" does not exist")))
+    }
+
+    pub fn relations(&self) -> impl Iterator<Item = &Relation> {
+        self.relations.values()
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceDef> {
+        self.sources.get(name)
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &SourceDef> {
+        self.sources.values()
+    }
+
+    /// Refuses a name already used by a relation or a source.
+    pub fn check_name_free(&self, name: &str) -> Result<()> {
+        if let Some(existing) = self.relations.get(name) {
+            return Err(SqlError::Catalog(format!("{} \"{name}\" already exists", existing.kind.describe())));
+        }
+        if self.sources.contains_key(name) {
+            return Err(SqlError::Catalog(format!("source \"{name}\" already exists")));
+        }
+        Ok(())
+    }
+
+    pub fn add_relation(&mut self, relation: Relation) -> Result<()> {
+        self.check_name_free(&relation.name)?;
+        for dependency in &relation.dependencies {
+            self.require_relation(dependency)?;
+        }
+        self.relations.insert(relation.name.clone(), relation);
+        Ok(())
+    }
+
+    pub fn add_source(&mut self, source: SourceDef, relations: Vec<Relation>) -> Result<()> {
+        self.check_name_free(&source.name)?;
+        for relation in &relations {
+            self.check_name_free(&relation.name)?;
+        }
+        for relation in relations {
+            self.relations.insert(relation.name.clone(), relation);
+        }
+        self.sources.insert(source.name.clone(), source);
+        Ok(())
+    }
+
+    /// Names of relations that read `name` directly.
+    pub fn dependents(&self, name: &str) -> Vec<String> {
+        self.relations
+            .values()
+            .filter(|r| r.dependencies.iter().any(|d| d == name))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Removes a relation of the expected kind, refusing while something depends on it.
+    pub fn drop_relation(&mut self, name: &str, expected: RelationKind) -> Result<Relation> {
+        let relation = self.require_relation(name)?;
+        if relation.kind != expected {
+            return Err(SqlError::Catalog(format!(
+                "\"{name}\" is a {}, not a {}; use DROP {}",
+                relation.kind.describe(),
+                expected.describe(),
+                relation.kind.describe().to_uppercase()
+            )));
+        }
+        self.refuse_if_depended_on(name)?;
+        self.relations.remove(name).ok_or_else(|| SqlError::Catalog(format!("relation \"{name}\" does not exist")))
+    }
+
+    fn refuse_if_depended_on(&self, name: &str) -> Result<()> {
+        let dependents = self.dependents(name);
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        Err(SqlError::Catalog(format!(
+            "cannot drop \"{name}\": {} depend{} on it ({}); drop {} first",
+            if dependents.len() == 1 { "a view" } else { "views" },
+            if dependents.len() == 1 { "s" } else { "" },
+            dependents.join(", "),
+            if dependents.len() == 1 { "it" } else { "them" },
+        )))
+    }
+
+    /// Removes a source and its relations, refusing while a view reads one of them.
+    pub fn drop_source(&mut self, name: &str) -> Result<SourceDef> {
+        let source = self.sources.get(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
+        for relation in &source.relations {
+            self.refuse_if_depended_on(relation)?;
+        }
+        let source = self.sources.remove(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
+        for relation in &source.relations {
+            self.relations.remove(relation);
+        }
+        Ok(source)
+    }
+}

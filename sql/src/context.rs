@@ -1,0 +1,234 @@
+//! DataFusion's `ContextProvider` over the catalog: name resolution, types and functions for
+//! DataFusion's SQL planner. Views are inlined by re-planning their query; stored relations
+//! resolve to a table source that is schema-only for planning, or to the data the engine
+//! supplies for executing a query.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::default_table_source::provider_as_source;
+use datafusion::common::TableReference;
+use datafusion::config::ConfigOptions;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::planner::{ExprPlanner, TypePlanner};
+use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF};
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::planner::{ContextProvider, ParserOptions, SqlToRel};
+use datafusion::sql::sqlparser::ast;
+
+use crate::catalog::{Catalog, Relation, RelationKind};
+use crate::error::Result;
+
+/// Supplies the contents of stored relations when a query is executed.
+pub trait RelationData {
+    fn provider(&self, relation: &Relation) -> DFResult<Arc<dyn TableProvider>>;
+}
+
+/// A DataFusion session configured the way changeflow plans and runs SQL: PostgreSQL
+/// dialect, plain UTF-8 strings, a single partition (queries are small and local).
+pub fn new_session_state() -> SessionState {
+    let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    let options = config.options_mut();
+    options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    options.sql_parser.map_string_types_to_utf8view = false;
+    options.execution.time_zone = Some("+00:00".into());
+    SessionStateBuilder::new().with_config(config).with_default_features().build()
+}
+
+pub fn parser_options() -> ParserOptions {
+    ParserOptions {
+        map_string_types_to_utf8view: false,
+        enable_ident_normalization: true,
+        ..ParserOptions::new()
+    }
+}
+
+/// Resolves names against the catalog for one planning or execution.
+pub struct PlanContext<'a> {
+    catalog: &'a Catalog,
+    state: &'a SessionState,
+    data: Option<&'a dyn RelationData>,
+}
+
+impl<'a> PlanContext<'a> {
+    /// A context for planning only: stored relations have their schema but no rows.
+    pub fn for_planning(catalog: &'a Catalog, state: &'a SessionState) -> Self {
+        Self { catalog, state, data: None }
+    }
+
+    /// A context whose stored relations read the engine's current contents.
+    pub fn for_execution(catalog: &'a Catalog, state: &'a SessionState, data: &'a dyn RelationData) -> Self {
+        Self { catalog, state, data: Some(data) }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        self.catalog
+    }
+
+    pub fn state(&self) -> &SessionState {
+        self.state
+    }
+
+    /// Plans any SQL statement DataFusion's planner understands (queries and DML).
+    pub fn plan_statement(&self, statement: &ast::Statement) -> Result<LogicalPlan> {
+        let planner = SqlToRel::new_with_options(self, parser_options());
+        Ok(planner.sql_statement_to_plan(statement.clone())?)
+    }
+
+    pub fn plan_query(&self, query: &ast::Query) -> Result<LogicalPlan> {
+        self.plan_statement(&ast::Statement::Query(Box::new(query.clone())))
+    }
+
+    /// Runs DataFusion's analyzer (type coercion) and optimizer over a plan.
+    pub fn optimize(&self, plan: &LogicalPlan) -> Result<LogicalPlan> {
+        optimize(self.state, plan)
+    }
+}
+
+/// A view: DataFusion's planner inlines the plan returned by `get_logical_plan`.
+struct ViewSource {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+impl TableSource for ViewSource {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        Some(Cow::Borrowed(&self.plan))
+    }
+}
+
+impl ContextProvider for PlanContext<'_> {
+    fn get_table_source(&self, name: TableReference) -> DFResult<Arc<dyn TableSource>> {
+        if let Some(schema) = name.schema()
+            && schema != "public"
+        {
+            return Err(DataFusionError::Plan(format!("schema \"{schema}\" does not exist")));
+        }
+        let relation = self
+            .catalog
+            .relation(name.table())
+            .ok_or_else(|| DataFusionError::Plan(format!("relation \"{}\" does not exist", name.table())))?;
+        match relation.kind {
+            RelationKind::View => {
+                let query = relation
+                    .query
+                    .as_ref()
+                    .ok_or_else(|| DataFusionError::Internal(format!("view {} has no query", relation.name)))?;
+                let plan = self.plan_query(query).map_err(|e| DataFusionError::Plan(format!("in view \"{}\": {e}", relation.name)))?;
+                Ok(Arc::new(ViewSource { plan, schema: Arc::clone(&relation.schema) }))
+            }
+            _ => match self.data {
+                Some(data) => Ok(provider_as_source(data.provider(relation)?)),
+                None => Ok(provider_as_source(Arc::new(EmptyTable::new(Arc::clone(&relation.schema))))),
+            },
+        }
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.state.expr_planners()
+    }
+
+    fn get_type_planner(&self) -> Option<Arc<dyn TypePlanner>> {
+        None
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.state.scalar_functions().get(name).cloned()
+    }
+
+    fn get_higher_order_meta(&self, name: &str) -> Option<Arc<HigherOrderUDF>> {
+        self.state.higher_order_functions().get(name).cloned()
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.state.aggregate_functions().get(name).cloned()
+    }
+
+    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
+        self.state.window_functions().get(name).cloned()
+    }
+
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        self.state.config_options()
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        self.state.scalar_functions().keys().cloned().collect()
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        self.state.higher_order_functions().keys().cloned().collect()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        self.state.aggregate_functions().keys().cloned().collect()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        self.state.window_functions().keys().cloned().collect()
+    }
+}
+
+/// Runs DataFusion's analyzer (type coercion), then changeflow's literal normalization, then
+/// DataFusion's optimizer.
+pub fn optimize(state: &SessionState, plan: &LogicalPlan) -> Result<LogicalPlan> {
+    let analyzed = state.analyzer().execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
+    let normalized = normalize_time_literals(analyzed)?;
+    Ok(state.optimizer().optimize(normalized, state, |_, _| {})?)
+}
+
+/// PostgreSQL accepts timestamps without seconds ('2026-12-01 18:00'); Arrow's parser does
+/// not. Completes such literals where they are cast to a timestamp, and nowhere else.
+fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::ScalarValue;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::{Cast, Expr, TryCast};
+
+    fn complete(text: &str) -> Option<String> {
+        let bytes = text.as_bytes();
+        let shape_ok = bytes.len() == 16
+            && bytes.iter().enumerate().all(|(i, b)| match i {
+                4 | 7 => *b == b'-',
+                10 => *b == b' ' || *b == b'T',
+                13 => *b == b':',
+                _ => b.is_ascii_digit(),
+            });
+        shape_ok.then(|| format!("{text}:00"))
+    }
+    fn fix(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
+        let (inner, data_type, is_try) = match &expr {
+            Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type().clone(), false),
+            Expr::TryCast(TryCast { expr, field }) => (expr.as_ref(), field.data_type().clone(), true),
+            _ => return Ok(Transformed::no(expr)),
+        };
+        if !matches!(data_type, DataType::Timestamp(_, _)) {
+            return Ok(Transformed::no(expr));
+        }
+        let Expr::Literal(ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)), _) = inner else {
+            return Ok(Transformed::no(expr));
+        };
+        let Some(completed) = complete(text) else { return Ok(Transformed::no(expr)) };
+        let literal = Expr::Literal(ScalarValue::Utf8(Some(completed)), None);
+        Ok(Transformed::yes(if is_try {
+            Expr::TryCast(TryCast::new(Box::new(literal), data_type))
+        } else {
+            Expr::Cast(Cast::new(Box::new(literal), data_type))
+        }))
+    }
+    Ok(plan
+        .transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(fix)))?
+        .data)
+}

@@ -1,0 +1,76 @@
+//! Errors of the SQL front end. Each names what is wrong; positions are attached by the
+//! statement splitter so a caller can print `FILE:LINE:COL: message`.
+
+use datafusion::error::DataFusionError;
+
+/// A position in a SQL text, 1-based like editors and sqlparser count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The text does not parse.
+    #[error("syntax error: {message}")]
+    Syntax { message: String, position: Option<Position> },
+    /// A name that does not exist, already exists, or is used where it cannot be.
+    #[error("{0}")]
+    Catalog(String),
+    /// A statement that is valid SQL but not something changeflow does.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A view query the incremental planner cannot maintain; names the blocking construct.
+    #[error("cannot maintain this view incrementally: {0}")]
+    NotIncremental(String),
+    /// Type or name resolution failures reported by DataFusion's planner.
+    #[error("{}", clean_datafusion_message(.0))]
+    DataFusion(#[from] DataFusionError),
+}
+
+impl SqlError {
+    /// The position the error points at inside the statement, if it knows one.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            SqlError::Syntax { position, .. } => *position,
+            _ => None,
+        }
+    }
+}
+
+/// DataFusion prefixes messages with its own layer names ("Error during planning: "),
+/// which mean nothing to a user of changeflow; keep the message itself.
+pub fn clean_datafusion_message(error: &DataFusionError) -> String {
+    let mut error = error;
+    while let DataFusionError::Context(_, inner) = error {
+        error = inner;
+    }
+    if let DataFusionError::Diagnostic(_, inner) = error {
+        return clean_datafusion_message(inner);
+    }
+    let text = error.to_string();
+    let mut message = text.as_str();
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "SQL error: ",
+        "Execution error: ",
+        "Arrow error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule 'type_coercion' failed\ncaused by\n",
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            message = rest;
+        }
+    }
+    message.trim().to_string()
+}
+
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;

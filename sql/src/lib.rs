@@ -1,0 +1,24 @@
+//! changeflow's SQL front end.
+//!
+//! - [`parser`] splits a text into statements (with positions) and parses them: standard SQL
+//!   through sqlparser, plus `CREATE SOURCE`, `DROP SOURCE`, `SHOW ...` and `EXPLAIN CREATE
+//!   MATERIALIZED VIEW`.
+//! - [`catalog`] holds tables, views, materialized views and sources with their schemas.
+//! - [`context`] lets DataFusion's SQL planner resolve names against the catalog.
+//! - [`planner`] turns a view's optimized DataFusion `LogicalPlan` into the incremental
+//!   dataflow of [`plan`], refusing what cannot be maintained incrementally.
+//! - [`ddl`] maps `CREATE TABLE` to Arrow schemas; [`explain`] renders dataflows.
+
+pub mod catalog;
+pub mod context;
+pub mod ddl;
+pub mod error;
+pub mod explain;
+pub mod parser;
+pub mod plan;
+pub mod planner;
+
+pub use catalog::{Catalog, Relation, RelationKind, SourceDef};
+pub use context::{PlanContext, RelationData, new_session_state};
+pub use error::{Position, Result, SqlError};
+pub use parser::{ParsedStatement, ShowKind, Statement, parse_sql, split_statements};

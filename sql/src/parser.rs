@@ -1,0 +1,445 @@
+//! Statement parser: splits a SQL text into statements (keeping where each starts), parses
+//! standard SQL with sqlparser's PostgreSQL dialect and adds changeflow's own statements
+//! (`CREATE SOURCE`, `DROP SOURCE`, `SHOW ...`, `EXPLAIN CREATE MATERIALIZED VIEW`), the way
+//! DataFusion's `DFParser` adds `CREATE EXTERNAL TABLE`.
+
+use std::collections::BTreeMap;
+
+use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use crate::error::{Position, Result, SqlError};
+
+/// One statement's text and where it starts in the file it came from.
+#[derive(Debug, Clone)]
+pub struct StatementText {
+    pub text: String,
+    pub position: Position,
+}
+
+/// A parsed statement with its text and starting position.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    pub statement: Statement,
+    pub text: String,
+    pub position: Position,
+}
+
+/// What changeflow understands: plain SQL, or one of its own statements.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    Sql(Box<ast::Statement>),
+    CreateSource(CreateSource),
+    DropSource { name: String, if_exists: bool },
+    Show(ShowKind),
+    /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: print the incremental dataflow.
+    ExplainView(Box<ast::Statement>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowKind {
+    Tables,
+    Views,
+    MaterializedViews,
+    Sources,
+}
+
+/// `CREATE SOURCE name FROM CONNECTOR WITH (key = 'value', ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSource {
+    pub name: String,
+    pub connector: String,
+    pub options: BTreeMap<String, String>,
+    pub if_not_exists: bool,
+}
+
+/// Splits `sql` into statements at top-level semicolons. Comments and blank text between
+/// statements are dropped; a statement's position is that of its first token.
+pub fn split_statements(sql: &str) -> Result<Vec<StatementText>> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            message: e.message.clone(),
+            position: Some(Position { line: e.location.line, column: e.location.column }),
+        })?;
+    let line_starts = line_offsets(sql);
+    let offset_of = |token: &TokenWithSpan| -> usize {
+        let location = token.span.start;
+        let line_start = line_starts.get(location.line.saturating_sub(1) as usize).copied().unwrap_or(0);
+        // sqlparser counts columns in characters.
+        sql[line_start..]
+            .char_indices()
+            .nth(location.column.saturating_sub(1) as usize)
+            .map(|(i, _)| line_start + i)
+            .unwrap_or(sql.len())
+    };
+
+    let mut statements = Vec::new();
+    let mut start: Option<&TokenWithSpan> = None;
+    for token in &tokens {
+        match &token.token {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                if let Some(first) = start.take() {
+                    let text = sql[offset_of(first)..offset_of(token)].trim_end().to_string();
+                    statements.push(StatementText {
+                        text,
+                        position: Position { line: first.span.start.line, column: first.span.start.column },
+                    });
+                }
+            }
+            Token::EOF => {}
+            _ => {
+                if start.is_none() {
+                    start = Some(token);
+                }
+            }
+        }
+    }
+    if let Some(first) = start {
+        let text = sql[offset_of(first)..].trim_end().to_string();
+        statements.push(StatementText {
+            text,
+            position: Position { line: first.span.start.line, column: first.span.start.column },
+        });
+    }
+    Ok(statements)
+}
+
+fn line_offsets(sql: &str) -> Vec<usize> {
+    std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect()
+}
+
+/// Parses every statement of `sql`, stopping at the first error.
+pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
+    split_statements(sql)?.iter().map(parse_statement).collect()
+}
+
+/// Parses one statement. Errors carry positions relative to the whole text.
+pub fn parse_statement(source: &StatementText) -> Result<ParsedStatement> {
+    let statement = parse_one(&source.text).map_err(|error| match error {
+        SqlError::Syntax { message, position } => SqlError::Syntax {
+            message,
+            position: Some(match position {
+                Some(inner) => absolute_position(source.position, inner),
+                None => source.position,
+            }),
+        },
+        other => other,
+    })?;
+    Ok(ParsedStatement { statement, text: source.text.clone(), position: source.position })
+}
+
+/// Turns a position inside a statement into one inside the file the statement starts in.
+pub fn absolute_position(statement_start: Position, inner: Position) -> Position {
+    if inner.line <= 1 {
+        Position { line: statement_start.line, column: statement_start.column + inner.column.saturating_sub(1) }
+    } else {
+        Position { line: statement_start.line + inner.line - 1, column: inner.column }
+    }
+}
+
+fn parse_one(text: &str) -> Result<Statement> {
+    let words = leading_words(text, 4);
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match (word(0), word(1)) {
+        ("CREATE", "SOURCE") => return parse_create_source(text),
+        ("DROP", "SOURCE") => return parse_drop_source(text),
+        ("SHOW", _) => return parse_show(text, &words),
+        ("EXPLAIN", "CREATE") => {
+            let rest = text.trim_start()["EXPLAIN".len()..].to_string();
+            let leading = text.len() - text.trim_start().len() + "EXPLAIN".len();
+            let statement = parse_standard(&rest).map_err(|e| shift_columns(e, leading as u64))?;
+            return match statement {
+                ast::Statement::CreateView(ref view) if view.materialized => {
+                    Ok(Statement::ExplainView(Box::new(statement)))
+                }
+                _ => Err(SqlError::Unsupported(
+                    "EXPLAIN CREATE is supported for CREATE MATERIALIZED VIEW only".into(),
+                )),
+            };
+        }
+        _ => {}
+    }
+    Ok(Statement::Sql(Box::new(parse_standard(text)?)))
+}
+
+fn shift_columns(error: SqlError, by: u64) -> SqlError {
+    match error {
+        SqlError::Syntax { message, position: Some(p) } if p.line == 1 => {
+            SqlError::Syntax { message, position: Some(Position { line: 1, column: p.column + by }) }
+        }
+        other => other,
+    }
+}
+
+fn parse_standard(text: &str) -> Result<ast::Statement> {
+    let dialect = PostgreSqlDialect {};
+    let mut statements = Parser::new(&dialect)
+        .try_with_sql(text)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(syntax_error)?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        0 => Err(SqlError::Syntax { message: "empty statement".into(), position: None }),
+        _ => Err(SqlError::Syntax { message: "expected one statement".into(), position: None }),
+    }
+}
+
+/// Converts sqlparser's error, whose text ends in " at Line: L, Column: C", into a
+/// message and a position.
+pub fn syntax_error(error: ParserError) -> SqlError {
+    let text = match error {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => "statement nests too deeply".to_string(),
+    };
+    if let Some(index) = text.rfind(" at Line: ") {
+        let (message, location) = text.split_at(index);
+        let mut numbers = location
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse::<u64>().ok());
+        if let (Some(line), Some(column)) = (numbers.next(), numbers.next()) {
+            return SqlError::Syntax {
+                message: message.to_string(),
+                position: Some(Position { line, column }),
+            };
+        }
+    }
+    SqlError::Syntax { message: text, position: None }
+}
+
+/// The first `n` words of a statement, upper-cased, skipping comments.
+fn leading_words(text: &str, n: usize) -> Vec<String> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
+        return Vec::new();
+    };
+    tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .take(n)
+        .map(|t| match t {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// A small cursor over the tokens of one of changeflow's own statements.
+struct Cursor {
+    tokens: Vec<TokenWithSpan>,
+    index: usize,
+}
+
+impl Cursor {
+    fn new(text: &str) -> Result<Self> {
+        let dialect = PostgreSqlDialect {};
+        let tokens = Tokenizer::new(&dialect, text)
+            .tokenize_with_location()
+            .map_err(|e| SqlError::Syntax {
+                message: e.message.clone(),
+                position: Some(Position { line: e.location.line, column: e.location.column }),
+            })?
+            .into_iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab | Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))))
+            .collect();
+        Ok(Self { tokens, index: 0 })
+    }
+
+    fn peek(&self) -> &Token {
+        self.tokens.get(self.index).map(|t| &t.token).unwrap_or(&Token::EOF)
+    }
+
+    fn position(&self) -> Option<Position> {
+        self.tokens
+            .get(self.index)
+            .or_else(|| self.tokens.last())
+            .map(|t| Position { line: t.span.start.line, column: t.span.start.column })
+    }
+
+    fn error<T>(&self, expected: &str) -> Result<T> {
+        let found = match self.peek() {
+            Token::EOF => "end of statement".to_string(),
+            other => format!("'{other}'"),
+        };
+        Err(SqlError::Syntax { message: format!("expected {expected}, found {found}"), position: self.position() })
+    }
+
+    fn next(&mut self) -> Token {
+        let token = self.peek().clone();
+        self.index += 1;
+        token
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+    }
+
+    fn accept_word(&mut self, word: &str) -> bool {
+        let found = self.is_word(word);
+        if found {
+            self.index += 1;
+        }
+        found
+    }
+
+    fn expect_word(&mut self, word: &str) -> Result<()> {
+        if self.accept_word(word) { Ok(()) } else { self.error(word) }
+    }
+
+    fn accept_token(&mut self, token: &Token) -> bool {
+        let found = self.peek() == token;
+        if found {
+            self.index += 1;
+        }
+        found
+    }
+
+    fn expect_token(&mut self, token: &Token) -> Result<()> {
+        if self.accept_token(token) { Ok(()) } else { self.error(&format!("'{token}'")) }
+    }
+
+    /// An identifier; unquoted ones are folded to lower case as PostgreSQL does.
+    fn identifier(&mut self, what: &str) -> Result<String> {
+        match self.peek().clone() {
+            Token::Word(w) => {
+                self.index += 1;
+                Ok(if w.quote_style.is_some() { w.value } else { w.value.to_ascii_lowercase() })
+            }
+            _ => self.error(what),
+        }
+    }
+
+    fn expect_end(&mut self) -> Result<()> {
+        match self.peek() {
+            Token::EOF | Token::SemiColon => Ok(()),
+            _ => self.error("end of statement"),
+        }
+    }
+}
+
+fn parse_create_source(text: &str) -> Result<Statement> {
+    let mut cursor = Cursor::new(text)?;
+    cursor.expect_word("CREATE")?;
+    cursor.expect_word("SOURCE")?;
+    let if_not_exists = if cursor.accept_word("IF") {
+        cursor.expect_word("NOT")?;
+        cursor.expect_word("EXISTS")?;
+        true
+    } else {
+        false
+    };
+    let name = cursor.identifier("a source name")?;
+    cursor.expect_word("FROM")?;
+    let connector = cursor.identifier("a connector name such as DATAGEN")?.to_ascii_lowercase();
+    let mut options = BTreeMap::new();
+    if cursor.accept_word("WITH") {
+        cursor.expect_token(&Token::LParen)?;
+        loop {
+            let key = cursor.identifier("an option name")?;
+            cursor.expect_token(&Token::Eq)?;
+            let value = match cursor.next() {
+                Token::SingleQuotedString(s) => s,
+                Token::Number(n, _) => n,
+                Token::Word(w) => w.value,
+                _ => {
+                    cursor.index -= 1;
+                    return cursor.error("an option value (a quoted string or a number)");
+                }
+            };
+            if options.insert(key.clone(), value).is_some() {
+                return Err(SqlError::Syntax { message: format!("option '{key}' is given twice"), position: cursor.position() });
+            }
+            if cursor.accept_token(&Token::Comma) {
+                continue;
+            }
+            cursor.expect_token(&Token::RParen)?;
+            break;
+        }
+    }
+    cursor.expect_end()?;
+    Ok(Statement::CreateSource(CreateSource { name, connector, options, if_not_exists }))
+}
+
+fn parse_drop_source(text: &str) -> Result<Statement> {
+    let mut cursor = Cursor::new(text)?;
+    cursor.expect_word("DROP")?;
+    cursor.expect_word("SOURCE")?;
+    let if_exists = if cursor.accept_word("IF") {
+        cursor.expect_word("EXISTS")?;
+        true
+    } else {
+        false
+    };
+    let name = cursor.identifier("a source name")?;
+    cursor.expect_end()?;
+    Ok(Statement::DropSource { name, if_exists })
+}
+
+fn parse_show(text: &str, words: &[String]) -> Result<Statement> {
+    let kind = match words.get(1).map(String::as_str) {
+        Some("TABLES") => ShowKind::Tables,
+        Some("VIEWS") => ShowKind::Views,
+        Some("SOURCES") => ShowKind::Sources,
+        Some("MATERIALIZED") if words.get(2).map(String::as_str) == Some("VIEWS") => ShowKind::MaterializedViews,
+        _ => {
+            let mut cursor = Cursor::new(text)?;
+            cursor.next();
+            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS or SOURCES after SHOW");
+        }
+    };
+    let expected = if kind == ShowKind::MaterializedViews { 3 } else { 2 };
+    let mut cursor = Cursor::new(text)?;
+    for _ in 0..expected {
+        cursor.next();
+    }
+    cursor.expect_end()?;
+    Ok(Statement::Show(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_positions_statements() {
+        let sql = "-- a comment\nCREATE TABLE t (a INT);\n\n  SELECT 'x;y'\n  FROM t;  ";
+        let statements = split_statements(sql).expect("splits");
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0].position, Position { line: 2, column: 1 });
+        assert_eq!(statements[0].text, "CREATE TABLE t (a INT)");
+        assert_eq!(statements[1].position, Position { line: 4, column: 3 });
+        assert_eq!(statements[1].text, "SELECT 'x;y'\n  FROM t");
+    }
+
+    #[test]
+    fn syntax_errors_point_into_the_file() {
+        let sql = "SELECT 1;\nSELECT * FROM t WHERE;";
+        let statements = split_statements(sql).expect("splits");
+        let error = parse_statement(&statements[1]).expect_err("bad SQL");
+        assert_eq!(error.position(), Some(Position { line: 2, column: 22 }));
+    }
+
+    #[test]
+    fn parses_create_source_with_options() {
+        let statement = parse_sql("CREATE SOURCE gen FROM DATAGEN WITH (scenario = 'sessions', rate = 100)")
+            .expect("parses")
+            .remove(0)
+            .statement;
+        let Statement::CreateSource(source) = statement else { panic!("not a source: {statement:?}") };
+        assert_eq!(source.name, "gen");
+        assert_eq!(source.connector, "datagen");
+        assert_eq!(source.options.get("rate").map(String::as_str), Some("100"));
+    }
+
+    #[test]
+    fn show_needs_a_known_kind() {
+        assert!(matches!(parse_sql("SHOW MATERIALIZED VIEWS").expect("parses")[0].statement, Statement::Show(ShowKind::MaterializedViews)));
+        let error = parse_sql("SHOW GADGETS").expect_err("unknown");
+        assert!(error.to_string().contains("TABLES, VIEWS"), "{error}");
+    }
+}
