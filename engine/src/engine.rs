@@ -127,7 +127,10 @@ impl Engine {
             S::CreateView(view) => self.create_view(statement, view).await,
             S::Drop { object_type, if_exists, names, cascade, .. } => {
                 if *cascade {
-                    return Err(SqlError::Unsupported("DROP ... CASCADE is not supported; drop the dependent views first".into()).into());
+                    return Err(SqlError::Unsupported(
+                        "DROP ... CASCADE is not supported; drop the dependent views first".into(),
+                    )
+                    .into());
                 }
                 self.drop(*object_type, *if_exists, names)
             }
@@ -171,7 +174,9 @@ impl Engine {
     /// Refuses DDL inside a transaction block, as changes to views must be whole epochs.
     pub(crate) fn refuse_in_transaction(&self, what: &str) -> Result<()> {
         if self.transaction.is_some() {
-            return Err(EngineError::State(format!("{what} cannot run inside a transaction block; COMMIT or ROLLBACK first")));
+            return Err(EngineError::State(format!(
+                "{what} cannot run inside a transaction block; COMMIT or ROLLBACK first"
+            )));
         }
         Ok(())
     }

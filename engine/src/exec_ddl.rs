@@ -37,7 +37,10 @@ impl Engine {
         let name = object_name(&view.name)?;
         let tag = if view.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" };
         if view.or_replace {
-            return Err(SqlError::Unsupported("CREATE OR REPLACE VIEW is not supported; DROP the view and create it again".into()).into());
+            return Err(SqlError::Unsupported(
+                "CREATE OR REPLACE VIEW is not supported; DROP the view and create it again".into(),
+            )
+            .into());
         }
         if self.catalog.relation(&name).is_some() && view.if_not_exists {
             return Ok(Output::Command(tag.into()));
@@ -70,7 +73,8 @@ impl Engine {
                 // Initial load: the inputs' current contents, inserted.
                 let mut changes: EpochChanges = FxHashMap::default();
                 for input in &inputs {
-                    let source = self.stores.get(input).ok_or_else(|| EngineError::Internal(format!("no store for {input}")))?;
+                    let source =
+                        self.stores.get(input).ok_or_else(|| EngineError::Internal(format!("no store for {input}")))?;
                     if let Some(error) = self.view_error(input) {
                         return Err(EngineError::State(format!("materialized view \"{input}\" {error}")));
                     }
@@ -103,7 +107,12 @@ impl Engine {
         Ok(names)
     }
 
-    pub(crate) fn drop(&mut self, object_type: ast::ObjectType, if_exists: bool, names: &[ast::ObjectName]) -> Result<Output> {
+    pub(crate) fn drop(
+        &mut self,
+        object_type: ast::ObjectType,
+        if_exists: bool,
+        names: &[ast::ObjectName],
+    ) -> Result<Output> {
         self.refuse_in_transaction("DROP")?;
         let (kind, tag) = match object_type {
             ast::ObjectType::Table => (RelationKind::Table, "DROP TABLE"),

@@ -56,7 +56,8 @@ impl Engine {
                 (ChangeBatch::retractions(rows), format!("DELETE {count}"))
             }
             WriteOp::Update => {
-                let plan = changeflow_sql::context::optimize(&self.state, &old_and_new_rows(input, schema.fields().len())?)?;
+                let plan =
+                    changeflow_sql::context::optimize(&self.state, &old_and_new_rows(input, schema.fields().len())?)?;
                 if self.mode == Mode::PlanOnly {
                     return Ok(Output::Command("UPDATE 0".into()));
                 }
@@ -113,7 +114,11 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
                 Ok(Arc::clone(column))
             } else {
                 cast(column, field.data_type()).map_err(|e| {
-                    EngineError::Constraint(format!("column \"{}\" is of type {}: {e}", field.name(), changeflow_sql::ddl::sql_type_name(field.data_type())))
+                    EngineError::Constraint(format!(
+                        "column \"{}\" is of type {}: {e}",
+                        field.name(),
+                        changeflow_sql::ddl::sql_type_name(field.data_type())
+                    ))
                 })
             }
         })
@@ -122,8 +127,16 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
     let relaxed = Arc::new(datafusion::arrow::datatypes::Schema::new(
         schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
     ));
-    let relaxed_batch = RecordBatch::try_new_with_options(relaxed, columns.clone(), &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())))?;
-    match RecordBatch::try_new_with_options(Arc::clone(schema), columns, &RecordBatchOptions::new().with_row_count(Some(batch.num_rows()))) {
+    let relaxed_batch = RecordBatch::try_new_with_options(
+        relaxed,
+        columns.clone(),
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?;
+    match RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    ) {
         Ok(batch) => Ok(batch),
         Err(_) => Ok(relaxed_batch),
     }

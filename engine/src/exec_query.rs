@@ -63,12 +63,19 @@ impl Engine {
     pub(crate) fn show(&self, kind: ShowKind) -> Result<Output> {
         match kind {
             ShowKind::Tables => {
-                let tables: Vec<&Relation> = self.catalog.relations().filter(|r| r.kind == RelationKind::Table).collect();
+                let tables: Vec<&Relation> =
+                    self.catalog.relations().filter(|r| r.kind == RelationKind::Table).collect();
                 table_output(
                     &["name", "columns", "rows"],
                     tables
                         .iter()
-                        .map(|t| vec![Some(t.name.clone()), Some(describe_columns(t)), Some(self.row_count(&t.name).to_string())])
+                        .map(|t| {
+                            vec![
+                                Some(t.name.clone()),
+                                Some(describe_columns(t)),
+                                Some(self.row_count(&t.name).to_string()),
+                            ]
+                        })
                         .collect(),
                 )
             }
@@ -82,7 +89,9 @@ impl Engine {
                     &["name", "kind", "columns"],
                     views
                         .iter()
-                        .map(|v| vec![Some(v.name.clone()), Some(v.kind.describe().to_string()), Some(describe_columns(v))])
+                        .map(|v| {
+                            vec![Some(v.name.clone()), Some(v.kind.describe().to_string()), Some(describe_columns(v))]
+                        })
                         .collect(),
                 )
             }
@@ -131,10 +140,9 @@ impl Engine {
 
     /// Rows of a stored relation, as a batch (tests and tools compare views with this).
     pub fn contents(&self, relation: &str) -> Result<RecordBatch> {
-        let store = self
-            .stores
-            .get(relation)
-            .ok_or_else(|| EngineError::Sql(changeflow_sql::SqlError::Catalog(format!("relation \"{relation}\" does not exist"))))?;
+        let store = self.stores.get(relation).ok_or_else(|| {
+            EngineError::Sql(changeflow_sql::SqlError::Catalog(format!("relation \"{relation}\" does not exist")))
+        })?;
         if let Some(error) = self.view_error(relation) {
             return Err(EngineError::State(format!("materialized view \"{relation}\" {error}")));
         }
@@ -182,7 +190,9 @@ fn table_output(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Result<Outp
         .enumerate()
         .map(|(i, c)| -> ArrayRef {
             if numeric(c) {
-                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r[i].as_deref().and_then(|v| v.parse::<i64>().ok()))))
+                Arc::new(Int64Array::from_iter(
+                    rows.iter().map(|r| r[i].as_deref().and_then(|v| v.parse::<i64>().ok())),
+                ))
             } else {
                 Arc::new(StringArray::from_iter(rows.iter().map(|r| r[i].clone())))
             }

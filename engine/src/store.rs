@@ -105,7 +105,10 @@ impl RelationStore {
         }
         for (row, delta) in &row_changes {
             if self.rows.get(*row).copied().unwrap_or(0) + delta < 0 {
-                return Err(EngineError::Internal(format!("a row of \"{}\" was deleted that does not exist", self.name)));
+                return Err(EngineError::Internal(format!(
+                    "a row of \"{}\" was deleted that does not exist",
+                    self.name
+                )));
             }
         }
         if let Some(key_codec) = &self.key_codec {
@@ -121,7 +124,8 @@ impl RelationStore {
             }
             for (key, (delta, row)) in key_changes {
                 if self.keys.get(key).copied().unwrap_or(0) + delta > 1 {
-                    let columns: Vec<String> = self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
+                    let columns: Vec<String> =
+                        self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
                     let values: Vec<String> = key_columns
                         .iter()
                         .map(|c| array_value_to_string(c, row).unwrap_or_else(|_| "?".into()))

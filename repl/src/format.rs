@@ -79,7 +79,11 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Stri
 
 pub fn csv(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<String> {
     let quote = |text: &str| {
-        if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text.to_string()
+        }
     };
     let mut out = String::new();
     let header: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "changeflow", version, about = "Declarative SQL change data capture: sources, incrementally maintained views, sinks")]
+#[command(
+    name = "changeflow",
+    version,
+    about = "Declarative SQL change data capture: sources, incrementally maintained views, sinks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +40,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -67,7 +73,12 @@ async fn main() -> ExitCode {
                 eprintln!("{count} statement{} checked, no errors", if count == 1 { "" } else { "s" });
                 ExitCode::SUCCESS
             } else {
-                eprintln!("{count} statement{} checked, {} error{}", if count == 1 { "" } else { "s" }, errors.len(), if errors.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "{count} statement{} checked, {} error{}",
+                    if count == 1 { "" } else { "s" },
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
+                );
                 ExitCode::FAILURE
             }
         }

@@ -18,12 +18,68 @@ use crate::format::Format;
 use crate::run::render;
 
 const KEYWORDS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "GROUP BY", "ORDER BY", "HAVING", "LIMIT", "JOIN", "LEFT JOIN", "RIGHT JOIN",
-    "FULL JOIN", "INNER JOIN", "ON", "AND", "OR", "NOT", "NULL", "IS", "AS", "DISTINCT", "UNION ALL", "CASE",
-    "WHEN", "THEN", "ELSE", "END", "COALESCE", "CREATE", "TABLE", "VIEW", "MATERIALIZED", "SOURCE", "DROP",
-    "INSERT", "INTO", "VALUES", "UPDATE", "SET", "DELETE", "BEGIN", "COMMIT", "ROLLBACK", "SHOW", "TABLES",
-    "VIEWS", "SOURCES", "EXPLAIN", "PRIMARY KEY", "INT", "BIGINT", "TEXT", "NUMERIC", "TIMESTAMP", "BOOLEAN",
-    "DATAGEN", "WITH", "count", "sum", "avg", "min", "max", "date_trunc",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "ORDER BY",
+    "HAVING",
+    "LIMIT",
+    "JOIN",
+    "LEFT JOIN",
+    "RIGHT JOIN",
+    "FULL JOIN",
+    "INNER JOIN",
+    "ON",
+    "AND",
+    "OR",
+    "NOT",
+    "NULL",
+    "IS",
+    "AS",
+    "DISTINCT",
+    "UNION ALL",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "COALESCE",
+    "CREATE",
+    "TABLE",
+    "VIEW",
+    "MATERIALIZED",
+    "SOURCE",
+    "DROP",
+    "INSERT",
+    "INTO",
+    "VALUES",
+    "UPDATE",
+    "SET",
+    "DELETE",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SHOW",
+    "TABLES",
+    "VIEWS",
+    "SOURCES",
+    "EXPLAIN",
+    "PRIMARY KEY",
+    "INT",
+    "BIGINT",
+    "TEXT",
+    "NUMERIC",
+    "TIMESTAMP",
+    "BOOLEAN",
+    "DATAGEN",
+    "WITH",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "date_trunc",
 ];
 
 const HELP: &str = "\
@@ -96,7 +152,10 @@ pub async fn run() -> anyhow::Result<()> {
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
-    println!("changeflow {} — SQL views that stay correct as data changes. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "changeflow {} — SQL views that stay correct as data changes. \\? for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut timing = false;
     loop {
         let line = match editor.readline("changeflow=> ") {

@@ -48,7 +48,8 @@ pub async fn run(database: &Database, files: &[PathBuf], output_format: Format) 
     for file in files {
         let text = read(file)?;
         let locate = |position: Position, message: String| LocatedError { file: file.clone(), position, message };
-        let statements = split_statements(&text).map_err(|e| locate(e.position().unwrap_or_default(), e.to_string()))?;
+        let statements =
+            split_statements(&text).map_err(|e| locate(e.position().unwrap_or_default(), e.to_string()))?;
         for source in statements {
             let statement =
                 parse_statement(&source).map_err(|e| locate(e.position().unwrap_or(source.position), e.to_string()))?;

@@ -85,12 +85,19 @@ async fn main() {
     assert!(!files.is_empty(), "no .slt files found under {}", root.display());
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let make_db = || async { Ok::<_, SltError>(Changeflow { database: Database::new(changeflow_connectors::registry()) }) };
+        let make_db =
+            || async { Ok::<_, SltError>(Changeflow { database: Database::new(changeflow_connectors::registry()) }) };
         let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
         let result = if complete {
             let mut runner = sqllogictest::Runner::new(make_db);
             runner
-                .update_test_file(file, " ", sqllogictest::default_validator, sqllogictest::default_normalizer, sqllogictest::default_column_validator)
+                .update_test_file(
+                    file,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
                 .await
                 .map_err(|e| e.to_string())
         } else {

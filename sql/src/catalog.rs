@@ -122,11 +122,7 @@ impl Catalog {
 
     /// Names of relations that read `name` directly.
     pub fn dependents(&self, name: &str) -> Vec<String> {
-        self.relations
-            .values()
-            .filter(|r| r.dependencies.iter().any(|d| d == name))
-            .map(|r| r.name.clone())
-            .collect()
+        self.relations.values().filter(|r| r.dependencies.iter().any(|d| d == name)).map(|r| r.name.clone()).collect()
     }
 
     /// Removes a relation of the expected kind, refusing while something depends on it.
@@ -160,11 +156,13 @@ impl Catalog {
 
     /// Removes a source and its relations, refusing while a view reads one of them.
     pub fn drop_source(&mut self, name: &str) -> Result<SourceDef> {
-        let source = self.sources.get(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
+        let source =
+            self.sources.get(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
         for relation in &source.relations {
             self.refuse_if_depended_on(relation)?;
         }
-        let source = self.sources.remove(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
+        let source =
+            self.sources.remove(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
         for relation in &source.relations {
             self.relations.remove(relation);
         }

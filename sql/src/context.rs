@@ -41,11 +41,7 @@ pub fn new_session_state() -> SessionState {
 }
 
 pub fn parser_options() -> ParserOptions {
-    ParserOptions {
-        map_string_types_to_utf8view: false,
-        enable_ident_normalization: true,
-        ..ParserOptions::new()
-    }
+    ParserOptions { map_string_types_to_utf8view: false, enable_ident_normalization: true, ..ParserOptions::new() }
 }
 
 /// Resolves names against the catalog for one planning or execution.
@@ -123,7 +119,9 @@ impl ContextProvider for PlanContext<'_> {
                     .query
                     .as_ref()
                     .ok_or_else(|| DataFusionError::Internal(format!("view {} has no query", relation.name)))?;
-                let plan = self.plan_query(query).map_err(|e| DataFusionError::Plan(format!("in view \"{}\": {e}", relation.name)))?;
+                let plan = self
+                    .plan_query(query)
+                    .map_err(|e| DataFusionError::Plan(format!("in view \"{}\": {e}", relation.name)))?;
                 Ok(Arc::new(ViewSource { plan, schema: Arc::clone(&relation.schema) }))
             }
             _ => match self.data {
@@ -217,7 +215,11 @@ fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
         if !matches!(data_type, DataType::Timestamp(_, _)) {
             return Ok(Transformed::no(expr));
         }
-        let Expr::Literal(ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)), _) = inner else {
+        let Expr::Literal(
+            ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)),
+            _,
+        ) = inner
+        else {
             return Ok(Transformed::no(expr));
         };
         let Some(completed) = complete(text) else { return Ok(Transformed::no(expr)) };
@@ -228,7 +230,5 @@ fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
             Expr::Cast(Cast::new(Box::new(literal), data_type))
         }))
     }
-    Ok(plan
-        .transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(fix)))?
-        .data)
+    Ok(plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(fix)))?.data)
 }

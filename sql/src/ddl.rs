@@ -20,12 +20,7 @@ pub fn arrow_type(sql_type: &ast::DataType) -> Result<DataType> {
         Some(i) => (text[..i].trim().to_string(), Some(text[i + 1..].trim_end_matches(')').to_string())),
         None => (text.trim().to_string(), None),
     };
-    let numbers: Vec<u64> = args
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let numbers: Vec<u64> = args.as_deref().unwrap_or("").split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let data_type = match base.as_str() {
         "BOOLEAN" | "BOOL" => DataType::Boolean,
         "SMALLINT" | "INT2" => DataType::Int16,
@@ -81,7 +76,9 @@ pub fn sql_type_name(data_type: &DataType) -> String {
 pub fn table_from_create(create: &ast::CreateTable) -> Result<Relation> {
     let name = object_name(&create.name)?;
     if create.query.is_some() {
-        return Err(SqlError::Unsupported("CREATE TABLE ... AS SELECT is not supported; create the table, then INSERT ... SELECT".into()));
+        return Err(SqlError::Unsupported(
+            "CREATE TABLE ... AS SELECT is not supported; create the table, then INSERT ... SELECT".into(),
+        ));
     }
     if create.columns.is_empty() {
         return Err(SqlError::Unsupported(format!("table \"{name}\" needs at least one column")));
@@ -102,7 +99,9 @@ pub fn table_from_create(create: &ast::CreateTable) -> Result<Relation> {
                 ColumnOption::NotNull => nullable = false,
                 ColumnOption::PrimaryKey(_) => {
                     if !primary_key.is_empty() {
-                        return Err(SqlError::Catalog(format!("multiple primary keys for table \"{name}\" are not allowed")));
+                        return Err(SqlError::Catalog(format!(
+                            "multiple primary keys for table \"{name}\" are not allowed"
+                        )));
                     }
                     primary_key.push(column_name.clone());
                 }
@@ -119,33 +118,38 @@ pub fn table_from_create(create: &ast::CreateTable) -> Result<Relation> {
         match constraint {
             TableConstraint::PrimaryKey(pk) => {
                 if !primary_key.is_empty() {
-                    return Err(SqlError::Catalog(format!("multiple primary keys for table \"{name}\" are not allowed")));
+                    return Err(SqlError::Catalog(format!(
+                        "multiple primary keys for table \"{name}\" are not allowed"
+                    )));
                 }
                 for column in &pk.columns {
                     match &column.column.expr {
                         ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
-                        other => return Err(SqlError::Unsupported(format!("primary key on expression {other} is not supported"))),
+                        other => {
+                            return Err(SqlError::Unsupported(format!(
+                                "primary key on expression {other} is not supported"
+                            )));
+                        }
                     }
                 }
             }
             other => {
-                return Err(SqlError::Unsupported(format!("table constraint {other} is not supported (PRIMARY KEY is)")));
+                return Err(SqlError::Unsupported(format!(
+                    "table constraint {other} is not supported (PRIMARY KEY is)"
+                )));
             }
         }
     }
     let mut key_indexes = Vec::new();
     for key_column in &primary_key {
-        let index = fields
-            .iter()
-            .position(|(n, _, _)| n == key_column)
-            .ok_or_else(|| SqlError::Catalog(format!("primary key column \"{key_column}\" does not exist in table \"{name}\"")))?;
+        let index = fields.iter().position(|(n, _, _)| n == key_column).ok_or_else(|| {
+            SqlError::Catalog(format!("primary key column \"{key_column}\" does not exist in table \"{name}\""))
+        })?;
         // Primary key columns are NOT NULL, as in PostgreSQL.
         fields[index].2 = false;
         key_indexes.push(index);
     }
-    let schema = Schema::new(
-        fields.into_iter().map(|(n, t, nullable)| Field::new(n, t, nullable)).collect::<Vec<_>>(),
-    );
+    let schema = Schema::new(fields.into_iter().map(|(n, t, nullable)| Field::new(n, t, nullable)).collect::<Vec<_>>());
     Ok(Relation {
         name,
         kind: RelationKind::Table,
@@ -167,7 +171,11 @@ pub fn object_name(name: &ast::ObjectName) -> Result<String> {
     let parts: Vec<String> = name
         .0
         .iter()
-        .map(|part| part.as_ident().map(normalize_ident).ok_or_else(|| SqlError::Unsupported(format!("unsupported name {name}"))))
+        .map(|part| {
+            part.as_ident()
+                .map(normalize_ident)
+                .ok_or_else(|| SqlError::Unsupported(format!("unsupported name {name}")))
+        })
         .collect::<Result<_>>()?;
     match parts.as_slice() {
         [table] => Ok(table.clone()),

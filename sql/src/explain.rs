@@ -41,7 +41,8 @@ fn render(node: &PlanNode, depth: usize, out: &mut String) {
             }
         }
         NodeKind::Join { on, filter, join_type, .. } => {
-            let keys: Vec<String> = on.iter().map(|(l, r)| format!("{} = {}", l.human_display(), r.human_display())).collect();
+            let keys: Vec<String> =
+                on.iter().map(|(l, r)| format!("{} = {}", l.human_display(), r.human_display())).collect();
             let mut line = if keys.is_empty() {
                 format!("{join_type:?}Join (cross)")
             } else {

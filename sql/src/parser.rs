@@ -32,7 +32,10 @@ pub struct ParsedStatement {
 pub enum Statement {
     Sql(Box<ast::Statement>),
     CreateSource(CreateSource),
-    DropSource { name: String, if_exists: bool },
+    DropSource {
+        name: String,
+        if_exists: bool,
+    },
     Show(ShowKind),
     /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: print the incremental dataflow.
     ExplainView(Box<ast::Statement>),
@@ -59,12 +62,10 @@ pub struct CreateSource {
 /// statements are dropped; a statement's position is that of its first token.
 pub fn split_statements(sql: &str) -> Result<Vec<StatementText>> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| SqlError::Syntax {
-            message: e.message.clone(),
-            position: Some(Position { line: e.location.line, column: e.location.column }),
-        })?;
+    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| SqlError::Syntax {
+        message: e.message.clone(),
+        position: Some(Position { line: e.location.line, column: e.location.column }),
+    })?;
     let line_starts = line_offsets(sql);
     let offset_of = |token: &TokenWithSpan| -> usize {
         let location = token.span.start;
@@ -157,9 +158,7 @@ fn parse_one(text: &str) -> Result<Statement> {
                 ast::Statement::CreateView(ref view) if view.materialized => {
                     Ok(Statement::ExplainView(Box::new(statement)))
                 }
-                _ => Err(SqlError::Unsupported(
-                    "EXPLAIN CREATE is supported for CREATE MATERIALIZED VIEW only".into(),
-                )),
+                _ => Err(SqlError::Unsupported("EXPLAIN CREATE is supported for CREATE MATERIALIZED VIEW only".into())),
             };
         }
         _ => {}
@@ -203,10 +202,7 @@ pub fn syntax_error(error: ParserError) -> SqlError {
             .filter(|s| !s.is_empty())
             .filter_map(|s| s.parse::<u64>().ok());
         if let (Some(line), Some(column)) = (numbers.next(), numbers.next()) {
-            return SqlError::Syntax {
-                message: message.to_string(),
-                position: Some(Position { line, column }),
-            };
+            return SqlError::Syntax { message: message.to_string(), position: Some(Position { line, column }) };
         }
     }
     SqlError::Syntax { message: text, position: None }
@@ -245,7 +241,18 @@ impl Cursor {
                 position: Some(Position { line: e.location.line, column: e.location.column }),
             })?
             .into_iter()
-            .filter(|t| !matches!(t.token, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab | Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))))
+            .filter(|t| {
+                !matches!(
+                    t.token,
+                    Token::Whitespace(
+                        Whitespace::Space
+                            | Whitespace::Newline
+                            | Whitespace::Tab
+                            | Whitespace::SingleLineComment { .. }
+                            | Whitespace::MultiLineComment(_)
+                    )
+                )
+            })
             .collect();
         Ok(Self { tokens, index: 0 })
     }
@@ -352,7 +359,10 @@ fn parse_create_source(text: &str) -> Result<Statement> {
                 }
             };
             if options.insert(key.clone(), value).is_some() {
-                return Err(SqlError::Syntax { message: format!("option '{key}' is given twice"), position: cursor.position() });
+                return Err(SqlError::Syntax {
+                    message: format!("option '{key}' is given twice"),
+                    position: cursor.position(),
+                });
             }
             if cursor.accept_token(&Token::Comma) {
                 continue;
@@ -438,7 +448,10 @@ mod tests {
 
     #[test]
     fn show_needs_a_known_kind() {
-        assert!(matches!(parse_sql("SHOW MATERIALIZED VIEWS").expect("parses")[0].statement, Statement::Show(ShowKind::MaterializedViews)));
+        assert!(matches!(
+            parse_sql("SHOW MATERIALIZED VIEWS").expect("parses")[0].statement,
+            Statement::Show(ShowKind::MaterializedViews)
+        ));
         let error = parse_sql("SHOW GADGETS").expect_err("unknown");
         assert!(error.to_string().contains("TABLES, VIEWS"), "{error}");
     }

@@ -8,8 +8,8 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, JoinType, NullEquality};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::logical_plan::{
-    Aggregate, Distinct, EmptyRelation, FetchType, Filter, Join, Limit, Projection, SkipType, Sort,
-    SubqueryAlias, TableScan, Union, Values,
+    Aggregate, Distinct, EmptyRelation, FetchType, Filter, Join, Limit, Projection, SkipType, Sort, SubqueryAlias,
+    TableScan, Union, Values,
 };
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, Volatility};
 use datafusion::sql::sqlparser::ast;
@@ -90,7 +90,9 @@ fn check_expr(expr: &Expr) -> Result<()> {
     let mut found: Option<&'static str> = None;
     expr.apply(|e| {
         found = match e {
-            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => Some("a correlated subquery that cannot be rewritten as a join"),
+            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+                Some("a correlated subquery that cannot be rewritten as a join")
+            }
             Expr::OuterReferenceColumn(..) => Some("a correlated subquery"),
             Expr::WindowFunction(_) => Some("window functions (... OVER (...))"),
             Expr::Placeholder(_) => Some("parameters ($1)"),
@@ -176,7 +178,11 @@ fn plan_aggregate(context: &PlanContext<'_>, aggregate: &Aggregate) -> Result<Pl
     })
 }
 
-fn plan_aggregate_call(expr: &Expr, input_schema: &DFSchema, output_type: datafusion::arrow::datatypes::DataType) -> Result<AggregateCall> {
+fn plan_aggregate_call(
+    expr: &Expr,
+    input_schema: &DFSchema,
+    output_type: datafusion::arrow::datatypes::DataType,
+) -> Result<AggregateCall> {
     let display = expr.schema_name().to_string();
     let mut inner = expr;
     while let Expr::Alias(alias) = inner {
@@ -272,7 +278,10 @@ fn plan_distinct(context: &PlanContext<'_>, distinct: &Distinct) -> Result<PlanN
             let input = plan_node(context, input)?;
             let group_exprs = input.schema.columns().into_iter().map(Expr::Column).collect();
             let schema = Arc::clone(&input.schema);
-            Ok(PlanNode { kind: NodeKind::Aggregate { input: Box::new(input), group_exprs, aggregates: Vec::new() }, schema })
+            Ok(PlanNode {
+                kind: NodeKind::Aggregate { input: Box::new(input), group_exprs, aggregates: Vec::new() },
+                schema,
+            })
         }
         Distinct::On(_) => Err(not_incremental("DISTINCT ON")),
     }

@@ -35,7 +35,9 @@ impl DatagenConfig {
             match options.get(key) {
                 None => Ok(default),
                 Some(text) => text.parse::<u64>().map_err(|_| {
-                    EngineError::Connector(format!("source \"{source}\": option {key} = '{text}' is not a whole number"))
+                    EngineError::Connector(format!(
+                        "source \"{source}\": option {key} = '{text}' is not a whole number"
+                    ))
                 }),
             }
         };
@@ -49,7 +51,9 @@ impl DatagenConfig {
         let transactions_per_second = number("tps", 10)?.max(1);
         let experiences = number("experiences", 20)?;
         if experiences == 0 || experiences > 1_000_000 {
-            return Err(EngineError::Connector(format!("source \"{source}\": experiences must be between 1 and 1000000")));
+            return Err(EngineError::Connector(format!(
+                "source \"{source}\": experiences must be between 1 and 1000000"
+            )));
         }
         Ok(Self {
             scenario,

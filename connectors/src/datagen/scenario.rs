@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use changeflow_engine::connector::SourceRelationDef;
 use changeflow_engine::{ChangeBatch, EngineError};
-use datafusion::arrow::array::{ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -94,7 +96,11 @@ impl SessionsScenario {
         self.names
             .iter()
             .zip(&self.schemas)
-            .map(|(name, schema)| SourceRelationDef { name: name.clone(), schema: Arc::clone(schema), primary_key: vec![0] })
+            .map(|(name, schema)| SourceRelationDef {
+                name: name.clone(),
+                schema: Arc::clone(schema),
+                primary_key: vec![0],
+            })
             .collect()
     }
 
@@ -123,7 +129,9 @@ impl SessionsScenario {
                 let session = Session {
                     id: self.next_session,
                     experience_id: self.rng.random_range(1..=self.experiences as i32),
-                    starts_at: BASE_TIME + self.rng.random_range(0..30) * 24 * HOUR + self.rng.random_range(8..22) * HOUR,
+                    starts_at: BASE_TIME
+                        + self.rng.random_range(0..30) * 24 * HOUR
+                        + self.rng.random_range(8..22) * HOUR,
                     capacity: self.rng.random_range(4..40),
                     sold: 0,
                 };
@@ -172,7 +180,8 @@ impl SessionsScenario {
                 let session_id = self.pick_session();
                 if let Some(session) = self.sessions.remove(&session_id) {
                     sessions.push((session, -1));
-                    let dropped: Vec<i64> = self.orders.values().filter(|o| o.session_id == session_id).map(|o| o.id).collect();
+                    let dropped: Vec<i64> =
+                        self.orders.values().filter(|o| o.session_id == session_id).map(|o| o.id).collect();
                     for id in dropped {
                         if let Some(order) = self.orders.remove(&id) {
                             orders.push((order, -1));
@@ -219,7 +228,8 @@ impl SessionsScenario {
     }
 
     fn order_batch(&self, rows: &[(Order, i64)]) -> Result<ChangeBatch, EngineError> {
-        let amounts = Decimal128Array::from_iter_values(rows.iter().map(|(o, _)| o.amount_cents)).with_precision_and_scale(10, 2)?;
+        let amounts = Decimal128Array::from_iter_values(rows.iter().map(|(o, _)| o.amount_cents))
+            .with_precision_and_scale(10, 2)?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|(o, _)| o.id))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|(o, _)| o.session_id))),

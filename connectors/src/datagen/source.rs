@@ -20,7 +20,12 @@ impl SourceConnector for DatagenConnector {
         Ok(SessionsScenario::new(&config.prefix, config.seed, config.experiences).relations())
     }
 
-    async fn open(&self, source: &str, options: &BTreeMap<String, String>, _resume: Option<Progress>) -> Result<Box<dyn SourceReader>> {
+    async fn open(
+        &self,
+        source: &str,
+        options: &BTreeMap<String, String>,
+        _resume: Option<Progress>,
+    ) -> Result<Box<dyn SourceReader>> {
         let config = DatagenConfig::from_options(source, options)?;
         let scenario = SessionsScenario::new(&config.prefix, config.seed, config.experiences);
         let interval = tokio::time::interval(Duration::from_micros(1_000_000 / config.transactions_per_second));

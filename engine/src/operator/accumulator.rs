@@ -17,14 +17,40 @@ use crate::rows::{RowCodec, encode_owned};
 /// The state of one aggregate call across all groups.
 pub enum Accumulator {
     CountRows,
-    Count { counts: Vec<i64> },
+    Count {
+        counts: Vec<i64>,
+    },
     /// Exact sums of integers and decimals (as unscaled i128), with the count of non-NULL values.
-    SumExact { sums: Vec<i128>, counts: Vec<i64>, output: DataType },
-    SumFloat { sums: Vec<f64>, counts: Vec<i64> },
-    AvgFloat { sums: Vec<f64>, counts: Vec<i64> },
-    AvgDecimal { sums: Vec<i128>, counts: Vec<i64>, input_scale: i8, output: DataType },
-    Extremum { values: Vec<BTreeMap<Box<[u8]>, i64>>, codec: RowCodec, max: bool, input: DataType, output: DataType },
-    CountDistinct { values: Vec<FxHashMap<Box<[u8]>, i64>>, codec: RowCodec },
+    SumExact {
+        sums: Vec<i128>,
+        counts: Vec<i64>,
+        output: DataType,
+    },
+    SumFloat {
+        sums: Vec<f64>,
+        counts: Vec<i64>,
+    },
+    AvgFloat {
+        sums: Vec<f64>,
+        counts: Vec<i64>,
+    },
+    AvgDecimal {
+        sums: Vec<i128>,
+        counts: Vec<i64>,
+        input_scale: i8,
+        output: DataType,
+    },
+    Extremum {
+        values: Vec<BTreeMap<Box<[u8]>, i64>>,
+        codec: RowCodec,
+        max: bool,
+        input: DataType,
+        output: DataType,
+    },
+    CountDistinct {
+        values: Vec<FxHashMap<Box<[u8]>, i64>>,
+        codec: RowCodec,
+    },
 }
 
 /// The argument column of one batch, converted to what the accumulator reads.
@@ -93,8 +119,12 @@ impl Accumulator {
             Accumulator::CountRows => Prepared::None,
             Accumulator::Count { .. } => Prepared::Nulls(arg.clone()),
             Accumulator::SumExact { output, .. } => Prepared::Int(cast(arg, output)?),
-            Accumulator::AvgDecimal { input_scale, .. } => Prepared::Int(cast(arg, &DataType::Decimal128(38, *input_scale))?),
-            Accumulator::SumFloat { .. } | Accumulator::AvgFloat { .. } => Prepared::Float(cast(arg, &DataType::Float64)?),
+            Accumulator::AvgDecimal { input_scale, .. } => {
+                Prepared::Int(cast(arg, &DataType::Decimal128(38, *input_scale))?)
+            }
+            Accumulator::SumFloat { .. } | Accumulator::AvgFloat { .. } => {
+                Prepared::Float(cast(arg, &DataType::Float64)?)
+            }
             Accumulator::Extremum { codec, .. } | Accumulator::CountDistinct { codec, .. } => {
                 let keys = encode_owned(codec, std::slice::from_ref(arg), arg.len())?;
                 Prepared::Encoded(keys.into_iter().enumerate().map(|(i, k)| (!arg.is_null(i)).then_some(k)).collect())
@@ -137,7 +167,10 @@ impl Accumulator {
                 }
             }
             (_, Prepared::Nulls(_)) => {}
-            (Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. }, Prepared::Int(arg)) => {
+            (
+                Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. },
+                Prepared::Int(arg),
+            ) => {
                 if arg.is_valid(row) {
                     let value: i128 = match arg.data_type() {
                         DataType::Int64 => arg.as_primitive::<Int64Type>().value(row) as i128,
@@ -182,16 +215,15 @@ impl Accumulator {
                 } else {
                     match output {
                         DataType::Int64 => ScalarValue::Int64(Some(
-                            i64::try_from(sums[group]).map_err(|_| EngineError::Constraint("bigint out of range in sum".into()))?,
+                            i64::try_from(sums[group])
+                                .map_err(|_| EngineError::Constraint("bigint out of range in sum".into()))?,
                         )),
                         DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(sums[group]), *p, *s),
                         other => return Err(EngineError::Internal(format!("sum into {other}"))),
                     }
                 }
             }
-            Accumulator::SumFloat { sums, counts } => {
-                ScalarValue::Float64((counts[group] != 0).then_some(sums[group]))
-            }
+            Accumulator::SumFloat { sums, counts } => ScalarValue::Float64((counts[group] != 0).then_some(sums[group])),
             Accumulator::AvgFloat { sums, counts } => {
                 ScalarValue::Float64((counts[group] != 0).then(|| sums[group] / counts[group] as f64))
             }
@@ -208,7 +240,11 @@ impl Accumulator {
                     // Round half away from zero, as PostgreSQL does for numeric.
                     let quotient = numerator / count;
                     let remainder = numerator % count;
-                    let rounded = if remainder.abs() * 2 >= count.abs() { quotient + numerator.signum() * count.signum() } else { quotient };
+                    let rounded = if remainder.abs() * 2 >= count.abs() {
+                        quotient + numerator.signum() * count.signum()
+                    } else {
+                        quotient
+                    };
                     ScalarValue::Decimal128(Some(rounded), *p, *s)
                 }
             }

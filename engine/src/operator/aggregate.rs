@@ -43,8 +43,7 @@ impl Aggregate {
         calls: &[AggregateCall],
         schema: SchemaRef,
     ) -> Result<Self> {
-        let key_types =
-            group_exprs.iter().map(|e| e.get_type(input_schema)).collect::<Result<Vec<DataType>, _>>()?;
+        let key_types = group_exprs.iter().map(|e| e.get_type(input_schema)).collect::<Result<Vec<DataType>, _>>()?;
         let mut aggregate = Self {
             input,
             group_exprs: group_exprs.iter().map(|e| physical(e, input_schema)).collect::<Result<_>>()?,

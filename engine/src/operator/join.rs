@@ -127,7 +127,12 @@ impl Join {
 
     /// Joins a side's delta with the other side's stored rows: emits the passing pairs and
     /// returns them as (index into `delta`, stored row, stored multiplicity).
-    fn join_delta(&self, delta: &Delta, delta_is_left: bool, out: &mut Vec<ChangeBatch>) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
+    fn join_delta(
+        &self,
+        delta: &Delta,
+        delta_is_left: bool,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
         let mut candidates: Vec<(usize, &[u8], i64)> = Vec::new();
         for (index, (key, _, _)) in delta.iter().enumerate() {

@@ -25,16 +25,14 @@ impl Filter {
 
 /// Keeps the rows (and weights) where `mask` is true; NULL counts as false, as in SQL.
 pub fn filter_changes(change: ChangeBatch, mask: &datafusion::arrow::array::BooleanArray) -> Result<ChangeBatch> {
-    let mask = if mask.null_count() > 0 {
-        datafusion::arrow::compute::prep_null_mask_filter(mask)
-    } else {
-        mask.clone()
-    };
+    let mask =
+        if mask.null_count() > 0 { datafusion::arrow::compute::prep_null_mask_filter(mask) } else { mask.clone() };
     if mask.true_count() == change.len() {
         return Ok(change);
     }
     let data = filter_record_batch(&change.data, &mask)?;
-    let weights = change.weights.iter().zip(mask.iter()).filter(|(_, keep)| keep == &Some(true)).map(|(w, _)| *w).collect();
+    let weights =
+        change.weights.iter().zip(mask.iter()).filter(|(_, keep)| keep == &Some(true)).map(|(w, _)| *w).collect();
     ChangeBatch::new(data, weights)
 }
 

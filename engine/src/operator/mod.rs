@@ -2,8 +2,8 @@
 //! emits the change of its output, keeping whatever state that needs (none for filters and
 //! projections; per-group accumulators for aggregates; arrangements for joins).
 
-mod aggregate;
 mod accumulator;
+mod aggregate;
 mod constant;
 mod join;
 mod map;

@@ -42,7 +42,12 @@ impl TopK {
     ) -> Result<Self> {
         let fields = order
             .iter()
-            .map(|k| Ok((k.expr.get_type(input_schema)?, SortOptions { descending: k.descending, nulls_first: k.nulls_first })))
+            .map(|k| {
+                Ok((
+                    k.expr.get_type(input_schema)?,
+                    SortOptions { descending: k.descending, nulls_first: k.nulls_first },
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             input,
@@ -74,7 +79,9 @@ impl Operator for TopK {
             if *count == 0 {
                 self.rows.remove(&id);
             } else if *count < 0 {
-                return Err(EngineError::Internal("a row was retracted from ORDER BY ... LIMIT more often than inserted".into()));
+                return Err(EngineError::Internal(
+                    "a row was retracted from ORDER BY ... LIMIT more often than inserted".into(),
+                ));
             }
         }
         // The new window: rows at positions skip .. skip + fetch, counting multiplicities.
