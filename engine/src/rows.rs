@@ -1,7 +1,8 @@
 //! Row encoding with `arrow::row`: rows and keys become byte strings that hash, compare and
 //! sort like the values they encode (NULLs included), and decode back to Arrow arrays.
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, make_array};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -47,8 +48,34 @@ impl RowCodec {
     /// Decodes encoded rows (as stored byte strings) back into columns.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();
-        Ok(self.converter.convert_rows(rows.into_iter().map(|bytes| parser.parse(bytes)))?)
+        let columns = self.converter.convert_rows(rows.into_iter().map(|bytes| parser.parse(bytes)))?;
+        columns.into_iter().map(zero_null_slots).collect()
     }
+}
+
+/// Decoded NULLs of fixed-width types carry arbitrary values behind the null bit (i64::MIN
+/// for timestamps). Some DataFusion kernels compute on those values and overflow, so the
+/// slots are zeroed, as arrays built by Arrow's builders have them.
+fn zero_null_slots(array: ArrayRef) -> Result<ArrayRef> {
+    let Some(nulls) = array.logical_nulls() else { return Ok(array) };
+    let Some(width) = array.data_type().primitive_width() else { return Ok(array) };
+    if nulls.null_count() == 0 {
+        return Ok(array);
+    }
+    let data = array.to_data();
+    let start = data.offset() * width;
+    let mut bytes = data.buffers()[0].as_slice()[start..start + data.len() * width].to_vec();
+    for index in 0..data.len() {
+        if nulls.is_null(index) {
+            bytes[index * width..(index + 1) * width].fill(0);
+        }
+    }
+    let zeroed = ArrayDataBuilder::new(data.data_type().clone())
+        .len(data.len())
+        .add_buffer(Buffer::from_vec(bytes))
+        .nulls(Some(nulls))
+        .build()?;
+    Ok(make_array(zeroed))
 }
 
 /// Encodes the given columns row by row into owned byte strings; an empty column list gives

@@ -1,1 +1,9 @@
+//! Integration tests of changeflow: randomized differential tests (against DataFusion's
+//! from-scratch evaluation and against PostgreSQL), the CLI, and the datagen source.
 
+mod cli;
+mod datagen;
+mod differential;
+mod postgres_oracle;
+mod support;
+mod workload;

@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests: running SQL, normalizing result rows so two
+//! engines' answers compare (numbers rounded, booleans spelled out), and a PostgreSQL cluster
+//! started in a temp dir.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use changeflow_engine::{Database, Output};
+
+pub async fn execute(database: &Database, sql: &str) -> Result<Vec<Output>, String> {
+    let mut outputs = Vec::new();
+    for statement in changeflow_sql::parse_sql(sql).map_err(|e| e.to_string())? {
+        outputs.push(database.execute(&statement).await.map_err(|e| e.to_string())?);
+    }
+    Ok(outputs)
+}
+
+pub async fn execute_ok(database: &Database, sql: &str) {
+    if let Err(error) = execute(database, sql).await {
+        panic!("{sql}\nfailed: {error}");
+    }
+}
+
+/// The text of every value of a changeflow result.
+pub fn output_rows(output: &Output) -> Vec<Vec<Option<String>>> {
+    let Output::Rows { batches, .. } = output else { panic!("not a query result: {output:?}") };
+    let options = datafusion::arrow::util::display::FormatOptions::new()
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+        .with_types_info(false);
+    let mut rows = Vec::new();
+    for batch in batches {
+        use datafusion::arrow::array::Array;
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| {
+                datafusion::arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter")
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| (!c.is_null(row)).then(|| f.value(row).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// Normalizes one value: numbers to 6 decimals (so 20, 20.0 and 20.000000 agree, and float
+/// sums that differ in the last bits agree), PostgreSQL's t/f to true/false.
+pub fn normalize_value(value: Option<&str>) -> String {
+    match value {
+        None => "NULL".to_string(),
+        Some("t") => "true".to_string(),
+        Some("f") => "false".to_string(),
+        Some(text) => match text.parse::<f64>() {
+            Ok(number) if text.chars().all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+')) => {
+                let rounded = format!("{:.6}", number);
+                if rounded == "-0.000000" { "0.000000".to_string() } else { rounded }
+            }
+            _ => text.to_string(),
+        },
+    }
+}
+
+/// Rows as sorted normalized strings: a multiset that compares regardless of order.
+pub fn normalize_rows(rows: Vec<Vec<Option<String>>>) -> Vec<String> {
+    let mut out: Vec<String> =
+        rows.iter().map(|r| r.iter().map(|v| normalize_value(v.as_deref())).collect::<Vec<_>>().join(" | ")).collect();
+    out.sort();
+    out
+}
+
+/// A PostgreSQL cluster in a temp dir, on a free port, stopped on drop.
+pub struct PostgresCluster {
+    pub port: u16,
+    data_dir: PathBuf,
+    bin: PathBuf,
+    as_postgres_user: bool,
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.into_iter().rev().find(|bin| bin.join("initdb").exists()).unwrap_or_else(|| {
+        panic!("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: run ./scripts/test.sh, which installs them")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+}
+
+impl PostgresCluster {
+    pub fn start() -> Self {
+        let bin = postgres_bin();
+        let as_postgres_user = running_as_root();
+        let base = std::env::temp_dir().join(format!("changeflow-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&base).expect("create temp dir");
+        let data_dir = base.join("data");
+        if as_postgres_user {
+            let status = Command::new("chown").arg("-R").arg("postgres").arg(&base).status().expect("chown");
+            assert!(status.success(), "chown of {} to postgres failed", base.display());
+        }
+        let port = free_port();
+        let cluster = Self { port, data_dir: data_dir.clone(), bin: bin.clone(), as_postgres_user };
+        cluster.run(
+            &bin.join("initdb"),
+            &["-D", path(&data_dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off -c synchronous_commit=off -c TimeZone=UTC",
+            path(&base)
+        );
+        cluster.run(
+            &bin.join("pg_ctl"),
+            &["-D", path(&data_dir), "-o", &options, "-l", path(&base.join("log")), "-w", "start"],
+        );
+        cluster
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) {
+        let mut command = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let output = command.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        assert!(
+            output.status.success(),
+            "{} failed: {}\n{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let config = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
+        let (client, connection) =
+            tokio_postgres::connect(&config, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let bin = self.bin.join("pg_ctl");
+        let data = self.data_dir.clone();
+        let mut command = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        let _ = command.args(["-D", path(&data), "-m", "immediate", "stop"]).output();
+        if let Some(base) = data.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// initdb refuses to run as root; the harness then runs it as the `postgres` user.
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
