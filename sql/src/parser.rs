@@ -122,16 +122,26 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
 /// Parses one statement. Errors carry positions relative to the whole text.
 pub fn parse_statement(source: &StatementText) -> Result<ParsedStatement> {
     let statement = parse_one(&source.text).map_err(|error| match error {
-        SqlError::Syntax { message, position } => SqlError::Syntax {
-            message,
-            position: Some(match position {
-                Some(inner) => absolute_position(source.position, inner),
-                None => source.position,
-            }),
-        },
+        SqlError::Syntax { message, position } => {
+            let inner = position.or_else(|| message.contains("EOF").then(|| end_position(&source.text)));
+            SqlError::Syntax {
+                message: message.replace("found: EOF", "found: end of statement"),
+                position: Some(match inner {
+                    Some(inner) => absolute_position(source.position, inner),
+                    None => source.position,
+                }),
+            }
+        }
         other => other,
     })?;
     Ok(ParsedStatement { statement, text: source.text.clone(), position: source.position })
+}
+
+/// The position just after the last character of a text.
+fn end_position(text: &str) -> Position {
+    let line = text.lines().count().max(1) as u64;
+    let column = text.lines().last().map(|l| l.chars().count()).unwrap_or(0) as u64 + 1;
+    Position { line, column }
 }
 
 /// Turns a position inside a statement into one inside the file the statement starts in.
