@@ -192,6 +192,20 @@ impl Engine {
         }
     }
 
+    /// Writes a change to a local table as DML does (constraints checked, whole or nothing),
+    /// then applies it to the views (now, or at COMMIT inside a transaction).
+    pub fn write_table(&mut self, table: &str, change: ChangeBatch) -> Result<()> {
+        let relation = self.catalog.require_relation(table)?;
+        if relation.kind != changeflow_sql::RelationKind::Table {
+            return Err(EngineError::Constraint(format!("\"{table}\" is not a table")));
+        }
+        let change = change.with_schema(Arc::clone(&relation.schema))?;
+        let store = self.stores.get_mut(table).ok_or_else(|| EngineError::Internal(format!("no store for {table}")))?;
+        store.check(&change)?;
+        store.apply(&change)?;
+        self.submit(vec![(table.to_string(), change)])
+    }
+
     /// Applies a source transaction (or several) as one epoch: the relations' stores, then
     /// every affected view.
     pub fn apply_source_changes(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {

@@ -1,0 +1,262 @@
+//! Benchmarks of incremental view maintenance (run by hand, results in BENCHMARKS.md):
+//!
+//!   cargo bench -p changeflow-engine --bench incremental [-- quick]
+//!
+//! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
+//!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
+//! 2. Initial load rate, and throughput of 2k- and 10k-change epochs (mixed inserts, updates,
+//!    deletes) through the calendar view and through a join + aggregate view.
+//! 3. DataFusion recomputing the view from scratch, beside one incremental epoch.
+//! 4. Memory: resident bytes of view state per input row, beside the Arrow size of a row.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use changeflow_engine::connector::ConnectorRegistry;
+use changeflow_engine::{ChangeBatch, Engine};
+use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const EXPERIENCES: i32 = 1000;
+const DAY: i64 = 86_400_000_000;
+const BASE: i64 = 1_796_083_200_000_000;
+
+const CALENDAR: &str = "CREATE MATERIALIZED VIEW calendar AS SELECT experience_id, date_trunc('day', starts_at) AS day, \
+    count(*) AS sessions, sum(capacity - sold) AS seats_left, min(starts_at) AS first_start, max(starts_at) AS last_start \
+    FROM sessions GROUP BY 1, 2";
+const CITY: &str = "CREATE MATERIALIZED VIEW by_city AS SELECT e.city, count(*) AS sessions, sum(s.capacity - s.sold) AS seats_left \
+    FROM sessions s JOIN experiences e ON s.experience_id = e.id GROUP BY e.city";
+
+#[derive(Clone, Copy)]
+struct Session {
+    experience: i32,
+    starts: i64,
+    capacity: i32,
+    sold: i32,
+}
+
+struct Data {
+    schema: SchemaRef,
+    rows: Vec<Option<Session>>,
+    rng: StdRng,
+}
+
+impl Data {
+    fn new() -> Self {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("experience_id", DataType::Int32, true),
+            Field::new("starts_at", ts, true),
+            Field::new("capacity", DataType::Int32, true),
+            Field::new("sold", DataType::Int32, true),
+        ]));
+        Self { schema, rows: Vec::new(), rng: StdRng::seed_from_u64(42) }
+    }
+
+    fn random_session(&mut self) -> Session {
+        Session {
+            experience: self.rng.random_range(1..=EXPERIENCES),
+            starts: BASE + self.rng.random_range(0..30) * DAY + self.rng.random_range(8..22) * 3_600_000_000,
+            capacity: self.rng.random_range(4..40),
+            sold: 0,
+        }
+    }
+
+    fn batch(&self, rows: &[(i64, Session, i64)]) -> ChangeBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1.experience))),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1.starts))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1.capacity))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1.sold))),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns).expect("batch");
+        ChangeBatch::new(batch, rows.iter().map(|r| r.2).collect()).expect("change")
+    }
+
+    fn inserts(&mut self, count: usize) -> ChangeBatch {
+        let rows: Vec<(i64, Session, i64)> = (0..count)
+            .map(|_| {
+                let session = self.random_session();
+                self.rows.push(Some(session));
+                (self.rows.len() as i64, session, 1)
+            })
+            .collect();
+        self.batch(&rows)
+    }
+
+    fn live_id(&mut self) -> i64 {
+        loop {
+            let id = self.rng.random_range(1..=self.rows.len() as i64);
+            if self.rows[id as usize - 1].is_some() {
+                return id;
+            }
+        }
+    }
+
+    /// One sold seat on a random session: a retraction and an insertion.
+    fn one_update(&mut self) -> ChangeBatch {
+        let id = self.live_id();
+        let old = self.rows[id as usize - 1].expect("live");
+        let mut new = old;
+        new.sold = (new.sold + 1) % (new.capacity + 1);
+        self.rows[id as usize - 1] = Some(new);
+        self.batch(&[(id, old, -1), (id, new, 1)])
+    }
+
+    /// A mixed epoch: a third inserts, a third updates, a third deletes.
+    fn mixed(&mut self, changes: usize) -> (ChangeBatch, usize) {
+        let mut rows = Vec::with_capacity(changes + changes / 3);
+        let mut touched = std::collections::HashSet::new();
+        for i in 0..changes {
+            match i % 3 {
+                0 => {
+                    let session = self.random_session();
+                    self.rows.push(Some(session));
+                    rows.push((self.rows.len() as i64, session, 1));
+                }
+                1 => {
+                    let id = self.live_id();
+                    if !touched.insert(id) {
+                        continue;
+                    }
+                    let old = self.rows[id as usize - 1].expect("live");
+                    let mut new = old;
+                    new.sold = (new.sold + 1) % (new.capacity + 1);
+                    self.rows[id as usize - 1] = Some(new);
+                    rows.push((id, old, -1));
+                    rows.push((id, new, 1));
+                }
+                _ => {
+                    let id = self.live_id();
+                    if !touched.insert(id) {
+                        continue;
+                    }
+                    let old = self.rows[id as usize - 1].take().expect("live");
+                    rows.push((id, old, -1));
+                }
+            }
+        }
+        let count = rows.len();
+        (self.batch(&rows), count)
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn engine_with_table(data: &mut Data, rows: usize) -> (Engine, f64) {
+    let mut engine = Engine::new(ConnectorRegistry::default());
+    engine
+        .execute_sql_text(
+            "CREATE TABLE sessions (id BIGINT PRIMARY KEY, experience_id INT, starts_at TIMESTAMP, capacity INT, sold INT);\
+             CREATE TABLE experiences (id INT PRIMARY KEY, city TEXT)",
+        )
+        .await
+        .expect("schema");
+    let cities = ["Berlin", "Lisbon", "Oslo", "Rome", "Vienna", "Paris", "Madrid", "Prague"];
+    let experiences = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false), Field::new("city", DataType::Utf8, true)])),
+        vec![
+            Arc::new(Int32Array::from_iter_values(1..=EXPERIENCES)),
+            Arc::new(StringArray::from_iter_values((1..=EXPERIENCES).map(|i| cities[i as usize % cities.len()]))),
+        ],
+    )
+    .expect("experiences");
+    engine.write_table("experiences", ChangeBatch::inserts(experiences)).expect("load experiences");
+    let started = Instant::now();
+    let mut loaded = 0;
+    while loaded < rows {
+        let chunk = (rows - loaded).min(100_000);
+        engine.write_table("sessions", data.inserts(chunk)).expect("load");
+        loaded += chunk;
+    }
+    (engine, rows as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
+    let mut data = Data::new();
+    let (mut engine, table_rate) = engine_with_table(&mut data, size).await;
+    let before = rss_bytes();
+    let started = Instant::now();
+    engine.execute_sql_text(view).await.expect("view");
+    let initial = started.elapsed();
+    let state = rss_bytes().saturating_sub(before);
+    let arrow_row = data.inserts(1000).data.get_array_memory_size() as f64 / 1000.0;
+    engine.write_table("sessions", data.inserts(0)).expect("noop");
+
+    let updates = if quick { 2_000 } else { 20_000 };
+    let mut samples = Vec::with_capacity(updates);
+    for _ in 0..updates {
+        let change = data.one_update();
+        let started = Instant::now();
+        engine.write_table("sessions", change).expect("update");
+        samples.push(started.elapsed());
+    }
+    let p50 = percentile(&mut samples, 0.5);
+    let p99 = percentile(&mut samples, 0.99);
+    println!(
+        "{name:9} {size:>8} rows | initial load {:>6.2} M rows/s (table writes {:.2} M rows/s) | 1-row update p50 {:>6.1} us p99 {:>7.1} us | state ~{:>4.0} B/row (Arrow row {:.0} B)",
+        size as f64 / initial.as_secs_f64() / 1e6,
+        table_rate / 1e6,
+        micros(p50),
+        micros(p99),
+        state as f64 / size as f64,
+        arrow_row
+    );
+
+    for epoch_size in [2_000usize, 10_000] {
+        let epochs = if quick { 5 } else { 30 };
+        let mut changes = 0;
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..epochs {
+            let (change, count) = data.mixed(epoch_size);
+            let started = Instant::now();
+            engine.write_table("sessions", change).expect("epoch");
+            elapsed += started.elapsed();
+            changes += count;
+        }
+        let per_epoch = elapsed / epochs as u32;
+        let query = view.split_once(" AS ").map(|(_, q)| q).expect("view query");
+        let started = Instant::now();
+        let runs = 3;
+        for _ in 0..runs {
+            engine.execute_sql_text(query).await.expect("recompute");
+        }
+        let recompute = started.elapsed() / runs;
+        println!(
+            "{name:9} {size:>8} rows | {epoch_size:>5}-change epochs: {:>6.2} M changes/s, {:>8.0} us/epoch | DataFusion recompute {:>9.0} us ({:.0}x the epoch)",
+            changes as f64 / elapsed.as_secs_f64() / 1e6,
+            micros(per_epoch),
+            micros(recompute),
+            recompute.as_secs_f64() / per_epoch.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        for size in [10_000, 100_000, 1_000_000] {
+            bench_view(size, CALENDAR, "calendar", quick).await;
+        }
+        for size in [100_000, 1_000_000] {
+            bench_view(size, CITY, "join+agg", quick).await;
+        }
+    });
+}
