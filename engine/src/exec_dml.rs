@@ -5,11 +5,20 @@
 
 use std::sync::Arc;
 
+use changeflow_sql::RelationData;
 use changeflow_sql::{PlanContext, RelationKind, SqlError};
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::common::Column;
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Operator;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{DmlStatement, Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::sql::sqlparser::ast;
 
@@ -19,9 +28,12 @@ use crate::error::{EngineError, Result};
 
 impl Engine {
     pub(crate) async fn dml(&mut self, statement: &ast::Statement) -> Result<Output> {
-        let plan = {
-            let context = PlanContext::for_execution(&self.catalog, &self.state, self);
-            context.plan_statement(statement)?
+        // UPDATE and DELETE bind their data after planning (see `bind_data`); INSERT ... SELECT
+        // reads its sources while planning.
+        let plan = if matches!(statement, ast::Statement::Insert(_)) {
+            PlanContext::for_execution(&self.catalog, &self.state, self).plan_statement(statement)?
+        } else {
+            PlanContext::for_planning(&self.catalog, &self.state).plan_statement(statement)?
         };
         let LogicalPlan::Dml(DmlStatement { table_name, op, input, .. }) = &plan else {
             return Err(EngineError::Internal(format!("DML planned as {}", plan.display())));
@@ -51,6 +63,7 @@ impl Engine {
                 if self.mode == Mode::PlanOnly {
                     return Ok(Output::Command("DELETE 0".into()));
                 }
+                let plan = self.bind_data(plan, &name)?;
                 let rows = conform(&schema, self.run_plan(&plan).await?)?;
                 let count = rows.num_rows();
                 (ChangeBatch::retractions(rows), format!("DELETE {count}"))
@@ -61,6 +74,7 @@ impl Engine {
                 if self.mode == Mode::PlanOnly {
                     return Ok(Output::Command("UPDATE 0".into()));
                 }
+                let plan = self.bind_data(plan, &name)?;
                 let both = self.run_plan(&plan).await?;
                 let width = schema.fields().len();
                 let old = conform(&schema, both.project(&(0..width).collect::<Vec<_>>())?)?;
@@ -76,6 +90,30 @@ impl Engine {
         store.apply(&change)?;
         self.submit(vec![(name, change)])?;
         Ok(Output::Command(tag))
+    }
+
+    /// Points every table scan of a planned UPDATE or DELETE at current data. When the
+    /// statement filters the target table on its primary key (`WHERE id = 5`, `id IN (...)`),
+    /// only the matching rows are read, through the key index: a point update costs the
+    /// same at a thousand rows and at a million.
+    fn bind_data(&self, plan: LogicalPlan, target: &str) -> Result<LogicalPlan> {
+        let target_rows = match primary_key_literals(&plan, target, &self.catalog) {
+            Some(keys) => self.stores.get(target).map(|s| s.lookup(&[keys])).transpose()?.flatten(),
+            None => None,
+        };
+        let bound = plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+            let name = scan.table_name.table();
+            let relation = self.catalog.require_relation(name).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+            let provider: Arc<dyn TableProvider> = match (&target_rows, name == target) {
+                (Some(rows), true) => Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?),
+                _ => self.provider(relation)?,
+            };
+            let mut scan = scan.clone();
+            scan.source = provider_as_source(provider);
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        })?;
+        Ok(bound.data)
     }
 
     pub(crate) async fn run_plan(&self, plan: &LogicalPlan) -> Result<RecordBatch> {
@@ -139,5 +177,49 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
     ) {
         Ok(batch) => Ok(batch),
         Err(_) => Ok(relaxed_batch),
+    }
+}
+
+/// The primary-key values a plan's filter on `table` pins down, as one array of the key's type.
+fn primary_key_literals(plan: &LogicalPlan, table: &str, catalog: &changeflow_sql::Catalog) -> Option<ArrayRef> {
+    let relation = catalog.relation(table)?;
+    let [key_index] = relation.primary_key.as_slice() else { return None };
+    let key = relation.schema.field(*key_index);
+    let mut values: Option<Vec<ScalarValue>> = None;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Filter(filter) = node
+            && matches!(filter.input.as_ref(), LogicalPlan::TableScan(scan) if scan.table_name.table() == table)
+        {
+            values = split_conjunction(&filter.predicate).into_iter().find_map(|e| key_values(e, key.name()));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let values = values?;
+    let array = ScalarValue::iter_to_array(values).ok()?;
+    cast(&array, key.data_type()).ok().filter(|a| a.null_count() == 0)
+}
+
+fn key_values(expr: &Expr, key: &str) -> Option<Vec<ScalarValue>> {
+    let is_key = |e: &Expr| match e {
+        Expr::Column(c) => c.name == key,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Column(col) if col.name == key),
+        _ => false,
+    };
+    match expr {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => match (b.left.as_ref(), b.right.as_ref()) {
+            (l, Expr::Literal(v, _)) if is_key(l) => Some(vec![v.clone()]),
+            (Expr::Literal(v, _), r) if is_key(r) => Some(vec![v.clone()]),
+            _ => None,
+        },
+        Expr::InList(list) if !list.negated && is_key(&list.expr) => list
+            .list
+            .iter()
+            .map(|e| match e {
+                Expr::Literal(v, _) => Some(v.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
     }
 }

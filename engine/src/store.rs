@@ -20,7 +20,8 @@ pub struct RelationStore {
     rows: FxHashMap<Box<[u8]>, i64>,
     primary_key: Vec<usize>,
     key_codec: Option<RowCodec>,
-    keys: FxHashMap<Box<[u8]>, i64>,
+    /// Primary key -> row, for tables with a primary key.
+    keys: FxHashMap<Box<[u8]>, Box<[u8]>>,
     total: i64,
     snapshot: Mutex<Option<RecordBatch>>,
 }
@@ -123,7 +124,7 @@ impl RelationStore {
                 }
             }
             for (key, (delta, row)) in key_changes {
-                if self.keys.get(key).copied().unwrap_or(0) + delta > 1 {
+                if self.keys.contains_key(key) as i64 + delta > 1 {
                     let columns: Vec<String> =
                         self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
                     let values: Vec<String> = key_columns
@@ -148,15 +149,23 @@ impl RelationStore {
             return Ok(());
         }
         let rows = encode_owned(&self.codec, change.data.columns(), change.len())?;
-        for (row, weight) in rows.into_iter().zip(&change.weights) {
-            add_count(&mut self.rows, row, *weight);
-        }
         if let Some(key_codec) = &self.key_codec {
             let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
             let keys = encode_owned(key_codec, &key_columns, change.len())?;
-            for (key, weight) in keys.into_iter().zip(&change.weights) {
-                add_count(&mut self.keys, key, *weight);
+            // Retractions first: an update retracts and inserts the same key.
+            for (key, weight) in keys.iter().zip(&change.weights) {
+                if *weight < 0 {
+                    self.keys.remove(key);
+                }
             }
+            for ((key, row), weight) in keys.into_iter().zip(&rows).zip(&change.weights) {
+                if *weight > 0 {
+                    self.keys.insert(key, row.clone());
+                }
+            }
+        }
+        for (row, weight) in rows.into_iter().zip(&change.weights) {
+            add_count(&mut self.rows, row, *weight);
         }
         self.total += change.weights.iter().sum::<i64>();
         if let Ok(mut cached) = self.snapshot.lock() {
@@ -167,6 +176,26 @@ impl RelationStore {
 
     pub fn primary_key(&self) -> &[usize] {
         &self.primary_key
+    }
+
+    /// The rows whose primary key is one of `keys` (one column per key column), found through
+    /// the key index without reading the rest of the table. None without a primary key.
+    pub fn lookup(&self, keys: &[datafusion::arrow::array::ArrayRef]) -> Result<Option<RecordBatch>> {
+        let Some(key_codec) = &self.key_codec else { return Ok(None) };
+        let len = keys.first().map(|k| k.len()).unwrap_or(0);
+        let encoded = encode_owned(key_codec, keys, len)?;
+        let mut found: Vec<&[u8]> = encoded.iter().filter_map(|k| self.keys.get(k).map(|r| r.as_ref())).collect();
+        found.sort();
+        found.dedup();
+        if found.is_empty() {
+            return Ok(Some(RecordBatch::new_empty(self.schema.clone())));
+        }
+        let count = found.len();
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            self.codec.decode(found)?,
+            &RecordBatchOptions::new().with_row_count(Some(count)),
+        )?))
     }
 }
 
