@@ -55,6 +55,7 @@ impl Engine {
             let plan = context.plan_query(&view.query)?;
             (plan.schema().as_arrow().clone(), None)
         };
+        let schema = changeflow_sql::names::apply_postgres_names(&schema, &view.query);
         let schema = rename_columns(&name, schema, &view.columns)?;
         let relation = Relation {
             name: name.clone(),

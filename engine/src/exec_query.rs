@@ -39,11 +39,16 @@ impl Engine {
             context.plan_query(query)?
         };
         let plan = changeflow_sql::context::optimize(&self.state, &plan)?;
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
         if self.mode == Mode::PlanOnly {
             return Ok(Output::Rows { schema, batches: Vec::new() });
         }
         let batch = self.run_plan(&plan).await?;
+        let batch = RecordBatch::try_new_with_options(
+            Arc::clone(&schema),
+            batch.columns().to_vec(),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?;
         Ok(Output::Rows { schema, batches: vec![batch] })
     }
 

@@ -14,6 +14,7 @@ pub mod context;
 pub mod ddl;
 pub mod error;
 pub mod explain;
+pub mod names;
 pub mod parser;
 pub mod plan;
 pub mod planner;

@@ -60,7 +60,7 @@ fn run_stops_at_the_first_error_with_its_position() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("{}:4:1: ", file.display())), "{stderr}");
     assert!(stderr.contains("relation \"missing\" does not exist"), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "Int64(1)\n1\n", "the statement after the error must not run");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "?column?\n1\n", "the statement after the error must not run");
 }
 
 #[test]
