@@ -196,8 +196,9 @@ async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
     engine.execute_sql_text(view).await.expect("view");
     let initial = started.elapsed();
     let state = rss_bytes().saturating_sub(before);
-    let arrow_row = data.inserts(1000).data.get_array_memory_size() as f64 / 1000.0;
-    engine.write_table("sessions", data.inserts(0)).expect("noop");
+    let sample = data.inserts(1000);
+    let arrow_row = sample.data.get_array_memory_size() as f64 / 1000.0;
+    engine.write_table("sessions", sample).expect("sample rows");
 
     let updates = if quick { 2_000 } else { 20_000 };
     let mut samples = Vec::with_capacity(updates);

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::common::ScalarValue;
 use rustc_hash::FxHashMap;
@@ -202,6 +203,34 @@ impl Accumulator {
             _ => return Err(EngineError::Internal("aggregate argument prepared for another accumulator".into())),
         }
         Ok(())
+    }
+
+    /// The aggregate's values for several groups at once (`rows[i]` rows in `groups[i]`).
+    /// Min and max decode all their values in one call.
+    pub fn values(&self, groups: &[usize], rows: &[i64]) -> Result<ArrayRef> {
+        if let Accumulator::Extremum { values, codec, max, input, output } = self {
+            let extremes: Vec<Option<&[u8]>> = groups
+                .iter()
+                .map(|&g| if *max { values[g].keys().next_back() } else { values[g].keys().next() }.map(|k| k.as_ref()))
+                .collect();
+            let present: Vec<&[u8]> = extremes.iter().flatten().copied().collect();
+            let decoded = if present.is_empty() {
+                datafusion::arrow::array::new_empty_array(input)
+            } else {
+                codec.decode(present)?.remove(0)
+            };
+            let mut next = 0u32;
+            let indices = UInt32Array::from_iter(extremes.iter().map(|e| {
+                e.map(|_| {
+                    next += 1;
+                    next - 1
+                })
+            }));
+            let array = take(decoded.as_ref(), &indices, None)?;
+            return Ok(if input != output { cast(&array, output)? } else { array });
+        }
+        let scalars = groups.iter().zip(rows).map(|(&g, &r)| self.value(g, r)).collect::<Result<Vec<_>>>()?;
+        Ok(ScalarValue::iter_to_array(scalars)?)
     }
 
     /// The aggregate's value for a group with `rows` rows.

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use changeflow_sql::plan::AggregateCall;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use rustc_hash::FxHashMap;
@@ -29,6 +30,9 @@ pub struct Aggregate {
     row_counts: Vec<i64>,
     free: Vec<usize>,
     accumulators: Vec<Accumulator>,
+    /// Each group's current output row, encoded (None: the group emits nothing).
+    outputs: Vec<Option<Box<[u8]>>>,
+    output_codec: RowCodec,
     /// No GROUP BY: exactly one group, present even when empty.
     global: bool,
     started: bool,
@@ -57,6 +61,8 @@ impl Aggregate {
             row_counts: Vec::new(),
             free: Vec::new(),
             accumulators: calls.iter().map(Accumulator::new).collect::<Result<_>>()?,
+            outputs: Vec::new(),
+            output_codec: RowCodec::for_schema(&schema)?,
             global: group_exprs.is_empty(),
             started: false,
             schema,
@@ -75,11 +81,13 @@ impl Aggregate {
             Some(group) => {
                 self.keys[group] = key.into();
                 self.row_counts[group] = 0;
+                self.outputs[group] = None;
                 group
             }
             None => {
                 self.keys.push(key.into());
                 self.row_counts.push(0);
+                self.outputs.push(None);
                 self.keys.len() - 1
             }
         };
@@ -90,44 +98,34 @@ impl Aggregate {
         Ok(group)
     }
 
-    /// The group's output values after the key columns, or None if the group has no rows.
-    fn output(&self, group: usize) -> Result<Option<Vec<ScalarValue>>> {
-        let rows = self.row_counts[group];
-        if rows == 0 && !self.global {
-            return Ok(None);
-        }
-        self.accumulators.iter().map(|a| a.value(group, rows)).collect::<Result<Vec<_>>>().map(Some)
-    }
-
-    fn emit(&self, rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)>) -> Result<ChangeBatch> {
-        if rows.is_empty() {
-            return Ok(ChangeBatch::empty(self.schema.clone()));
-        }
+    /// The output rows of `groups` from their current state (all of them, including groups
+    /// that are now empty; the caller drops those).
+    fn output_batch(&self, groups: &[usize]) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = if self.key_codec.width() == 0 {
             Vec::new()
         } else {
-            self.key_codec.decode(rows.iter().map(|(k, _, _)| k.as_ref()))?
+            self.key_codec.decode(groups.iter().map(|&g| self.keys[g].as_ref()))?
         };
-        for i in 0..self.accumulators.len() {
-            columns.push(ScalarValue::iter_to_array(rows.iter().map(|(_, v, _)| v[i].clone()))?);
+        let rows: Vec<i64> = groups.iter().map(|&g| self.row_counts[g]).collect();
+        for accumulator in &self.accumulators {
+            columns.push(accumulator.values(groups, &rows)?);
         }
-        let data = RecordBatch::try_new_with_options(
+        Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows.len())),
-        )?;
-        ChangeBatch::new(data, rows.into_iter().map(|(_, _, w)| w).collect())
+            &RecordBatchOptions::new().with_row_count(Some(groups.len())),
+        )?)
     }
 }
 
 impl Operator for Aggregate {
     fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch> {
         let change = self.input.step(changes)?;
-        // Group id -> its output before this epoch (None: the group did not exist).
-        let mut touched: Vec<(usize, Option<Vec<ScalarValue>>)> = Vec::new();
+        // Groups this epoch touched, in first-touch order.
+        let mut touched: Vec<usize> = Vec::new();
         let mut seen: FxHashMap<usize, ()> = FxHashMap::default();
         if !self.started && self.global {
-            touched.push((0, None));
+            touched.push(0);
             seen.insert(0, ());
         }
         self.started = true;
@@ -143,7 +141,7 @@ impl Operator for Aggregate {
                 let weight = change.weights[row];
                 let group = self.group_for(key)?;
                 if seen.insert(group, ()).is_none() {
-                    touched.push((group, self.output(group)?));
+                    touched.push(group);
                 }
                 self.row_counts[group] += weight;
                 for (accumulator, prepared) in self.accumulators.iter_mut().zip(&prepared) {
@@ -151,27 +149,59 @@ impl Operator for Aggregate {
                 }
             }
         }
-        let mut out = Vec::new();
-        for (group, before) in touched {
+        if touched.is_empty() {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let groups = touched;
+        let current = self.output_batch(&groups)?;
+        let encoded = self.output_codec.encode(current.columns())?;
+        let mut retracted: Vec<Box<[u8]>> = Vec::new();
+        let mut inserted: Vec<u32> = Vec::new();
+        for (i, &group) in groups.iter().enumerate() {
             if self.row_counts[group] < 0 {
                 return Err(EngineError::Internal("a group has a negative row count".into()));
             }
-            let after = self.output(group)?;
-            let vanished = after.is_none();
-            if before != after {
-                let key = self.keys[group].clone();
-                if let Some(before) = before {
-                    out.push((key.clone(), before, -1));
+            let exists = self.global || self.row_counts[group] > 0;
+            let after = exists.then(|| encoded.row(i).data());
+            if self.outputs[group].as_deref() == after {
+                if !exists {
+                    self.vanish(group);
                 }
-                if let Some(after) = after {
-                    out.push((key, after, 1));
-                }
+                continue;
             }
-            if vanished {
-                self.groups.remove(&self.keys[group]);
-                self.free.push(group);
+            if let Some(before) = self.outputs[group].take() {
+                retracted.push(before);
+            }
+            match after {
+                Some(row) => {
+                    self.outputs[group] = Some(row.into());
+                    inserted.push(i as u32);
+                }
+                None => self.vanish(group),
             }
         }
-        self.emit(out)
+        let mut parts = Vec::with_capacity(2);
+        if !retracted.is_empty() {
+            let columns = self.output_codec.decode(retracted.iter().map(|r| r.as_ref()))?;
+            let data = RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(retracted.len())),
+            )?;
+            parts.push(ChangeBatch::retractions(data));
+        }
+        if !inserted.is_empty() {
+            let data = take_record_batch(&current, &UInt32Array::from(inserted))?;
+            parts.push(ChangeBatch::inserts(data));
+        }
+        ChangeBatch::concat(&self.schema, &parts)
+    }
+}
+
+impl Aggregate {
+    fn vanish(&mut self, group: usize) {
+        self.groups.remove(&self.keys[group]);
+        self.outputs[group] = None;
+        self.free.push(group);
     }
 }
