@@ -87,3 +87,27 @@ pub fn encode_owned(codec: &RowCodec, columns: &[ArrayRef], len: usize) -> Resul
     let rows = codec.encode(columns)?;
     Ok(rows.iter().map(|row| Box::<[u8]>::from(row.data())).collect())
 }
+
+/// Encoded rows, borrowed one at a time without allocating.
+pub enum Encoded {
+    Rows(Rows),
+    /// A zero-width codec: every row is the empty key.
+    Empty,
+}
+
+impl Encoded {
+    pub fn get(&self, index: usize) -> &[u8] {
+        match self {
+            Encoded::Rows(rows) => rows.row(index).data(),
+            Encoded::Empty => &[],
+        }
+    }
+}
+
+/// Encodes the given columns; rows are then read with [`Encoded::get`].
+pub fn encode_rows(codec: &RowCodec, columns: &[ArrayRef]) -> Result<Encoded> {
+    if codec.width() == 0 {
+        return Ok(Encoded::Empty);
+    }
+    Ok(Encoded::Rows(codec.encode(columns)?))
+}

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_owned};
+use crate::rows::{RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
     name: String,
@@ -99,10 +99,10 @@ impl RelationStore {
                 )));
             }
         }
-        let rows = encode_owned(&self.codec, change.data.columns(), change.len())?;
+        let rows = encode_rows(&self.codec, change.data.columns())?;
         let mut row_changes: FxHashMap<&[u8], i64> = FxHashMap::default();
-        for (row, weight) in rows.iter().zip(&change.weights) {
-            *row_changes.entry(row.as_ref()).or_default() += weight;
+        for (index, weight) in change.weights.iter().enumerate() {
+            *row_changes.entry(rows.get(index)).or_default() += weight;
         }
         for (row, delta) in &row_changes {
             if self.rows.get(*row).copied().unwrap_or(0) + delta < 0 {
@@ -114,10 +114,10 @@ impl RelationStore {
         }
         if let Some(key_codec) = &self.key_codec {
             let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let keys = encode_owned(key_codec, &key_columns, change.len())?;
+            let keys = encode_rows(key_codec, &key_columns)?;
             let mut key_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
-            for (row, (key, weight)) in keys.iter().zip(&change.weights).enumerate() {
-                let entry = key_changes.entry(key.as_ref()).or_insert((0, row));
+            for (row, weight) in change.weights.iter().enumerate() {
+                let entry = key_changes.entry(keys.get(row)).or_insert((0, row));
                 entry.0 += weight;
                 if *weight > 0 {
                     entry.1 = row;
@@ -148,24 +148,24 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(());
         }
-        let rows = encode_owned(&self.codec, change.data.columns(), change.len())?;
+        let rows = encode_rows(&self.codec, change.data.columns())?;
         if let Some(key_codec) = &self.key_codec {
             let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let keys = encode_owned(key_codec, &key_columns, change.len())?;
+            let keys = encode_rows(key_codec, &key_columns)?;
             // Retractions first: an update retracts and inserts the same key.
-            for (key, weight) in keys.iter().zip(&change.weights) {
+            for (index, weight) in change.weights.iter().enumerate() {
                 if *weight < 0 {
-                    self.keys.remove(key);
+                    self.keys.remove(keys.get(index));
                 }
             }
-            for ((key, row), weight) in keys.into_iter().zip(&rows).zip(&change.weights) {
+            for (index, weight) in change.weights.iter().enumerate() {
                 if *weight > 0 {
-                    self.keys.insert(key, row.clone());
+                    self.keys.insert(keys.get(index).into(), rows.get(index).into());
                 }
             }
         }
-        for (row, weight) in rows.into_iter().zip(&change.weights) {
-            add_count(&mut self.rows, row, *weight);
+        for (index, weight) in change.weights.iter().enumerate() {
+            add_count(&mut self.rows, rows.get(index), *weight);
         }
         self.total += change.weights.iter().sum::<i64>();
         if let Ok(mut cached) = self.snapshot.lock() {
@@ -200,16 +200,16 @@ impl RelationStore {
 }
 
 /// Adds `weight` to a multiplicity, dropping the entry at zero.
-fn add_count(map: &mut FxHashMap<Box<[u8]>, i64>, key: Box<[u8]>, weight: i64) {
-    match map.get_mut(&key) {
+fn add_count(map: &mut FxHashMap<Box<[u8]>, i64>, key: &[u8], weight: i64) {
+    match map.get_mut(key) {
         Some(count) => {
             *count += weight;
             if *count == 0 {
-                map.remove(&key);
+                map.remove(key);
             }
         }
         None => {
-            map.insert(key, weight);
+            map.insert(key.into(), weight);
         }
     }
 }

@@ -13,7 +13,7 @@ use datafusion::common::ScalarValue;
 use rustc_hash::FxHashMap;
 
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_owned};
+use crate::rows::{Encoded, RowCodec, encode_rows};
 
 /// The state of one aggregate call across all groups.
 pub enum Accumulator {
@@ -60,7 +60,8 @@ pub enum Prepared {
     Nulls(ArrayRef),
     Int(ArrayRef),
     Float(ArrayRef),
-    Encoded(Vec<Option<Box<[u8]>>>),
+    /// Encoded values, and the argument (for its NULLs).
+    Encoded(Encoded, ArrayRef),
 }
 
 impl Accumulator {
@@ -127,8 +128,7 @@ impl Accumulator {
                 Prepared::Float(cast(arg, &DataType::Float64)?)
             }
             Accumulator::Extremum { codec, .. } | Accumulator::CountDistinct { codec, .. } => {
-                let keys = encode_owned(codec, std::slice::from_ref(arg), arg.len())?;
-                Prepared::Encoded(keys.into_iter().enumerate().map(|(i, k)| (!arg.is_null(i)).then_some(k)).collect())
+                Prepared::Encoded(encode_rows(codec, std::slice::from_ref(arg))?, arg.clone())
             }
         })
     }
@@ -190,14 +190,14 @@ impl Accumulator {
                     counts[group] += weight;
                 }
             }
-            (Accumulator::Extremum { values, .. }, Prepared::Encoded(keys)) => {
-                if let Some(key) = &keys[row] {
-                    adjust(&mut values[group], key, weight)?;
+            (Accumulator::Extremum { values, .. }, Prepared::Encoded(keys, arg)) => {
+                if arg.is_valid(row) {
+                    adjust(&mut values[group], keys.get(row), weight)?;
                 }
             }
-            (Accumulator::CountDistinct { values, .. }, Prepared::Encoded(keys)) => {
-                if let Some(key) = &keys[row] {
-                    adjust(&mut values[group], key, weight)?;
+            (Accumulator::CountDistinct { values, .. }, Prepared::Encoded(keys, arg)) => {
+                if arg.is_valid(row) {
+                    adjust(&mut values[group], keys.get(row), weight)?;
                 }
             }
             _ => return Err(EngineError::Internal("aggregate argument prepared for another accumulator".into())),

@@ -18,7 +18,7 @@ use super::accumulator::Accumulator;
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_owned};
+use crate::rows::{RowCodec, encode_rows};
 
 pub struct Aggregate {
     input: Box<dyn Operator>,
@@ -131,15 +131,15 @@ impl Operator for Aggregate {
         self.started = true;
         if !change.is_empty() {
             let key_columns = self.group_exprs.iter().map(|e| evaluate(e, &change.data)).collect::<Result<Vec<_>>>()?;
-            let keys = encode_owned(&self.key_codec, &key_columns, change.len())?;
+            let keys = encode_rows(&self.key_codec, &key_columns)?;
             let mut prepared = Vec::with_capacity(self.accumulators.len());
             for (accumulator, arg) in self.accumulators.iter().zip(&self.arg_exprs) {
                 let arg = arg.as_ref().map(|a| evaluate(a, &change.data)).transpose()?;
                 prepared.push(accumulator.prepare(arg.as_ref())?);
             }
-            for (row, key) in keys.iter().enumerate() {
+            for row in 0..change.len() {
                 let weight = change.weights[row];
-                let group = self.group_for(key)?;
+                let group = self.group_for(keys.get(row))?;
                 if seen.insert(group, ()).is_none() {
                     touched.push(group);
                 }
