@@ -54,7 +54,7 @@ impl Engine {
                 if self.mode == Mode::PlanOnly {
                     return Ok(Output::Command("INSERT 0 0".into()));
                 }
-                let rows = conform(&schema, self.run_plan(&plan).await?)?;
+                let rows = conform(&name, &schema, self.run_plan(&plan).await?)?;
                 let count = rows.num_rows();
                 (ChangeBatch::inserts(rows), format!("INSERT 0 {count}"))
             }
@@ -64,7 +64,7 @@ impl Engine {
                     return Ok(Output::Command("DELETE 0".into()));
                 }
                 let plan = self.bind_data(plan, &name)?;
-                let rows = conform(&schema, self.run_plan(&plan).await?)?;
+                let rows = conform(&name, &schema, self.run_plan(&plan).await?)?;
                 let count = rows.num_rows();
                 (ChangeBatch::retractions(rows), format!("DELETE {count}"))
             }
@@ -77,8 +77,8 @@ impl Engine {
                 let plan = self.bind_data(plan, &name)?;
                 let both = self.run_plan(&plan).await?;
                 let width = schema.fields().len();
-                let old = conform(&schema, both.project(&(0..width).collect::<Vec<_>>())?)?;
-                let new = conform(&schema, both.project(&(width..2 * width).collect::<Vec<_>>())?)?;
+                let old = conform(&name, &schema, both.project(&(0..width).collect::<Vec<_>>())?)?;
+                let new = conform(&name, &schema, both.project(&(width..2 * width).collect::<Vec<_>>())?)?;
                 let count = old.num_rows();
                 let change = ChangeBatch::concat(&schema, &[ChangeBatch::retractions(old), ChangeBatch::inserts(new)])?;
                 (change, format!("UPDATE {count}"))
@@ -119,7 +119,19 @@ impl Engine {
     pub(crate) async fn run_plan(&self, plan: &LogicalPlan) -> Result<RecordBatch> {
         let physical = self.state.create_physical_plan(plan).await?;
         let batches = datafusion::physical_plan::collect(physical, self.state.task_ctx()).await?;
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        // Nullability is the store's to check (with a message naming the column), not Arrow's.
+        let fields: Vec<_> = plan.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let schema: SchemaRef = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&schema),
+                    b.columns().to_vec(),
+                    &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(concat_batches(&schema, &batches)?)
     }
 }
@@ -141,8 +153,9 @@ fn old_and_new_rows(input: &LogicalPlan, width: usize) -> Result<LogicalPlan> {
     Ok(LogicalPlanBuilder::from(Arc::clone(&projection.input)).project(old.chain(new).collect::<Vec<_>>())?.build()?)
 }
 
-/// Gives a batch the table's schema, casting columns whose type differs.
-fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+/// Gives a batch the table's schema, casting columns whose type differs; refuses NULLs in
+/// NOT NULL columns.
+fn conform(table: &str, schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
     let columns = batch
         .columns()
         .iter()
@@ -161,23 +174,19 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
             }
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
-    // Nullability is checked by the store with a proper message; build without it here.
-    let relaxed = Arc::new(datafusion::arrow::datatypes::Schema::new(
-        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-    ));
-    let relaxed_batch = RecordBatch::try_new_with_options(
-        relaxed,
-        columns.clone(),
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )?;
-    match RecordBatch::try_new_with_options(
+    for (field, column) in schema.fields().iter().zip(&columns) {
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(EngineError::Constraint(format!(
+                "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
+                field.name()
+            )));
+        }
+    }
+    Ok(RecordBatch::try_new_with_options(
         Arc::clone(schema),
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    ) {
-        Ok(batch) => Ok(batch),
-        Err(_) => Ok(relaxed_batch),
-    }
+    )?)
 }
 
 /// The primary-key values a plan's filter on `table` pins down, as one array of the key's type.
