@@ -201,8 +201,7 @@ impl Engine {
         }
         let change = change.with_schema(Arc::clone(&relation.schema))?;
         let store = self.stores.get_mut(table).ok_or_else(|| EngineError::Internal(format!("no store for {table}")))?;
-        store.check(&change)?;
-        store.apply(&change)?;
+        store.check_and_apply(&change)?;
         self.submit(vec![(table.to_string(), change)])
     }
 

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_owned, encode_rows};
+use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
     name: String,
@@ -83,6 +83,32 @@ impl RelationStore {
     /// Checks a write to a table: NOT NULL columns, existing rows for retractions, primary
     /// key uniqueness. Nothing is changed; an error names the violated constraint.
     pub fn check(&self, change: &ChangeBatch) -> Result<()> {
+        self.check_encoded(change, &self.encode(change)?)
+    }
+
+    /// Checks a write, then applies it, encoding its rows once.
+    pub fn check_and_apply(&mut self, change: &ChangeBatch) -> Result<()> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        let encoded = self.encode(change)?;
+        self.check_encoded(change, &encoded)?;
+        self.apply_encoded(change, &encoded)
+    }
+
+    fn encode(&self, change: &ChangeBatch) -> Result<EncodedChange> {
+        let rows = encode_rows(&self.codec, change.data.columns())?;
+        let keys = match &self.key_codec {
+            Some(key_codec) => {
+                let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+                Some(encode_rows(key_codec, &key_columns)?)
+            }
+            None => None,
+        };
+        Ok(EncodedChange { rows, keys })
+    }
+
+    fn check_encoded(&self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
         for (i, field) in self.schema.fields().iter().enumerate() {
             if field.is_nullable() {
                 continue;
@@ -99,7 +125,7 @@ impl RelationStore {
                 )));
             }
         }
-        let rows = encode_rows(&self.codec, change.data.columns())?;
+        let rows = &encoded.rows;
         let mut row_changes: FxHashMap<&[u8], i64> = FxHashMap::default();
         for (index, weight) in change.weights.iter().enumerate() {
             *row_changes.entry(rows.get(index)).or_default() += weight;
@@ -112,9 +138,8 @@ impl RelationStore {
                 )));
             }
         }
-        if let Some(key_codec) = &self.key_codec {
+        if let Some(keys) = &encoded.keys {
             let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let keys = encode_rows(key_codec, &key_columns)?;
             let mut key_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
             for (row, weight) in change.weights.iter().enumerate() {
                 let entry = key_changes.entry(keys.get(row)).or_insert((0, row));
@@ -148,10 +173,13 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(());
         }
-        let rows = encode_rows(&self.codec, change.data.columns())?;
-        if let Some(key_codec) = &self.key_codec {
-            let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let keys = encode_rows(key_codec, &key_columns)?;
+        let encoded = self.encode(change)?;
+        self.apply_encoded(change, &encoded)
+    }
+
+    fn apply_encoded(&mut self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
+        let rows = &encoded.rows;
+        if let Some(keys) = &encoded.keys {
             // Retractions first: an update retracts and inserts the same key.
             for (index, weight) in change.weights.iter().enumerate() {
                 if *weight < 0 {
@@ -197,6 +225,12 @@ impl RelationStore {
             &RecordBatchOptions::new().with_row_count(Some(count)),
         )?))
     }
+}
+
+/// A change's rows and primary keys, encoded.
+struct EncodedChange {
+    rows: Encoded,
+    keys: Option<Encoded>,
 }
 
 /// Adds `weight` to a multiplicity, dropping the entry at zero.

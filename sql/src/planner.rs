@@ -229,6 +229,7 @@ fn plan_aggregate_call(
         Some(arg) => Some(arg.get_type(input_schema)?),
         None => None,
     };
+    let display = if kind == AggregateKind::CountRows { "count(*)".to_string() } else { display };
     Ok(AggregateCall { kind, arg, arg_type, output_type, display })
 }
 
