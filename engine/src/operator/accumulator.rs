@@ -158,46 +158,69 @@ impl Accumulator {
         }
     }
 
-    /// Adds row `row` of the prepared argument with weight `weight` to group `group`.
-    pub fn update(&mut self, group: usize, prepared: &Prepared, row: usize, weight: i64) -> Result<()> {
+    /// Adds every row of a batch: row `i` (prepared argument value `i`) goes to group
+    /// `groups[i]` with weight `weights[i]`. One pass per accumulator, one downcast per batch.
+    pub fn update_batch(&mut self, groups: &[usize], prepared: &Prepared, weights: &[i64]) -> Result<()> {
+        fn add_exact(sums: &mut [i128], counts: &mut [i64], group: usize, value: i128, weight: i64) -> Result<()> {
+            sums[group] = value
+                .checked_mul(weight as i128)
+                .and_then(|v| sums[group].checked_add(v))
+                .ok_or_else(|| EngineError::Constraint("sum is out of range".into()))?;
+            counts[group] += weight;
+            Ok(())
+        }
         match (self, prepared) {
             (Accumulator::CountRows, _) | (_, Prepared::None) => {}
             (Accumulator::Count { counts }, Prepared::Nulls(arg)) => {
-                if arg.is_valid(row) {
-                    counts[group] += weight;
+                for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        counts[group] += weight;
+                    }
                 }
             }
             (_, Prepared::Nulls(_)) => {}
             (
                 Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. },
                 Prepared::Int(arg),
-            ) => {
-                if arg.is_valid(row) {
-                    let value: i128 = match arg.data_type() {
-                        DataType::Int64 => arg.as_primitive::<Int64Type>().value(row) as i128,
-                        _ => arg.as_primitive::<Decimal128Type>().value(row),
-                    };
-                    sums[group] = value
-                        .checked_mul(weight as i128)
-                        .and_then(|v| sums[group].checked_add(v))
-                        .ok_or_else(|| EngineError::Constraint("sum is out of range".into()))?;
-                    counts[group] += weight;
+            ) => match arg.data_type() {
+                DataType::Int64 => {
+                    let values = arg.as_primitive::<Int64Type>();
+                    for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                        if values.is_valid(i) {
+                            add_exact(sums, counts, group, values.value(i) as i128, weight)?;
+                        }
+                    }
                 }
-            }
+                _ => {
+                    let values = arg.as_primitive::<Decimal128Type>();
+                    for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                        if values.is_valid(i) {
+                            add_exact(sums, counts, group, values.value(i), weight)?;
+                        }
+                    }
+                }
+            },
             (Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts }, Prepared::Float(arg)) => {
-                if arg.is_valid(row) {
-                    sums[group] += arg.as_primitive::<Float64Type>().value(row) * weight as f64;
-                    counts[group] += weight;
+                let values = arg.as_primitive::<Float64Type>();
+                for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                    if values.is_valid(i) {
+                        sums[group] += values.value(i) * weight as f64;
+                        counts[group] += weight;
+                    }
                 }
             }
             (Accumulator::Extremum { values, .. }, Prepared::Encoded(keys, arg)) => {
-                if arg.is_valid(row) {
-                    adjust(&mut values[group], keys.get(row), weight)?;
+                for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        adjust(&mut values[group], keys.get(i), weight)?;
+                    }
                 }
             }
             (Accumulator::CountDistinct { values, .. }, Prepared::Encoded(keys, arg)) => {
-                if arg.is_valid(row) {
-                    adjust(&mut values[group], keys.get(row), weight)?;
+                for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        adjust(&mut values[group], keys.get(i), weight)?;
+                    }
                 }
             }
             _ => return Err(EngineError::Internal("aggregate argument prepared for another accumulator".into())),

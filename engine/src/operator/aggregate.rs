@@ -137,16 +137,17 @@ impl Operator for Aggregate {
                 let arg = arg.as_ref().map(|a| evaluate(a, &change.data)).transpose()?;
                 prepared.push(accumulator.prepare(arg.as_ref())?);
             }
+            let mut row_groups = Vec::with_capacity(change.len());
             for row in 0..change.len() {
-                let weight = change.weights[row];
                 let group = self.group_for(keys.get(row))?;
                 if seen.insert(group, ()).is_none() {
                     touched.push(group);
                 }
-                self.row_counts[group] += weight;
-                for (accumulator, prepared) in self.accumulators.iter_mut().zip(&prepared) {
-                    accumulator.update(group, prepared, row, weight)?;
-                }
+                self.row_counts[group] += change.weights[row];
+                row_groups.push(group);
+            }
+            for (accumulator, prepared) in self.accumulators.iter_mut().zip(&prepared) {
+                accumulator.update_batch(&row_groups, prepared, &change.weights)?;
             }
         }
         if touched.is_empty() {
