@@ -73,7 +73,10 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[tokio::main]
 async fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slt");
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test; prefer it to the compile-time
+    // value, which a target dir shared between checkouts can leave pointing elsewhere.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let root = Path::new(&manifest).join("../tests/slt");
     let complete = std::env::args().any(|a| a == "--complete");
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut files = Vec::new();

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The repl crate's directory, as cargo reports it when running the test.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()))
+}
+
 fn changeflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_changeflow"))
 }
@@ -91,7 +96,7 @@ fn check_reports_every_error_without_executing() {
 
 #[test]
 fn check_accepts_the_examples() {
-    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = manifest_dir().join("../examples");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
         .expect("examples dir")
         .map(|e| e.expect("entry").path())
@@ -105,7 +110,7 @@ fn check_accepts_the_examples() {
 
 #[test]
 fn the_main_example_runs() {
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/session_calendar.sql");
+    let example = manifest_dir().join("../examples/session_calendar.sql");
     let output = changeflow().args(["run", "--format", "csv"]).arg(&example).output().expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
