@@ -80,13 +80,9 @@ impl RelationStore {
         Ok(batch)
     }
 
-    /// Checks a write to a table: NOT NULL columns, existing rows for retractions, primary
-    /// key uniqueness. Nothing is changed; an error names the violated constraint.
-    pub fn check(&self, change: &ChangeBatch) -> Result<()> {
-        self.check_encoded(change, &self.encode(change)?)
-    }
-
-    /// Checks a write, then applies it, encoding its rows once.
+    /// Checks a write to a table (NOT NULL columns, existing rows for retractions, primary
+    /// key uniqueness) and applies it only if it passes, encoding its rows once. A refused
+    /// write changes nothing; the error names the violated constraint.
     pub fn check_and_apply(&mut self, change: &ChangeBatch) -> Result<()> {
         if change.is_empty() {
             return Ok(());

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::accumulator::Accumulator;
 use super::{EpochChanges, Operator, evaluate, physical};
@@ -123,10 +123,10 @@ impl Operator for Aggregate {
         let change = self.input.step(changes)?;
         // Groups this epoch touched, in first-touch order.
         let mut touched: Vec<usize> = Vec::new();
-        let mut seen: FxHashMap<usize, ()> = FxHashMap::default();
+        let mut seen: FxHashSet<usize> = FxHashSet::default();
         if !self.started && self.global {
             touched.push(0);
-            seen.insert(0, ());
+            seen.insert(0);
         }
         self.started = true;
         if !change.is_empty() {
@@ -140,7 +140,7 @@ impl Operator for Aggregate {
             let mut row_groups = Vec::with_capacity(change.len());
             for row in 0..change.len() {
                 let group = self.group_for(keys.get(row))?;
-                if seen.insert(group, ()).is_none() {
+                if seen.insert(group) {
                     touched.push(group);
                 }
                 self.row_counts[group] += change.weights[row];
