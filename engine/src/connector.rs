@@ -1,27 +1,32 @@
 //! The contracts between the engine and connectors. The engine never names a concrete
 //! connector: the binary hands it a [`ConnectorRegistry`].
 //!
-//! A source, in order: [`SourceConnector::relations`] validates the `WITH (...)` options and
-//! declares the relations the source feeds, without connecting anywhere (this is what
-//! `changeflow check` runs); [`SourceConnector::open`] checks the options against the
-//! upstream system and returns a reader, resuming after `resume` when given; the engine then
-//! calls [`SourceReader::next`] in a loop on one task. Each [`SourceEvent::Transaction`] is
-//! applied as one unit (a view never shows part of it). [`SourceReader::commit`] is called
-//! only for positions whose changes are applied (and, with checkpoints, durable): a reader
-//! may then let the upstream system discard them.
+//! A source, in order: [`SourceConnector::describe`] validates the statement's options and
+//! tables and declares the relations the source feeds (reading the upstream catalog when the
+//! schemas live there; it changes nothing upstream, and `changeflow check` runs it);
+//! [`SourceConnector::open`] prepares the upstream side (slots, subscriptions) and returns a
+//! reader, resuming after `resume` when given; the engine then calls [`SourceReader::next`]
+//! in a loop on one task. Each [`SourceEvent::Transaction`] is applied as one unit (a view
+//! never shows part of it). [`SourceReader::commit`] is called only for positions whose
+//! changes are applied (and, with checkpoints, durable): a reader may then let the upstream
+//! system discard them. [`SourceReader::close`] ends the reader; with `drop_upstream` (DROP
+//! SOURCE) it also removes what `open` created upstream, and nothing it did not create.
+//! Readers report their state for `SHOW SOURCES` through the [`SourceMonitor`] they are given.
 //!
 //! A sink receives whole epochs in order: `begin_epoch`, any number of `write_batch`, then
 //! `barrier`, which flushes (and makes durable when `is_checkpoint`). `abort` drops an
 //! unfinished epoch. A sink that needs keys (upserts) says so in its documentation.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use changeflow_sql::parser::CreateSource;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::change::ChangeBatch;
 use crate::error::Result;
+use crate::keyed::KeyedChanges;
 
 /// A relation a source feeds.
 #[derive(Debug, Clone)]
@@ -35,25 +40,81 @@ pub struct SourceRelationDef {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Progress(pub String);
 
+/// The changes of one relation within a source transaction.
+#[derive(Debug, Clone)]
+pub enum SourceChanges {
+    /// Rows with weights, ready to apply.
+    Weighted(ChangeBatch),
+    /// Operations by primary key, resolved against the relation's stored rows. A transaction
+    /// carries at most one keyed entry per relation.
+    Keyed(KeyedChanges),
+}
+
+impl SourceChanges {
+    pub fn len(&self) -> usize {
+        match self {
+            SourceChanges::Weighted(batch) => batch.len(),
+            SourceChanges::Keyed(keyed) => keyed.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug)]
 pub enum SourceEvent {
-    /// One upstream transaction: changes per relation, and the position after it.
-    Transaction { changes: Vec<(String, ChangeBatch)>, progress: Progress },
+    /// One upstream transaction (or several whole ones): changes per relation, and the
+    /// position after it.
+    Transaction { changes: Vec<(String, SourceChanges)>, progress: Progress },
     /// The upstream position moved without changes to the captured relations.
     Progress(Progress),
 }
 
+/// What a running source reports for `SHOW SOURCES`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceReport {
+    /// `starting`, `snapshotting`, `streaming`, `retrying: why`, `failed: why`, `finished`.
+    pub state: String,
+    /// Connector-specific detail: snapshot progress, positions, lag, retained data.
+    pub detail: String,
+}
+
+/// A shared handle through which a reader reports its state.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMonitor(Arc<Mutex<SourceReport>>);
+
+impl SourceMonitor {
+    pub fn set_state(&self, state: impl Into<String>) {
+        if let Ok(mut report) = self.0.lock() {
+            report.state = state.into();
+        }
+    }
+
+    pub fn set_detail(&self, detail: impl Into<String>) {
+        if let Ok(mut report) = self.0.lock() {
+            report.detail = detail.into();
+        }
+    }
+
+    pub fn report(&self) -> SourceReport {
+        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
 #[async_trait]
 pub trait SourceConnector: Send + Sync {
-    /// Validates options and declares the relations, without connecting anywhere.
-    fn relations(&self, source: &str, options: &BTreeMap<String, String>) -> Result<Vec<SourceRelationDef>>;
+    /// Validates the statement and declares the relations; may read the upstream catalog,
+    /// never changes anything upstream.
+    async fn describe(&self, create: &CreateSource) -> Result<Vec<SourceRelationDef>>;
 
-    /// Connects, validates against the upstream system, and starts reading.
+    /// Connects, prepares the upstream side, and starts reading.
     async fn open(
         &self,
-        source: &str,
-        options: &BTreeMap<String, String>,
+        create: &CreateSource,
         resume: Option<Progress>,
+        monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>>;
 }
 
@@ -64,6 +125,12 @@ pub trait SourceReader: Send {
 
     /// Everything up to `upto` is applied: the upstream system may release it.
     async fn commit(&mut self, upto: &Progress) -> Result<()>;
+
+    /// Stops reading; with `drop_upstream`, removes what `open` created upstream.
+    async fn close(&mut self, drop_upstream: bool) -> Result<()> {
+        let _ = drop_upstream;
+        Ok(())
+    }
 }
 
 #[async_trait]

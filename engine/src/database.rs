@@ -3,19 +3,26 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use changeflow_sql::parser::{CreateSource, ParsedStatement, Statement};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::connector::{ConnectorRegistry, SourceEvent};
+use crate::connector::{ConnectorRegistry, SourceEvent, SourceReader};
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
 
 pub struct Database {
     engine: Arc<Mutex<Engine>>,
     registry: ConnectorRegistry,
-    source_tasks: std::sync::Mutex<HashMap<String, JoinHandle<()>>>,
+    source_tasks: std::sync::Mutex<HashMap<String, SourceTask>>,
+}
+
+/// A running source: its task, and the signal that stops it (true: drop upstream state).
+struct SourceTask {
+    handle: JoinHandle<()>,
+    stop: Option<oneshot::Sender<bool>>,
 }
 
 impl Database {
@@ -36,32 +43,44 @@ impl Database {
         self.engine.lock().await
     }
 
-    /// Executes a statement; `CREATE SOURCE` also starts reading the source.
+    /// Executes a statement; `CREATE SOURCE` also starts reading the source, and `DROP
+    /// SOURCE` stops it and removes what it created upstream.
     pub async fn execute(&self, statement: &ParsedStatement) -> Result<Output> {
         let (output, mode) = {
             let mut engine = self.engine.lock().await;
             (engine.execute(statement).await?, engine.mode)
         };
-        match &statement.statement {
-            Statement::CreateSource(create) if mode == Mode::Execute => {
-                let running = self.tasks()?.contains_key(&create.name);
-                if !running && let Err(error) = self.start_source(create).await {
-                    // Leave nothing half made: the source goes away with its error.
-                    let _ = self.engine.lock().await.drop_source(&create.name, true);
-                    return Err(error);
-                }
+        if let Statement::DropSource { name, .. } = &statement.statement {
+            let task = self.tasks()?.remove(name);
+            if let Some(task) = task {
+                task.stop(true).await;
             }
-            Statement::DropSource { name, .. } => {
-                if let Some(task) = self.tasks()?.remove(name) {
-                    task.abort();
-                }
+        }
+        if let Statement::CreateSource(create) = &statement.statement
+            && mode == Mode::Execute
+        {
+            let running = self.tasks()?.contains_key(&create.name);
+            if !running && let Err(error) = self.start_source(create).await {
+                // Leave nothing half made: the source goes away with its error.
+                let _ = self.engine.lock().await.drop_source(&create.name, true);
+                return Err(error);
             }
-            _ => {}
         }
         Ok(output)
     }
 
-    fn tasks(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>>> {
+    /// Stops every source reader (without dropping upstream state), waiting for each.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<SourceTask> = match self.tasks() {
+            Ok(mut tasks) => tasks.drain().map(|(_, t)| t).collect(),
+            Err(_) => return,
+        };
+        for task in tasks {
+            task.stop(false).await;
+        }
+    }
+
+    fn tasks(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, SourceTask>>> {
         self.source_tasks.lock().map_err(|_| EngineError::Internal("source task table poisoned".into()))
     }
 
@@ -70,47 +89,87 @@ impl Database {
             .registry
             .source(&create.connector)
             .ok_or_else(|| EngineError::Connector(format!("unknown connector {}", create.connector)))?;
-        let mut reader = connector.open(&create.name, &create.options, None).await?;
-        let engine = Arc::clone(&self.engine);
-        let name = create.name.clone();
-        set_state(&engine, &name, "running").await;
-        let task = tokio::spawn(async move {
-            loop {
-                let event = reader.next().await;
-                let mut guard = engine.lock().await;
-                match event {
-                    Ok(Some(SourceEvent::Transaction { changes, progress })) => {
-                        let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
-                        if let Err(error) = guard.apply_source_changes(changes) {
-                            guard.source_failed(&name, &error.to_string());
-                            break;
-                        }
-                        guard.source_progress(&name, 1, count as u64, &progress.0);
-                        drop(guard);
-                        if let Err(error) = reader.commit(&progress).await {
-                            engine.lock().await.source_failed(&name, &error.to_string());
-                            break;
-                        }
-                    }
-                    Ok(Some(SourceEvent::Progress(progress))) => {
-                        guard.source_progress(&name, 0, 0, &progress.0);
-                        drop(guard);
-                        let _ = reader.commit(&progress).await;
-                    }
-                    Ok(None) => {
-                        guard.source_finished(&name);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::error!(source = %name, %error, "source failed");
-                        guard.source_failed(&name, &error.to_string());
-                        break;
-                    }
+        let monitor = {
+            let engine = self.engine.lock().await;
+            engine.sources.get(&create.name).map(|s| s.monitor.clone()).unwrap_or_default()
+        };
+        let reader = connector.open(create, None, monitor.clone()).await?;
+        if monitor.report().state == "starting" {
+            monitor.set_state("running");
+        }
+        let (stop, stopped) = oneshot::channel();
+        let handle = tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped));
+        self.tasks()?.insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
+        Ok(())
+    }
+}
+
+impl SourceTask {
+    async fn stop(mut self, drop_upstream: bool) {
+        if let Some(stop) = self.stop.take()
+            && stop.send(drop_upstream).is_ok()
+        {
+            // The task closes its reader; give it a bounded time to do so.
+            if tokio::time::timeout(Duration::from_secs(10), &mut self.handle).await.is_ok() {
+                return;
+            }
+        }
+        self.handle.abort();
+    }
+}
+
+/// A source's task: reads events and applies each transaction as an epoch until the source
+/// ends, fails, or is stopped.
+async fn run_source(
+    engine: Arc<Mutex<Engine>>,
+    name: String,
+    mut reader: Box<dyn SourceReader>,
+    mut stopped: oneshot::Receiver<bool>,
+) {
+    let drop_upstream = loop {
+        let event = tokio::select! {
+            stop = &mut stopped => break stop.unwrap_or(false),
+            event = reader.next() => event,
+        };
+        let mut guard = engine.lock().await;
+        match event {
+            Ok(Some(SourceEvent::Transaction { changes, progress })) => {
+                let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
+                if let Err(error) = guard.apply_source_changes(changes) {
+                    tracing::error!(source = %name, %error, "applying a source transaction failed");
+                    guard.source_failed(&name, &error.to_string());
+                    break false;
+                }
+                guard.source_progress(&name, 1, count as u64, &progress.0);
+                drop(guard);
+                if let Err(error) = reader.commit(&progress).await {
+                    engine.lock().await.source_failed(&name, &error.to_string());
+                    break false;
                 }
             }
-        });
-        self.tasks()?.insert(create.name.clone(), task);
-        Ok(())
+            Ok(Some(SourceEvent::Progress(progress))) => {
+                guard.source_progress(&name, 0, 0, &progress.0);
+                drop(guard);
+                if let Err(error) = reader.commit(&progress).await {
+                    engine.lock().await.source_failed(&name, &error.to_string());
+                    break false;
+                }
+            }
+            Ok(None) => {
+                guard.source_finished(&name);
+                break false;
+            }
+            Err(error) => {
+                tracing::error!(source = %name, %error, "source failed");
+                guard.source_failed(&name, &error.to_string());
+                break false;
+            }
+        }
+    };
+    // A failed or finished reader still waits for DROP SOURCE to clean up upstream.
+    let drop_upstream = if stopped.is_terminated() { drop_upstream } else { stopped.await.unwrap_or(false) };
+    if let Err(error) = reader.close(drop_upstream).await {
+        tracing::warn!(source = %name, %error, "closing the source failed");
     }
 }
 
@@ -118,15 +177,9 @@ impl Drop for Database {
     fn drop(&mut self) {
         if let Ok(tasks) = self.source_tasks.lock() {
             for task in tasks.values() {
-                task.abort();
+                task.handle.abort();
             }
         }
-    }
-}
-
-async fn set_state(engine: &Mutex<Engine>, source: &str, state: &str) {
-    if let Some(status) = engine.lock().await.sources.get_mut(source) {
-        status.state = state.to_string();
     }
 }
 
@@ -141,13 +194,13 @@ impl Engine {
 
     pub(crate) fn source_failed(&mut self, source: &str, error: &str) {
         if let Some(status) = self.sources.get_mut(source) {
-            status.state = format!("failed: {error}");
+            status.monitor.set_state(format!("failed: {error}"));
         }
     }
 
     pub(crate) fn source_finished(&mut self, source: &str) {
         if let Some(status) = self.sources.get_mut(source) {
-            status.state = "finished".to_string();
+            status.monitor.set_state("finished");
         }
     }
 }

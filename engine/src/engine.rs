@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::ast;
 use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
-use crate::connector::ConnectorRegistry;
+use crate::connector::{ConnectorRegistry, SourceChanges};
 use crate::error::{EngineError, Result};
 use crate::operator::{EpochChanges, Operator};
 use crate::store::RelationStore;
@@ -48,7 +48,8 @@ pub(crate) struct MaterializedView {
 /// The state of a running source, as `SHOW SOURCES` reports it.
 #[derive(Debug, Clone, Default)]
 pub struct SourceStatus {
-    pub state: String,
+    /// The reader's own report (state, detail), shared with its task.
+    pub monitor: crate::connector::SourceMonitor,
     pub transactions: u64,
     pub changes: u64,
     pub progress: Option<String>,
@@ -103,7 +104,7 @@ impl Engine {
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
         match &statement.statement {
             Statement::Sql(sql) => self.execute_sql(sql).await,
-            Statement::CreateSource(create) => self.create_source(create),
+            Statement::CreateSource(create) => self.create_source(create).await,
             Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
             Statement::Show(kind) => self.show(*kind),
             Statement::ExplainView(create) => self.explain_view(create),
@@ -207,15 +208,30 @@ impl Engine {
 
     /// Applies a source transaction (or several) as one epoch: the relations' stores, then
     /// every affected view.
-    pub fn apply_source_changes(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
-        for (relation, change) in &changes {
+    pub fn apply_source_changes(&mut self, changes: Vec<(String, SourceChanges)>) -> Result<()> {
+        // Resolve everything before applying anything: a failure leaves the stores as they
+        // were. Keyed changes come one entry per relation (the contract of SourceChanges).
+        let mut resolved = Vec::with_capacity(changes.len());
+        for (relation, change) in changes {
             let store = self
                 .stores
-                .get_mut(relation)
+                .get(&relation)
                 .ok_or_else(|| EngineError::Internal(format!("no store for source relation {relation}")))?;
-            store.apply(change)?;
+            let change = match change {
+                SourceChanges::Weighted(batch) => batch.with_schema(Arc::clone(store.schema()))?.consolidate()?,
+                SourceChanges::Keyed(keyed) => store
+                    .resolve(&keyed)
+                    .and_then(|batch| batch.consolidate())
+                    .map_err(|e| EngineError::Connector(format!("relation \"{relation}\": {e}")))?,
+            };
+            resolved.push((relation, change));
         }
-        self.run_epoch(changes)
+        for (relation, change) in &resolved {
+            if let Some(store) = self.stores.get_mut(relation) {
+                store.apply(change)?;
+            }
+        }
+        self.run_epoch(resolved)
     }
 
     /// Runs one epoch through the views. Stores of the changed relations are up to date.

@@ -133,7 +133,7 @@ impl Engine {
         Ok(Output::Command(tag.into()))
     }
 
-    pub(crate) fn create_source(&mut self, create: &CreateSource) -> Result<Output> {
+    pub(crate) async fn create_source(&mut self, create: &CreateSource) -> Result<Output> {
         self.refuse_in_transaction("CREATE SOURCE")?;
         if create.if_not_exists && self.catalog.source(&create.name).is_some() {
             return Ok(Output::Command("CREATE SOURCE".into()));
@@ -145,7 +145,7 @@ impl Engine {
                 self.registry.source_names().join(", ")
             ))
         })?;
-        let definitions = connector.relations(&create.name, &create.options)?;
+        let definitions = connector.describe(create).await?;
         let relations: Vec<Relation> = definitions
             .iter()
             .map(|d| Relation {
@@ -170,7 +170,9 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         self.catalog.add_source(source, relations)?;
         self.stores.extend(stores);
-        self.sources.insert(create.name.clone(), SourceStatus { state: "starting".into(), ..Default::default() });
+        let status = SourceStatus::default();
+        status.monitor.set_state("starting");
+        self.sources.insert(create.name.clone(), status);
         Ok(Output::Command("CREATE SOURCE".into()))
     }
 

@@ -123,18 +123,23 @@ impl Engine {
                     .sources()
                     .map(|s| {
                         let status = self.sources.get(&s.name).cloned().unwrap_or_default();
+                        let report = status.monitor.report();
                         vec![
                             Some(s.name.clone()),
                             Some(s.connector.clone()),
                             Some(s.relations.join(", ")),
-                            Some(status.state.clone()),
+                            Some(report.state),
                             Some(status.transactions.to_string()),
                             Some(status.changes.to_string()),
                             status.progress.clone(),
+                            Some(report.detail).filter(|d| !d.is_empty()),
                         ]
                     })
                     .collect();
-                table_output(&["name", "connector", "relations", "state", "transactions", "changes", "progress"], rows)
+                table_output(
+                    &["name", "connector", "relations", "state", "transactions", "changes", "progress", "detail"],
+                    rows,
+                )
             }
         }
     }

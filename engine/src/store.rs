@@ -202,6 +202,33 @@ impl RelationStore {
         &self.primary_key
     }
 
+    pub(crate) fn key_codec(&self) -> Option<&RowCodec> {
+        self.key_codec.as_ref()
+    }
+
+    /// The encoded row stored under an encoded primary key.
+    pub(crate) fn row_for_key(&self, key: &[u8]) -> Option<&[u8]> {
+        self.keys.get(key).map(|row| row.as_ref())
+    }
+
+    /// Every stored encoded row, repeated by its multiplicity.
+    pub(crate) fn stored_rows(&self) -> impl Iterator<Item = &[u8]> {
+        self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), (*count).max(0) as usize))
+    }
+
+    /// Decodes encoded rows of this relation into columns.
+    pub(crate) fn decode_rows(&self, rows: &[&[u8]]) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
+        if rows.is_empty() {
+            return Ok(self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| datafusion::arrow::array::new_empty_array(f.data_type()))
+                .collect());
+        }
+        self.codec.decode(rows.iter().copied())
+    }
+
     /// The rows whose primary key is one of `keys` (one column per key column), found through
     /// the key index without reading the rest of the table. None without a primary key.
     pub fn lookup(&self, keys: &[datafusion::arrow::array::ArrayRef]) -> Result<Option<RecordBatch>> {

@@ -55,7 +55,33 @@ pub struct CreateSource {
     pub name: String,
     pub connector: String,
     pub options: BTreeMap<String, String>,
+    pub tables: SourceTables,
     pub if_not_exists: bool,
+}
+
+/// The upstream tables a source captures: `FOR ALL TABLES`, `FOR TABLES (schema.table [AS
+/// name], ...)`, or the connector's own choice when the clause is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SourceTables {
+    #[default]
+    Unspecified,
+    All,
+    List(Vec<SourceTable>),
+}
+
+/// One upstream table: its schema (when qualified), its name, and the relation name it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTable {
+    pub schema: Option<String>,
+    pub table: String,
+    pub alias: Option<String>,
+}
+
+impl SourceTable {
+    /// The name of the relation the table feeds: its alias, or the table's own name.
+    pub fn relation_name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.table)
+    }
 }
 
 /// Splits `sql` into statements at top-level semicolons. Comments and blank text between
@@ -381,8 +407,39 @@ fn parse_create_source(text: &str) -> Result<Statement> {
             break;
         }
     }
+    let tables = parse_source_tables(&mut cursor)?;
     cursor.expect_end()?;
-    Ok(Statement::CreateSource(CreateSource { name, connector, options, if_not_exists }))
+    Ok(Statement::CreateSource(CreateSource { name, connector, options, tables, if_not_exists }))
+}
+
+/// `FOR ALL TABLES` or `FOR TABLES (schema.table [AS name], ...)`, if present.
+fn parse_source_tables(cursor: &mut Cursor) -> Result<SourceTables> {
+    if !cursor.accept_word("FOR") {
+        return Ok(SourceTables::Unspecified);
+    }
+    if cursor.accept_word("ALL") {
+        cursor.expect_word("TABLES")?;
+        return Ok(SourceTables::All);
+    }
+    cursor.expect_word("TABLES")?;
+    cursor.expect_token(&Token::LParen)?;
+    let mut tables = Vec::new();
+    loop {
+        let first = cursor.identifier("a table name")?;
+        let (schema, table) = if cursor.accept_token(&Token::Period) {
+            (Some(first), cursor.identifier("a table name")?)
+        } else {
+            (None, first)
+        };
+        let alias = if cursor.accept_word("AS") { Some(cursor.identifier("a relation name")?) } else { None };
+        tables.push(SourceTable { schema, table, alias });
+        if cursor.accept_token(&Token::Comma) {
+            continue;
+        }
+        cursor.expect_token(&Token::RParen)?;
+        break;
+    }
+    Ok(SourceTables::List(tables))
 }
 
 fn parse_drop_source(text: &str) -> Result<Statement> {
@@ -454,6 +511,23 @@ mod tests {
         assert_eq!(source.name, "gen");
         assert_eq!(source.connector, "datagen");
         assert_eq!(source.options.get("rate").map(String::as_str), Some("100"));
+    }
+
+    #[test]
+    fn parses_the_tables_of_a_source() {
+        let sql = "CREATE SOURCE core FROM POSTGRES WITH (url = 'postgres://x') \
+                   FOR TABLES (public.sessions, public.orders AS core_orders, items)";
+        let Statement::CreateSource(source) = parse_sql(sql).expect("parses").remove(0).statement else {
+            panic!("not a source")
+        };
+        let SourceTables::List(tables) = &source.tables else { panic!("no tables: {:?}", source.tables) };
+        let names: Vec<&str> = tables.iter().map(SourceTable::relation_name).collect();
+        assert_eq!(names, ["sessions", "core_orders", "items"]);
+        assert_eq!(tables[1].schema.as_deref(), Some("public"));
+        let all = parse_sql("CREATE SOURCE core FROM POSTGRES FOR ALL TABLES").expect("parses").remove(0).statement;
+        assert!(matches!(all, Statement::CreateSource(CreateSource { tables: SourceTables::All, .. })));
+        let error = parse_sql("CREATE SOURCE core FROM POSTGRES FOR TABLES ()").expect_err("empty list");
+        assert!(error.to_string().contains("expected a table name"), "{error}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The DATAGEN source: declares the scenario's relations, then emits one transaction per
 //! tick (`rate / tps` changes each), paced in real time, until `limit` transactions.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use changeflow_engine::connector::{Progress, SourceConnector, SourceEvent, SourceReader, SourceRelationDef};
-use changeflow_engine::error::Result;
+use changeflow_engine::connector::{
+    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
+};
+use changeflow_engine::error::{EngineError, Result};
+use changeflow_sql::parser::{CreateSource, SourceTables};
 
 use super::config::DatagenConfig;
 use super::scenario::SessionsScenario;
@@ -15,18 +17,20 @@ pub struct DatagenConnector;
 
 #[async_trait]
 impl SourceConnector for DatagenConnector {
-    fn relations(&self, source: &str, options: &BTreeMap<String, String>) -> Result<Vec<SourceRelationDef>> {
-        let config = DatagenConfig::from_options(source, options)?;
+    async fn describe(&self, create: &CreateSource) -> Result<Vec<SourceRelationDef>> {
+        refuse_tables(create)?;
+        let config = DatagenConfig::from_options(&create.name, &create.options)?;
         Ok(SessionsScenario::new(&config.prefix, config.seed, config.experiences).relations())
     }
 
     async fn open(
         &self,
-        source: &str,
-        options: &BTreeMap<String, String>,
+        create: &CreateSource,
         _resume: Option<Progress>,
+        monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
-        let config = DatagenConfig::from_options(source, options)?;
+        let config = DatagenConfig::from_options(&create.name, &create.options)?;
+        monitor.set_state("running");
         let scenario = SessionsScenario::new(&config.prefix, config.seed, config.experiences);
         let interval = tokio::time::interval(Duration::from_micros(1_000_000 / config.transactions_per_second));
         Ok(Box::new(DatagenReader { config, scenario, interval, emitted: 0 }))
@@ -54,10 +58,22 @@ impl SourceReader for DatagenReader {
             self.scenario.transaction(per_transaction)?
         };
         self.emitted += 1;
+        let changes = changes.into_iter().map(|(relation, batch)| (relation, SourceChanges::Weighted(batch))).collect();
         Ok(Some(SourceEvent::Transaction { changes, progress: Progress(format!("transaction {}", self.emitted)) }))
     }
 
     async fn commit(&mut self, _upto: &Progress) -> Result<()> {
         Ok(())
+    }
+}
+
+/// DATAGEN's relations come from its scenario: a FOR TABLES clause means nothing to it.
+fn refuse_tables(create: &CreateSource) -> Result<()> {
+    match create.tables {
+        SourceTables::Unspecified => Ok(()),
+        _ => Err(EngineError::Connector(format!(
+            "source \"{}\": DATAGEN takes no FOR TABLES clause; its scenario decides the relations",
+            create.name
+        ))),
     }
 }
