@@ -8,5 +8,7 @@ use changeflow_engine::connector::ConnectorRegistry;
 pub fn registry() -> ConnectorRegistry {
     let mut registry = ConnectorRegistry::default();
     registry.register_source("datagen", Arc::new(crate::datagen::DatagenConnector));
+    #[cfg(feature = "postgres")]
+    registry.register_source("postgres", Arc::new(crate::postgres::PostgresConnector));
     registry
 }

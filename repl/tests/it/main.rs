@@ -5,5 +5,6 @@ mod cli;
 mod datagen;
 mod differential;
 mod postgres_oracle;
+mod postgres_source;
 mod support;
 mod workload;

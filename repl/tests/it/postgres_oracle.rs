@@ -2,26 +2,9 @@
 //! PostgreSQL (started in a temp dir) and in changeflow; after each transaction every
 //! materialized view must equal PostgreSQL's own answer to the view's query.
 
-use changeflow_engine::Database;
-use tokio_postgres::SimpleQueryMessage;
-
-use crate::support::{PostgresCluster, execute, execute_ok, normalize_rows, normalize_value, output_rows};
+use crate::support::{PostgresCluster, execute, execute_ok, normalize_rows, output_rows, postgres_rows};
 use crate::workload::{SCHEMA, VIEWS, Workload};
-
-async fn postgres_rows(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
-    let messages = client.simple_query(query).await.unwrap_or_else(|e| panic!("PostgreSQL: {query}: {e}"));
-    let mut rows: Vec<String> = messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => {
-                Some((0..row.len()).map(|i| normalize_value(row.get(i))).collect::<Vec<_>>().join(" | "))
-            }
-            _ => None,
-        })
-        .collect();
-    rows.sort();
-    rows
-}
+use changeflow_engine::Database;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_equal_postgresql() {

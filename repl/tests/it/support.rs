@@ -77,12 +77,29 @@ pub fn normalize_rows(rows: Vec<Vec<Option<String>>>) -> Vec<String> {
     out
 }
 
+/// PostgreSQL's answer to a query, normalized and sorted like [`normalize_rows`].
+pub async fn postgres_rows(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    let messages = client.simple_query(query).await.unwrap_or_else(|e| panic!("PostgreSQL: {query}: {e}"));
+    let mut rows: Vec<String> = messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| normalize_value(row.get(i))).collect::<Vec<_>>().join(" | "))
+            }
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// A PostgreSQL cluster in a temp dir, on a free port, stopped on drop.
 pub struct PostgresCluster {
     pub port: u16,
     data_dir: PathBuf,
     bin: PathBuf,
     as_postgres_user: bool,
+    options: String,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -101,6 +118,11 @@ fn free_port() -> u16 {
 
 impl PostgresCluster {
     pub fn start() -> Self {
+        Self::start_with("logical")
+    }
+
+    /// A cluster with the given `wal_level`.
+    pub fn start_with(wal_level: &str) -> Self {
         let bin = postgres_bin();
         let as_postgres_user = running_as_root();
         let base = std::env::temp_dir().join(format!("changeflow-pg-{}-{}", std::process::id(), free_port()));
@@ -111,20 +133,36 @@ impl PostgresCluster {
             assert!(status.success(), "chown of {} to postgres failed", base.display());
         }
         let port = free_port();
-        let cluster = Self { port, data_dir: data_dir.clone(), bin: bin.clone(), as_postgres_user };
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c fsync=off \
+             -c synchronous_commit=off -c TimeZone=UTC",
+            path(&base)
+        );
+        let cluster = Self { port, data_dir: data_dir.clone(), bin: bin.clone(), as_postgres_user, options };
         cluster.run(
             &bin.join("initdb"),
             &["-D", path(&data_dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
         );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off -c synchronous_commit=off -c TimeZone=UTC",
-            path(&base)
-        );
-        cluster.run(
-            &bin.join("pg_ctl"),
-            &["-D", path(&data_dir), "-o", &options, "-l", path(&base.join("log")), "-w", "start"],
-        );
+        cluster.start_server();
         cluster
+    }
+
+    pub fn start_server(&self) {
+        let log = self.data_dir.parent().expect("base dir").join("log");
+        self.run(
+            &self.bin.join("pg_ctl"),
+            &["-D", path(&self.data_dir), "-o", &self.options, "-l", path(&log), "-w", "start"],
+        );
+    }
+
+    /// Stops the server: `fast` (clean) or `immediate` (a crash).
+    pub fn stop_server(&self, mode: &str) {
+        self.run(&self.bin.join("pg_ctl"), &["-D", path(&self.data_dir), "-m", mode, "-w", "stop"]);
+    }
+
+    /// A connection string for changeflow's POSTGRES source.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     fn run(&self, program: &Path, args: &[&str]) {

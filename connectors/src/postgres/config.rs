@@ -1,0 +1,119 @@
+//! The `WITH (...)` options of a PostgreSQL source, checked and typed. Secrets stay out of
+//! everything printed: [`PostgresConfig::display_url`] has no password.
+
+use std::str::FromStr;
+
+use changeflow_sql::parser::{CreateSource, SourceTables};
+
+use super::error::PgError;
+
+/// Default retained-WAL size past which a warning is logged: 1 GiB.
+const DEFAULT_RETAINED_WAL_WARNING: u64 = 1 << 30;
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub source: String,
+    pub client: tokio_postgres::Config,
+    pub display_url: String,
+    pub publication: String,
+    pub slot: String,
+    pub snapshot: bool,
+    pub tables: SourceTables,
+    pub retained_wal_warning: u64,
+}
+
+impl PostgresConfig {
+    pub fn from_statement(create: &CreateSource) -> Result<Self, PgError> {
+        let source = create.name.clone();
+        let bad = |message: String| PgError::Config(format!("source \"{source}\": {message}"));
+        for key in create.options.keys() {
+            if !["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes"].contains(&key.as_str()) {
+                return Err(bad(format!(
+                    "unknown option '{key}'; POSTGRES takes url, publication, slot, snapshot, retained_wal_warning_bytes"
+                )));
+            }
+        }
+        let url = create
+            .options
+            .get("url")
+            .ok_or_else(|| bad("option 'url' is required (postgres://user:password@host:port/database)".into()))?;
+        let mut client = tokio_postgres::Config::from_str(url)
+            .map_err(|e| bad(format!("option 'url' is not a PostgreSQL connection string: {e}")))?;
+        client.application_name("changeflow");
+        let display_url = redact(&client);
+        let snapshot = match create.options.get("snapshot").map(String::as_str) {
+            None | Some("initial") => true,
+            Some("never") => false,
+            Some(other) => return Err(bad(format!("option 'snapshot' must be 'initial' or 'never', not '{other}'"))),
+        };
+        let retained_wal_warning = match create.options.get("retained_wal_warning_bytes") {
+            None => DEFAULT_RETAINED_WAL_WARNING,
+            Some(text) => text
+                .parse()
+                .map_err(|_| bad(format!("option 'retained_wal_warning_bytes' must be a byte count, not '{text}'")))?,
+        };
+        let default_name = format!("changeflow_{source}");
+        let publication = create.options.get("publication").cloned().unwrap_or_else(|| default_name.clone());
+        let slot = create.options.get("slot").cloned().unwrap_or(default_name);
+        if !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(bad(format!("slot name '{slot}' may contain only lower-case letters, digits and underscores")));
+        }
+        if matches!(create.tables, SourceTables::Unspecified) {
+            return Err(bad("say which tables to capture: FOR TABLES (schema.table, ...) or FOR ALL TABLES".into()));
+        }
+        Ok(Self {
+            source,
+            client,
+            display_url,
+            publication,
+            slot,
+            snapshot,
+            tables: create.tables.clone(),
+            retained_wal_warning,
+        })
+    }
+
+    /// A client connection to the database (snapshot and catalog queries).
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        let mut config = self.client.clone();
+        let settings: Vec<String> = super::protocol::SESSION_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("-c {name}={}", value.replace(' ', "\\ ")))
+            .collect();
+        config.options(settings.join(" "));
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| PgError::Connect { target: self.display_url.clone(), message: e.to_string() })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "PostgreSQL client connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// The connection string without its password.
+fn redact(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let database = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{database}")
+}
+
+/// A name quoted as a PostgreSQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string quoted as a PostgreSQL literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

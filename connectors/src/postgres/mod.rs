@@ -1,0 +1,19 @@
+//! The POSTGRES source: a consistent snapshot, then logical replication (pgoutput) from a
+//! replication slot. `config` reads the options, `upstream` checks the server and tables,
+//! `protocol` speaks the replication protocol, `pgoutput` decodes its messages, `types` and
+//! `decode` turn text values into Arrow, `snapshot` copies the tables, `transaction` gathers
+//! each upstream transaction, and `source` runs it all.
+
+mod config;
+mod decode;
+mod error;
+mod pgoutput;
+mod protocol;
+mod snapshot;
+mod source;
+mod transaction;
+mod types;
+mod upstream;
+
+pub use error::PgError;
+pub use source::PostgresConnector;
