@@ -68,8 +68,27 @@ pub enum SourceEvent {
     /// One upstream transaction (or several whole ones): changes per relation, and the
     /// position after it.
     Transaction { changes: Vec<(String, SourceChanges)>, progress: Progress },
+    /// A transaction too large to hold in memory: its parts are read (from disk) and
+    /// applied one after another within one epoch.
+    LargeTransaction { parts: Box<dyn TransactionParts>, progress: Progress },
     /// The upstream position moved without changes to the captured relations.
     Progress(Progress),
+    /// Columns of a relation were dropped upstream: later changes carry NULL in them, and
+    /// views reading them fail.
+    ColumnsDropped { relation: String, columns: Vec<String> },
+}
+
+impl std::fmt::Debug for dyn TransactionParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransactionParts")
+    }
+}
+
+/// The parts of one large transaction, in order.
+#[async_trait]
+pub trait TransactionParts: Send {
+    /// The next part; `None` after the last.
+    async fn next_part(&mut self) -> Result<Option<Vec<(String, SourceChanges)>>>;
 }
 
 /// What a running source reports for `SHOW SOURCES`.

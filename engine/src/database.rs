@@ -9,7 +9,7 @@ use changeflow_sql::parser::{CreateSource, ParsedStatement, Statement};
 use tokio::sync::{Mutex, MutexGuard, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::connector::{ConnectorRegistry, SourceEvent, SourceReader};
+use crate::connector::{ConnectorRegistry, Progress, SourceEvent, SourceReader};
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
 
@@ -135,17 +135,44 @@ async fn run_source(
         match event {
             Ok(Some(SourceEvent::Transaction { changes, progress })) => {
                 let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
-                if let Err(error) = guard.apply_source_changes(changes) {
-                    tracing::error!(source = %name, %error, "applying a source transaction failed");
-                    guard.source_failed(&name, &error.to_string());
+                let applied = guard.apply_source_changes(changes);
+                if !finish_transaction(&mut guard, &name, applied, count, &progress) {
                     break false;
                 }
-                guard.source_progress(&name, 1, count as u64, &progress.0);
                 drop(guard);
                 if let Err(error) = reader.commit(&progress).await {
                     engine.lock().await.source_failed(&name, &error.to_string());
                     break false;
                 }
+            }
+            Ok(Some(SourceEvent::LargeTransaction { mut parts, progress })) => {
+                // The engine stays locked across the parts: no query sees part of it.
+                guard.open_epoch();
+                let mut count = 0;
+                let applied = loop {
+                    match parts.next_part().await {
+                        Ok(Some(changes)) => {
+                            count += changes.iter().map(|(_, c)| c.len()).sum::<usize>();
+                            if let Err(error) = guard.apply_source_part(changes) {
+                                break Err(error);
+                            }
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(error) => break Err(error),
+                    }
+                };
+                if !finish_transaction(&mut guard, &name, applied, count, &progress) {
+                    break false;
+                }
+                drop(guard);
+                if let Err(error) = reader.commit(&progress).await {
+                    engine.lock().await.source_failed(&name, &error.to_string());
+                    break false;
+                }
+            }
+            Ok(Some(SourceEvent::ColumnsDropped { relation, columns })) => {
+                tracing::warn!(source = %name, %relation, ?columns, "columns dropped upstream");
+                guard.columns_dropped(&relation, &columns);
             }
             Ok(Some(SourceEvent::Progress(progress))) => {
                 guard.source_progress(&name, 0, 0, &progress.0);
@@ -170,6 +197,21 @@ async fn run_source(
     let drop_upstream = if stopped.is_terminated() { drop_upstream } else { stopped.await.unwrap_or(false) };
     if let Err(error) = reader.close(drop_upstream).await {
         tracing::warn!(source = %name, %error, "closing the source failed");
+    }
+}
+
+/// Records an applied transaction, or the failure that stops the source; false on failure.
+fn finish_transaction(engine: &mut Engine, name: &str, applied: Result<()>, count: usize, progress: &Progress) -> bool {
+    match applied {
+        Ok(()) => {
+            engine.source_progress(name, 1, count as u64, &progress.0);
+            true
+        }
+        Err(error) => {
+            tracing::error!(source = %name, %error, "applying a source transaction failed");
+            engine.source_failed(name, &error.to_string());
+            false
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct MaterializedView {
     pub name: String,
     pub dataflow: Option<Box<dyn Operator>>,
     pub inputs: Vec<String>,
+    /// The columns it reads of each input.
+    pub reads: Vec<(String, Vec<String>)>,
     /// Set when maintaining the view failed; the view then stops changing.
     pub error: Option<String>,
 }
@@ -209,6 +211,20 @@ impl Engine {
     /// Applies a source transaction (or several) as one epoch: the relations' stores, then
     /// every affected view.
     pub fn apply_source_changes(&mut self, changes: Vec<(String, SourceChanges)>) -> Result<()> {
+        self.open_epoch();
+        self.apply_source_part(changes)
+    }
+
+    /// Starts an epoch whose changes arrive in parts ([`Self::apply_source_part`]): a
+    /// transaction too large to hold at once. The caller keeps the engine locked until the
+    /// last part, so no query sees part of it.
+    pub fn open_epoch(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// Applies one part of the open epoch's source changes: the relations' stores, then every
+    /// affected view.
+    pub fn apply_source_part(&mut self, changes: Vec<(String, SourceChanges)>) -> Result<()> {
         // Resolve everything before applying anything: a failure leaves the stores as they
         // were. Keyed changes come one entry per relation (the contract of SourceChanges).
         let mut resolved = Vec::with_capacity(changes.len());
@@ -231,11 +247,17 @@ impl Engine {
                 store.apply(change)?;
             }
         }
-        self.run_epoch(resolved)
+        self.step_views(resolved)
     }
 
     /// Runs one epoch through the views. Stores of the changed relations are up to date.
     pub fn run_epoch(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        self.epoch += 1;
+        self.step_views(changes)
+    }
+
+    /// Steps every view affected by the changes (part of the current epoch).
+    fn step_views(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
         let mut grouped: BTreeMap<String, Vec<ChangeBatch>> = BTreeMap::new();
         for (relation, change) in changes {
             grouped.entry(relation).or_default().push(change);
@@ -248,7 +270,6 @@ impl Engine {
                 epoch.insert(relation, change);
             }
         }
-        self.epoch += 1;
         if epoch.is_empty() {
             return Ok(());
         }
@@ -287,6 +308,33 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Columns of a source relation went away upstream: every view reading one of them
+    /// fails with an error naming it (and views over those fail with them); the others go on.
+    pub fn columns_dropped(&mut self, relation: &str, columns: &[String]) {
+        let mut failed: Vec<String> = Vec::new();
+        for view in &mut self.views {
+            if view.error.is_some() {
+                continue;
+            }
+            let dropped = view
+                .reads
+                .iter()
+                .filter(|(input, _)| input == relation)
+                .flat_map(|(_, read)| read.iter().filter(|c| columns.contains(c)))
+                .next();
+            if let Some(column) = dropped {
+                view.error = Some(format!(
+                    "failed at epoch {}: it reads column \"{column}\" of \"{relation}\", which was dropped upstream",
+                    self.epoch
+                ));
+                failed.push(view.name.clone());
+            } else if let Some(input) = view.inputs.iter().find(|i| failed.contains(i)) {
+                view.error = Some(format!("its input \"{input}\" failed"));
+                failed.push(view.name.clone());
+            }
+        }
     }
 
     /// A view's error, if maintaining it failed.

@@ -86,7 +86,8 @@ impl Engine {
             }
             self.catalog.add_relation(relation)?;
             self.stores.insert(name.clone(), store);
-            self.views.push(MaterializedView { name, dataflow: Some(operators), inputs, error: None });
+            let reads = plan.scanned_columns();
+            self.views.push(MaterializedView { name, dataflow: Some(operators), inputs, reads, error: None });
         } else {
             self.catalog.add_relation(relation)?;
         }

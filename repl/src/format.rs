@@ -70,7 +70,7 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Stri
     out.push_str(&format!("{}\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+")));
     for row in &rows {
         let cells: Vec<String> = row.iter().enumerate().map(|(i, v)| pad(v.as_deref().unwrap_or(""), i)).collect();
-        out.push_str(&format!(" {} \n", cells.join(" | ")).trim_end().to_string());
+        out.push_str(format!(" {} \n", cells.join(" | ")).trim_end());
         out.push('\n');
     }
     out.push_str(&format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" }));

@@ -41,7 +41,8 @@ enum Command {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG")
+                .unwrap_or_else(|_| "warn,changeflow_connectors=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -187,8 +187,9 @@ pub async fn run() -> anyhow::Result<()> {
             _ => {}
         }
         execute_text(&database, input, timing).await;
-        if let Ok(mut names) = relations.lock() {
-            *names = database.engine().await.catalog().relations().map(|r| r.name.clone()).collect();
+        let names: Vec<String> = database.engine().await.catalog().relations().map(|r| r.name.clone()).collect();
+        if let Ok(mut known) = relations.lock() {
+            *known = names;
         }
     }
     if let Some(path) = &history {

@@ -20,7 +20,7 @@ fn list(exprs: &[Expr]) -> String {
 fn render(node: &PlanNode, depth: usize, out: &mut String) {
     let indent = "  ".repeat(depth);
     let line = match &node.kind {
-        NodeKind::Scan { relation } => format!("Scan {relation}: changes of the relation"),
+        NodeKind::Scan { relation, .. } => format!("Scan {relation}: changes of the relation"),
         NodeKind::Filter { predicate, .. } => format!("Filter {}: stateless", predicate.human_display()),
         NodeKind::Project { exprs, .. } => format!("Project {}: stateless", list(exprs)),
         NodeKind::Aggregate { group_exprs, aggregates, .. } => {

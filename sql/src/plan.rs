@@ -15,8 +15,9 @@ pub struct PlanNode {
 
 #[derive(Debug, Clone)]
 pub enum NodeKind {
-    /// The changes of a stored relation (table, materialized view, source relation).
-    Scan { relation: String },
+    /// The changes of a stored relation (table, materialized view, source relation);
+    /// `columns` are the ones the view reads.
+    Scan { relation: String, columns: Vec<String> },
     /// Keeps changes whose row satisfies the predicate; weights pass through.
     Filter { input: Box<PlanNode>, predicate: Expr },
     /// Computes new columns per change; weights pass through.
@@ -120,8 +121,33 @@ impl PlanNode {
         names
     }
 
+    /// For each relation the plan reads, the columns it uses.
+    pub fn scanned_columns(&self) -> Vec<(String, Vec<String>)> {
+        let mut reads: Vec<(String, Vec<String>)> = Vec::new();
+        self.collect_columns(&mut reads);
+        reads
+    }
+
+    fn collect_columns(&self, reads: &mut Vec<(String, Vec<String>)>) {
+        if let NodeKind::Scan { relation, columns } = &self.kind {
+            match reads.iter_mut().find(|(r, _)| r == relation) {
+                Some((_, known)) => {
+                    for column in columns {
+                        if !known.contains(column) {
+                            known.push(column.clone());
+                        }
+                    }
+                }
+                None => reads.push((relation.clone(), columns.clone())),
+            }
+        }
+        for input in self.inputs() {
+            input.collect_columns(reads);
+        }
+    }
+
     fn collect_scans(&self, names: &mut Vec<String>) {
-        if let NodeKind::Scan { relation } = &self.kind
+        if let NodeKind::Scan { relation, .. } = &self.kind
             && !names.contains(relation)
         {
             names.push(relation.clone());

@@ -116,7 +116,18 @@ fn plan_scan(context: &PlanContext<'_>, scan: &TableScan) -> Result<PlanNode> {
         return Err(not_incremental("LIMIT without ORDER BY"));
     }
     let full_schema = Arc::new(DFSchema::try_from_qualified_schema(scan.table_name.clone(), &relation.schema)?);
-    let mut node = PlanNode { kind: NodeKind::Scan { relation: name }, schema: Arc::clone(&full_schema) };
+    let mut columns: Vec<String> = match &scan.projection {
+        Some(projection) => projection.iter().map(|&i| relation.schema.field(i).name().clone()).collect(),
+        None => relation.schema.fields().iter().map(|f| f.name().clone()).collect(),
+    };
+    for predicate in &scan.filters {
+        for column in predicate.column_refs() {
+            if !columns.contains(&column.name) {
+                columns.push(column.name.clone());
+            }
+        }
+    }
+    let mut node = PlanNode { kind: NodeKind::Scan { relation: name, columns }, schema: Arc::clone(&full_schema) };
     for predicate in &scan.filters {
         check_expr(predicate)?;
         node = PlanNode {

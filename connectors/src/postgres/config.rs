@@ -9,6 +9,10 @@ use super::error::PgError;
 
 /// Default retained-WAL size past which a warning is logged: 1 GiB.
 const DEFAULT_RETAINED_WAL_WARNING: u64 = 1 << 30;
+/// Default size of the parts a large transaction is spilled to disk in.
+const DEFAULT_SPILL_AFTER_OPERATIONS: usize = 200_000;
+const OPTIONS: [&str; 6] =
+    ["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes", "spill_after_operations"];
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -20,6 +24,8 @@ pub struct PostgresConfig {
     pub snapshot: bool,
     pub tables: SourceTables,
     pub retained_wal_warning: u64,
+    /// A transaction is spilled to disk in parts of this many operations.
+    pub spill_after_operations: usize,
 }
 
 impl PostgresConfig {
@@ -27,10 +33,8 @@ impl PostgresConfig {
         let source = create.name.clone();
         let bad = |message: String| PgError::Config(format!("source \"{source}\": {message}"));
         for key in create.options.keys() {
-            if !["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes"].contains(&key.as_str()) {
-                return Err(bad(format!(
-                    "unknown option '{key}'; POSTGRES takes url, publication, slot, snapshot, retained_wal_warning_bytes"
-                )));
+            if !OPTIONS.contains(&key.as_str()) {
+                return Err(bad(format!("unknown option '{key}'; POSTGRES takes {}", OPTIONS.join(", "))));
             }
         }
         let url = create
@@ -52,6 +56,12 @@ impl PostgresConfig {
                 .parse()
                 .map_err(|_| bad(format!("option 'retained_wal_warning_bytes' must be a byte count, not '{text}'")))?,
         };
+        let spill_after_operations = match create.options.get("spill_after_operations") {
+            None => DEFAULT_SPILL_AFTER_OPERATIONS,
+            Some(text) => text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                bad(format!("option 'spill_after_operations' must be a positive count, not '{text}'"))
+            })?,
+        };
         let default_name = format!("changeflow_{source}");
         let publication = create.options.get("publication").cloned().unwrap_or_else(|| default_name.clone());
         let slot = create.options.get("slot").cloned().unwrap_or(default_name);
@@ -70,6 +80,7 @@ impl PostgresConfig {
             snapshot,
             tables: create.tables.clone(),
             retained_wal_warning,
+            spill_after_operations,
         })
     }
 

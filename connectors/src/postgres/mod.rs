@@ -2,7 +2,7 @@
 //! replication slot. `config` reads the options, `upstream` checks the server and tables,
 //! `protocol` speaks the replication protocol, `pgoutput` decodes its messages, `types` and
 //! `decode` turn text values into Arrow, `snapshot` copies the tables, `transaction` gathers
-//! each upstream transaction, and `source` runs it all.
+//! each upstream transaction, `spill` writes large ones to disk, and `source` runs it all.
 
 mod config;
 mod decode;
@@ -11,6 +11,7 @@ mod pgoutput;
 mod protocol;
 mod snapshot;
 mod source;
+mod spill;
 mod transaction;
 mod types;
 mod upstream;

@@ -30,6 +30,7 @@ use super::pgoutput::{
 };
 use super::protocol::ReplicationConnection;
 use super::snapshot::copy_tables;
+use super::spill::Spill;
 use super::transaction::{CapturedTable, PendingChanges};
 use super::upstream::{check_server, describe_tables, ensure_publication};
 
@@ -75,6 +76,16 @@ struct Positions {
     received: AtomicU64,
     confirmed: AtomicU64,
     streaming: AtomicBool,
+    /// Schema changes seen upstream, appended to SHOW SOURCES' detail.
+    warnings: std::sync::Mutex<String>,
+}
+
+impl Positions {
+    fn set_warnings(&self, warnings: &[String]) {
+        if let Ok(mut text) = self.warnings.lock() {
+            *text = warnings.join("; ");
+        }
+    }
 }
 
 struct PostgresReader {
@@ -89,6 +100,12 @@ struct PostgresReader {
     created_slot: bool,
     created_publication: bool,
     pending: PendingChanges,
+    /// Parts of a large transaction already written to disk.
+    spill: Option<Spill>,
+    /// Columns dropped upstream, to report to the engine before anything else.
+    dropped: Vec<(String, Vec<String>)>,
+    /// Schema changes seen, for SHOW SOURCES.
+    schema_warnings: Vec<String>,
     /// Inside a transaction: whether it is skipped (already applied).
     in_transaction: Option<bool>,
     pending_end: Option<u64>,
@@ -135,6 +152,9 @@ impl PostgresReader {
             created_slot,
             created_publication,
             pending: PendingChanges::new(count),
+            spill: None,
+            dropped: Vec::new(),
+            schema_warnings: Vec::new(),
             in_transaction: None,
             pending_end: None,
             gathered_commit: start,
@@ -229,6 +249,7 @@ impl PostgresReader {
         self.connection = None;
         self.streaming = false;
         self.pending.clear();
+        self.spill = None;
         self.pending_end = None;
         self.in_transaction = None;
         self.gathered_commit = self.emitted_commit;
@@ -253,6 +274,10 @@ impl PostgresReader {
 
     /// Reads until an event is ready (or the stream needs attention).
     async fn read_event(&mut self) -> Result<Option<SourceEvent>, PgError> {
+        if let Some((relation, columns)) = self.dropped.pop() {
+            self.positions.set_warnings(&self.schema_warnings);
+            return Ok(Some(SourceEvent::ColumnsDropped { relation, columns }));
+        }
         let connection = self.connection.as_mut().ok_or_else(|| PgError::protocol("not connected"))?;
         // Whole transactions wait for company only while more is already buffered.
         if self.pending_end.is_some() && self.in_transaction.is_none() && !connection.has_buffered_message() {
@@ -306,7 +331,7 @@ impl PostgresReader {
                 self.gathered_commit = commit_lsn;
                 self.pending_end = Some(end_lsn);
                 let more_buffered = self.connection.as_ref().is_some_and(|c| c.has_buffered_message());
-                if !(more_buffered && self.pending.operations < COALESCE_OPERATIONS) {
+                if self.spill.is_some() || !(more_buffered && self.pending.operations < COALESCE_OPERATIONS) {
                     return self.emit().map(Some);
                 }
             }
@@ -317,9 +342,19 @@ impl PostgresReader {
                     .position(|t| t.upstream.schema == relation.namespace && t.upstream.name == relation.name);
                 if let Some(index) = found {
                     self.by_oid.insert(relation.oid, index);
-                    if let Some(warning) = self.tables[index].apply_relation(&relation) {
+                    let dropped = self.tables[index].apply_relation(&relation);
+                    if !dropped.is_empty() {
+                        let table = &self.tables[index].upstream;
+                        let warning = format!(
+                            "column(s) {} of {} were dropped upstream; relation \"{}\" reads them as NULL, and views \
+                             reading them fail",
+                            dropped.join(", "),
+                            table.display(),
+                            table.relation
+                        );
                         tracing::warn!(source = %self.config.source, "{warning}");
-                        self.monitor.set_detail(warning);
+                        self.schema_warnings.push(warning);
+                        self.dropped.push((table.relation.clone(), dropped));
                     }
                 }
             }
@@ -363,7 +398,22 @@ impl PostgresReader {
             }
             LogicalMessage::Other => {}
         }
+        if self.pending.operations >= self.config.spill_after_operations {
+            self.spill_pending()?;
+        }
         Ok(None)
+    }
+
+    /// Writes what is gathered so far to disk as one part of a large transaction.
+    fn spill_pending(&mut self) -> Result<(), PgError> {
+        let part = self.pending.take(&self.tables)?;
+        let spill = match &mut self.spill {
+            Some(spill) => spill,
+            None => self.spill.insert(Spill::new(&self.config.source)?),
+        };
+        spill.write_part(part)?;
+        tracing::debug!(source = %self.config.source, operations = spill.operations(), "spilled part of a large transaction");
+        Ok(())
     }
 
     /// The captured table of a relation oid, within a transaction that is not skipped.
@@ -380,6 +430,14 @@ impl PostgresReader {
         self.emitted_commit = self.gathered_commit;
         let changes = self.pending.take(&self.tables)?;
         let progress = Progress(format_lsn(end));
+        if let Some(spill) = self.spill.take() {
+            let spill = spill.finish(changes);
+            tracing::info!(
+                source = %self.config.source, operations = spill.operations(),
+                "applying a large transaction spilled to disk"
+            );
+            return Ok(SourceEvent::LargeTransaction { parts: Box::new(spill), progress });
+        }
         Ok(if changes.is_empty() {
             SourceEvent::Progress(progress)
         } else {
@@ -524,12 +582,14 @@ async fn poll_server(config: PostgresConfig, monitor: SourceMonitor, positions: 
         if positions.streaming.load(Ordering::Relaxed) {
             let confirmed = positions.confirmed.load(Ordering::Relaxed);
             let received = positions.received.load(Ordering::Relaxed).max(confirmed);
+            let warnings = positions.warnings.lock().map(|w| w.clone()).unwrap_or_default();
             monitor.set_detail(format!(
-                "received {}, confirmed {}, lag {} bytes, retained WAL {} bytes",
+                "received {}, confirmed {}, lag {} bytes, retained WAL {} bytes{}{warnings}",
                 format_lsn(received),
                 format_lsn(confirmed),
                 current.saturating_sub(confirmed),
-                retained_bytes
+                retained_bytes,
+                if warnings.is_empty() { "" } else { "; " },
             ));
         }
     }

@@ -32,25 +32,18 @@ impl CapturedTable {
         }
     }
 
-    /// Takes the upstream's current column list from a Relation message; returns a warning
-    /// when a column the relation declares is gone.
-    pub fn apply_relation(&mut self, message: &RelationMessage) -> Option<String> {
-        let mut missing = Vec::new();
+    /// Takes the upstream's current column list from a Relation message; returns the
+    /// declared columns that went away since the last one.
+    pub fn apply_relation(&mut self, message: &RelationMessage) -> Vec<String> {
+        let mut dropped = Vec::new();
         for (index, column) in self.upstream.columns.iter().enumerate() {
             let position = message.columns.iter().position(|c| c.name == column.name);
-            if position.is_none() {
-                missing.push(column.name.clone());
+            if position.is_none() && self.upstream_position[index].is_some() {
+                dropped.push(column.name.clone());
             }
             self.upstream_position[index] = position;
         }
-        (!missing.is_empty()).then(|| {
-            format!(
-                "column(s) {} of {} were dropped upstream; relation \"{}\" reads them as NULL from now on",
-                missing.join(", "),
-                self.upstream.display(),
-                self.upstream.relation
-            )
-        })
+        dropped
     }
 }
 

@@ -39,7 +39,7 @@ pub trait Operator: Send + Sync {
 pub fn build(node: &PlanNode) -> Result<Box<dyn Operator>> {
     let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
     Ok(match &node.kind {
-        NodeKind::Scan { relation } => Box::new(scan::Scan::new(relation.clone(), schema)),
+        NodeKind::Scan { relation, .. } => Box::new(scan::Scan::new(relation.clone(), schema)),
         NodeKind::Filter { input, predicate } => {
             let predicate = physical(predicate, &input.schema)?;
             Box::new(map::Filter::new(build(input)?, predicate, schema))

@@ -4,6 +4,7 @@
 mod cli;
 mod datagen;
 mod differential;
+mod pg_cluster;
 mod postgres_oracle;
 mod postgres_source;
 mod support;

@@ -1,0 +1,141 @@
+//! A throwaway PostgreSQL cluster for tests and benchmarks: initdb'd in a temp dir (as the
+//! `postgres` user when running as root), `wal_level` chosen by the caller, a free port on
+//! 127.0.0.1, stopped and removed on drop. Shared by the integration tests and the benches.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A PostgreSQL cluster in a temp dir, on a free port, stopped on drop.
+pub struct PostgresCluster {
+    pub port: u16,
+    data_dir: PathBuf,
+    bin: PathBuf,
+    as_postgres_user: bool,
+    options: String,
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.into_iter().rev().find(|bin| bin.join("initdb").exists()).unwrap_or_else(|| {
+        panic!("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: run ./scripts/test.sh, which installs them")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+}
+
+impl PostgresCluster {
+    pub fn start() -> Self {
+        Self::start_with("logical")
+    }
+
+    /// A cluster with the given `wal_level`.
+    pub fn start_with(wal_level: &str) -> Self {
+        let bin = postgres_bin();
+        let as_postgres_user = running_as_root();
+        let base = std::env::temp_dir().join(format!("changeflow-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&base).expect("create temp dir");
+        let data_dir = base.join("data");
+        if as_postgres_user {
+            let status = Command::new("chown").arg("-R").arg("postgres").arg(&base).status().expect("chown");
+            assert!(status.success(), "chown of {} to postgres failed", base.display());
+        }
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c fsync=off \
+             -c synchronous_commit=off -c TimeZone=UTC",
+            path(&base)
+        );
+        let cluster = Self { port, data_dir: data_dir.clone(), bin: bin.clone(), as_postgres_user, options };
+        cluster.run(
+            &bin.join("initdb"),
+            &["-D", path(&data_dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        );
+        cluster.start_server();
+        cluster
+    }
+
+    pub fn start_server(&self) {
+        let log = self.data_dir.parent().expect("base dir").join("log");
+        self.run(
+            &self.bin.join("pg_ctl"),
+            &["-D", path(&self.data_dir), "-o", &self.options, "-l", path(&log), "-w", "start"],
+        );
+    }
+
+    /// Stops the server: `fast` (clean) or `immediate` (a crash).
+    pub fn stop_server(&self, mode: &str) {
+        self.run(&self.bin.join("pg_ctl"), &["-D", path(&self.data_dir), "-m", mode, "-w", "stop"]);
+    }
+
+    /// The path of one of PostgreSQL's programs (psql, pg_recvlogical, ...).
+    #[allow(dead_code)] // used by the benches
+    pub fn bin_path(&self, program: &str) -> PathBuf {
+        self.bin.join(program)
+    }
+
+    /// A connection string for changeflow's POSTGRES source.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) {
+        let mut command = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let output = command.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        assert!(
+            output.status.success(),
+            "{} failed: {}\n{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let config = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
+        let (client, connection) =
+            tokio_postgres::connect(&config, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let bin = self.bin.join("pg_ctl");
+        let data = self.data_dir.clone();
+        let mut command = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        let _ = command.args(["-D", path(&data), "-m", "immediate", "stop"]).output();
+        if let Some(base) = data.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// initdb refuses to run as root; the harness then runs it as the `postgres` user.
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
