@@ -1,6 +1,7 @@
 //! Change batches: an Arrow `RecordBatch` of rows plus one weight per row (+1 inserts the row,
 //! -1 retracts it; an update is a retraction and an insertion). Every batch belongs to one
-//! epoch. Consolidation sums the weights of equal rows and drops rows whose weight is zero.
+//! epoch. Consolidation sums the weights of equal rows and drops rows whose weight is zero
+//! (a batch of insertions only is already consolidated: equal rows may stay apart).
 
 use std::sync::Arc;
 
@@ -96,7 +97,9 @@ impl ChangeBatch {
     /// Sums the weights of equal rows and drops rows whose total is zero. Keeps the first
     /// occurrence's position, so the result is deterministic.
     pub fn consolidate(&self) -> Result<Self> {
-        if self.is_empty() {
+        // Without retractions nothing cancels: equal rows may stay apart (the multiset is
+        // the same), which saves encoding and hashing large inserts such as snapshots.
+        if self.weights.iter().all(|w| *w > 0) {
             return Ok(self.clone());
         }
         let codec = RowCodec::for_schema(&self.data.schema())?;

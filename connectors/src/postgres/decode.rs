@@ -51,6 +51,7 @@ impl TextColumns {
     /// Appends one COPY text-format line (without its newline).
     pub fn push_copy_line(&mut self, line: &[u8]) -> Result<(), PgError> {
         let mut fields = line.split(|b| *b == b'\t');
+        // Fields without a backslash need no unescaping (most of them).
         for column in 0..self.columns.len() {
             let field = fields
                 .next()
@@ -58,7 +59,7 @@ impl TextColumns {
             let builder = &mut self.columns[column];
             if field == b"\\N" {
                 builder.append_null();
-            } else if field.contains(&b'\\') {
+            } else if memchr::memchr(b'\\', field).is_some() {
                 builder.append_value(unescape_copy(field)?);
             } else {
                 builder.append_value(

@@ -122,11 +122,12 @@ async fn copy_table(
         let mut data: &[u8] = &chunk;
         // A line may straddle chunks: finish the carried-over part first.
         if !partial.is_empty() {
-            match data.iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', data) {
                 Some(end) => {
                     partial.extend_from_slice(&data[..end]);
                     rows.push_copy_line(&partial)?;
                     partial.clear();
+                    copied.fetch_add(1, Ordering::Relaxed);
                     data = &data[end + 1..];
                 }
                 None => {
@@ -136,7 +137,7 @@ async fn copy_table(
             }
         }
         let mut lines = 0u64;
-        while let Some(end) = data.iter().position(|b| *b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', data) {
             rows.push_copy_line(&data[..end])?;
             data = &data[end + 1..];
             lines += 1;
