@@ -17,10 +17,11 @@ pub struct RelationStore {
     name: String,
     schema: SchemaRef,
     codec: RowCodec,
+    /// Row -> multiplicity, for relations without a primary key.
     rows: FxHashMap<Box<[u8]>, i64>,
     primary_key: Vec<usize>,
     key_codec: Option<RowCodec>,
-    /// Primary key -> row, for tables with a primary key.
+    /// Primary key -> row, for relations with a primary key (their only copy of the rows).
     keys: FxHashMap<Box<[u8]>, Box<[u8]>>,
     total: i64,
     snapshot: Mutex<Option<RecordBatch>>,
@@ -66,13 +67,12 @@ impl RelationStore {
         if let Some(batch) = cached.as_ref() {
             return Ok(batch.clone());
         }
-        let rows = self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), *count as usize));
-        let batch = if self.rows.is_empty() {
+        let batch = if self.total == 0 {
             RecordBatch::new_empty(self.schema.clone())
         } else {
             RecordBatch::try_new_with_options(
                 self.schema.clone(),
-                self.codec.decode(rows)?,
+                self.codec.decode(self.stored_rows())?,
                 &RecordBatchOptions::new().with_row_count(Some(self.total as usize)),
             )?
         };
@@ -122,12 +122,16 @@ impl RelationStore {
             }
         }
         let rows = &encoded.rows;
-        let mut row_changes: FxHashMap<&[u8], i64> = FxHashMap::default();
+        let mut row_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
         for (index, weight) in change.weights.iter().enumerate() {
-            *row_changes.entry(rows.get(index)).or_default() += weight;
+            row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
         }
-        for (row, delta) in &row_changes {
-            if self.rows.get(*row).copied().unwrap_or(0) + delta < 0 {
+        for (row, (delta, index)) in &row_changes {
+            let stored = match &encoded.keys {
+                Some(keys) => (self.keys.get(keys.get(*index)).map(|r| r.as_ref()) == Some(*row)) as i64,
+                None => self.rows.get(*row).copied().unwrap_or(0),
+            };
+            if stored + delta < 0 {
                 return Err(EngineError::Internal(format!(
                     "a row of \"{}\" was deleted that does not exist",
                     self.name
@@ -175,7 +179,10 @@ impl RelationStore {
 
     fn apply_encoded(&mut self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
         let rows = &encoded.rows;
+        let insertions = change.weights.iter().filter(|w| **w > 0).count();
+        // A relation with a primary key keeps its rows in the key index only.
         if let Some(keys) = &encoded.keys {
+            self.keys.reserve(insertions);
             // Retractions first: an update retracts and inserts the same key.
             for (index, weight) in change.weights.iter().enumerate() {
                 if *weight < 0 {
@@ -187,9 +194,11 @@ impl RelationStore {
                     self.keys.insert(keys.get(index).into(), rows.get(index).into());
                 }
             }
-        }
-        for (index, weight) in change.weights.iter().enumerate() {
-            add_count(&mut self.rows, rows.get(index), *weight);
+        } else {
+            self.rows.reserve(insertions);
+            for (index, weight) in change.weights.iter().enumerate() {
+                add_count(&mut self.rows, rows.get(index), *weight);
+            }
         }
         self.total += change.weights.iter().sum::<i64>();
         if let Ok(mut cached) = self.snapshot.lock() {
@@ -212,8 +221,14 @@ impl RelationStore {
     }
 
     /// Every stored encoded row, repeated by its multiplicity.
-    pub(crate) fn stored_rows(&self) -> impl Iterator<Item = &[u8]> {
-        self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), (*count).max(0) as usize))
+    pub(crate) fn stored_rows(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+        if self.key_codec.is_some() {
+            Box::new(self.keys.values().map(|row| row.as_ref()))
+        } else {
+            Box::new(
+                self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), (*count).max(0) as usize)),
+            )
+        }
     }
 
     /// Decodes encoded rows of this relation into columns.

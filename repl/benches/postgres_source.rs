@@ -9,7 +9,7 @@
 //! - *freshness*: commit-to-visible latency of single-row updates at 1,000 transactions/s.
 //!
 //! Run with `cargo bench -p changeflow --bench postgres_source` (add `-- quick` for a smaller
-//! run); results go in BENCHMARKS.md.
+//! run, and `streaming`, `snapshot` or `freshness` for one part); results go in BENCHMARKS.md.
 
 #[allow(dead_code)]
 #[path = "../tests/it/pg_cluster.rs"]
@@ -32,7 +32,16 @@ struct Sizes {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // CHANGEFLOW_LOG=info shows the source's own timings (snapshot copy, spills).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| "off".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let quick = std::env::args().any(|a| a == "quick");
+    // `streaming`, `snapshot` or `freshness` runs only that part.
+    let only: Option<String> =
+        std::env::args().skip(1).find(|a| ["streaming", "snapshot", "freshness"].contains(&a.as_str()));
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = if quick {
         Sizes {
             big_transaction: 100_000,
@@ -67,14 +76,20 @@ async fn main() {
         .await
         .expect("schema");
 
-    let n = sizes.big_transaction;
-    streaming(&cluster, &client, "1 transaction", n, &format!("CALL fill(1, {n})")).await;
-    let t = sizes.hundred_row_transactions;
-    streaming(&cluster, &client, "100-row transactions", t * 100, &format!("CALL fill({t}, 100)")).await;
-    let t = sizes.single_row_transactions;
-    streaming(&cluster, &client, "1-row transactions", t, &format!("CALL fill({t}, 1)")).await;
-    snapshot(&cluster, &client, sizes.snapshot_rows).await;
-    freshness(&cluster, &client, sizes.freshness_seconds).await;
+    if runs("streaming") {
+        let n = sizes.big_transaction;
+        streaming(&cluster, &client, "1 transaction", n, &format!("CALL fill(1, {n})")).await;
+        let t = sizes.hundred_row_transactions;
+        streaming(&cluster, &client, "100-row transactions", t * 100, &format!("CALL fill({t}, 100)")).await;
+        let t = sizes.single_row_transactions;
+        streaming(&cluster, &client, "1-row transactions", t, &format!("CALL fill({t}, 1)")).await;
+    }
+    if runs("snapshot") {
+        snapshot(&cluster, &client, sizes.snapshot_rows).await;
+    }
+    if runs("freshness") {
+        freshness(&cluster, &client, sizes.freshness_seconds).await;
+    }
 }
 
 async fn lsn(client: &tokio_postgres::Client) -> String {
@@ -164,6 +179,7 @@ async fn snapshot(cluster: &PostgresCluster, client: &tokio_postgres::Client, ro
     let started = Instant::now();
     execute(&database, &format!("CREATE SOURCE s FROM POSTGRES WITH (url = '{}') FOR TABLES (big)", cluster.url()))
         .await;
+    let setup = started.elapsed();
     // The snapshot is the source's first transaction.
     while source_transactions(&database).await < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -173,9 +189,10 @@ async fn snapshot(cluster: &PostgresCluster, client: &tokio_postgres::Client, ro
     execute(&database, "DROP SOURCE s").await;
     let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1e6;
     println!(
-        "snapshot {rows} rows: changeflow {:.2} M rows/s ({:.2} s) | COPY binary to /dev/null {:.2} M rows/s ({:.2} s) | ratio {:.2}",
+        "snapshot {rows} rows: changeflow {:.2} M rows/s ({:.2} s, {:.2} s of it CREATE SOURCE) | COPY binary to /dev/null {:.2} M rows/s ({:.2} s) | ratio {:.2}",
         rate(ours),
         ours.as_secs_f64(),
+        setup.as_secs_f64(),
         rate(theirs),
         theirs.as_secs_f64(),
         theirs.as_secs_f64() / ours.as_secs_f64()
