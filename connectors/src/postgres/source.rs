@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use changeflow_engine::Result;
 use changeflow_engine::connector::{
-    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
+    Progress, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
 };
 use changeflow_engine::keyed::RowOp;
-use changeflow_engine::{ChangeBatch, Result};
 use changeflow_sql::parser::CreateSource;
 use tokio::task::JoinHandle;
 
@@ -29,7 +29,7 @@ use super::pgoutput::{
     LogicalMessage, OldTuple, StreamMessage, format_lsn, parse_logical_message, parse_lsn, parse_stream_message,
 };
 use super::protocol::ReplicationConnection;
-use super::snapshot::copy_tables;
+use super::snapshot::start_copy;
 use super::spill::Spill;
 use super::transaction::{CapturedTable, PendingChanges};
 use super::upstream::{check_server, describe_tables, ensure_publication};
@@ -260,16 +260,8 @@ impl PostgresReader {
     async fn take_snapshot(&mut self, name: &str, consistent_point: u64) -> Result<SourceEvent, PgError> {
         self.monitor.set_state("snapshotting");
         let upstream: Vec<_> = self.tables.iter().map(|t| t.upstream.clone()).collect();
-        let batches = copy_tables(&self.config, name, &upstream, &self.monitor).await?;
-        let changes = self
-            .tables
-            .iter()
-            .zip(batches)
-            .map(|(table, batch)| {
-                (table.upstream.relation.clone(), SourceChanges::Weighted(ChangeBatch::inserts(batch)))
-            })
-            .collect();
-        Ok(SourceEvent::Transaction { changes, progress: Progress(format_lsn(consistent_point)) })
+        let parts = start_copy(&self.config, name, &upstream, &self.monitor).await?;
+        Ok(SourceEvent::LargeTransaction { parts: Box::new(parts), progress: Progress(format_lsn(consistent_point)) })
     }
 
     /// Reads until an event is ready (or the stream needs attention).
