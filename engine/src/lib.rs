@@ -21,6 +21,7 @@ pub mod error;
 mod exec_ddl;
 mod exec_dml;
 mod exec_query;
+mod key_index;
 pub mod keyed;
 pub mod operator;
 pub mod rows;

@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
+use crate::key_index::KeyIndex;
 use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
@@ -22,7 +23,7 @@ pub struct RelationStore {
     primary_key: Vec<usize>,
     key_codec: Option<RowCodec>,
     /// Primary key -> row, for relations with a primary key (their only copy of the rows).
-    keys: FxHashMap<Box<[u8]>, Box<[u8]>>,
+    keys: KeyIndex,
     total: i64,
     snapshot: Mutex<Option<RecordBatch>>,
 }
@@ -42,7 +43,7 @@ impl RelationStore {
             rows: FxHashMap::default(),
             primary_key: primary_key.to_vec(),
             key_codec,
-            keys: FxHashMap::default(),
+            keys: KeyIndex::default(),
             total: 0,
             snapshot: Mutex::new(None),
         })
@@ -128,7 +129,7 @@ impl RelationStore {
         }
         for (row, (delta, index)) in &row_changes {
             let stored = match &encoded.keys {
-                Some(keys) => (self.keys.get(keys.get(*index)).map(|r| r.as_ref()) == Some(*row)) as i64,
+                Some(keys) => (self.keys.get(keys.get(*index)) == Some(*row)) as i64,
                 None => self.rows.get(*row).copied().unwrap_or(0),
             };
             if stored + delta < 0 {
@@ -191,7 +192,7 @@ impl RelationStore {
             }
             for (index, weight) in change.weights.iter().enumerate() {
                 if *weight > 0 {
-                    self.keys.insert(keys.get(index).into(), rows.get(index).into());
+                    self.keys.insert(keys.get(index), rows.get(index));
                 }
             }
         } else {
@@ -217,13 +218,13 @@ impl RelationStore {
 
     /// The encoded row stored under an encoded primary key.
     pub(crate) fn row_for_key(&self, key: &[u8]) -> Option<&[u8]> {
-        self.keys.get(key).map(|row| row.as_ref())
+        self.keys.get(key)
     }
 
     /// Every stored encoded row, repeated by its multiplicity.
     pub(crate) fn stored_rows(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
         if self.key_codec.is_some() {
-            Box::new(self.keys.values().map(|row| row.as_ref()))
+            Box::new(self.keys.values())
         } else {
             Box::new(
                 self.rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row.as_ref(), (*count).max(0) as usize)),
@@ -250,7 +251,7 @@ impl RelationStore {
         let Some(key_codec) = &self.key_codec else { return Ok(None) };
         let len = keys.first().map(|k| k.len()).unwrap_or(0);
         let encoded = encode_owned(key_codec, keys, len)?;
-        let mut found: Vec<&[u8]> = encoded.iter().filter_map(|k| self.keys.get(k).map(|r| r.as_ref())).collect();
+        let mut found: Vec<&[u8]> = encoded.iter().filter_map(|k| self.keys.get(k)).collect();
         found.sort();
         found.dedup();
         if found.is_empty() {
