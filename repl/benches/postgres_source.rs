@@ -146,9 +146,10 @@ async fn streaming(cluster: &PostgresCluster, client: &tokio_postgres::Client, s
         client.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')")).await.expect("drop slot");
     }
     let unit = if shape.starts_with("1-row") { "transactions/s" } else { "rows/s" };
+    let peak = peak_resident_mib();
     let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1000.0;
     println!(
-        "streaming {shape:>22}: {rows:>8} rows | changeflow {:>7.1} k {unit} ({:>6.2} s) | pg_recvlogical {:>7.1} k {unit} ({:>6.2} s) | ratio {:.2}",
+        "streaming {shape:>22}: {rows:>8} rows | changeflow {:>7.1} k {unit} ({:>6.2} s, peak RSS so far {peak} MiB) | pg_recvlogical {:>7.1} k {unit} ({:>6.2} s) | ratio {:.2}",
         rate(ours),
         ours.as_secs_f64(),
         rate(theirs),
@@ -189,10 +190,11 @@ async fn snapshot(cluster: &PostgresCluster, client: &tokio_postgres::Client, ro
     execute(&database, "DROP SOURCE s").await;
     let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1e6;
     println!(
-        "snapshot {rows} rows: changeflow {:.2} M rows/s ({:.2} s, {:.2} s of it CREATE SOURCE) | COPY binary to /dev/null {:.2} M rows/s ({:.2} s) | ratio {:.2}",
+        "snapshot {rows} rows: changeflow {:.2} M rows/s ({:.2} s, {:.2} s of it CREATE SOURCE, peak RSS so far {} MiB) | COPY binary to /dev/null {:.2} M rows/s ({:.2} s) | ratio {:.2}",
         rate(ours),
         ours.as_secs_f64(),
         setup.as_secs_f64(),
+        peak_resident_mib(),
         rate(theirs),
         theirs.as_secs_f64(),
         theirs.as_secs_f64() / ours.as_secs_f64()
@@ -255,6 +257,18 @@ async fn freshness(cluster: &PostgresCluster, client: &tokio_postgres::Client, s
         at(0.99).as_secs_f64() * 1e3,
         at(1.0).as_secs_f64() * 1e3
     );
+}
+
+/// The process's peak resident set (VmHWM), in MiB.
+fn peak_resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
 }
 
 async fn execute(database: &Database, sql: &str) -> Vec<Output> {
