@@ -132,18 +132,10 @@ async fn run_source(
             event = reader.next() => event,
         };
         let mut guard = engine.lock().await;
-        match event {
+        let (applied, count, progress) = match event {
             Ok(Some(SourceEvent::Transaction { changes, progress })) => {
                 let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
-                let applied = guard.apply_source_changes(changes);
-                if !finish_transaction(&mut guard, &name, applied, count, &progress) {
-                    break false;
-                }
-                drop(guard);
-                if let Err(error) = reader.commit(&progress).await {
-                    engine.lock().await.source_failed(&name, &error.to_string());
-                    break false;
-                }
+                (guard.apply_source_changes(changes), count, progress)
             }
             Ok(Some(SourceEvent::LargeTransaction { mut parts, progress })) => {
                 // The engine stays locked across the parts: no query sees part of it.
@@ -161,18 +153,12 @@ async fn run_source(
                         Err(error) => break Err(error),
                     }
                 };
-                if !finish_transaction(&mut guard, &name, applied, count, &progress) {
-                    break false;
-                }
-                drop(guard);
-                if let Err(error) = reader.commit(&progress).await {
-                    engine.lock().await.source_failed(&name, &error.to_string());
-                    break false;
-                }
+                (applied, count, progress)
             }
             Ok(Some(SourceEvent::ColumnsDropped { relation, columns })) => {
                 tracing::warn!(source = %name, %relation, ?columns, "columns dropped upstream");
                 guard.columns_dropped(&relation, &columns);
+                continue;
             }
             Ok(Some(SourceEvent::Progress(progress))) => {
                 guard.source_progress(&name, 0, 0, &progress.0);
@@ -181,6 +167,7 @@ async fn run_source(
                     engine.lock().await.source_failed(&name, &error.to_string());
                     break false;
                 }
+                continue;
             }
             Ok(None) => {
                 guard.source_finished(&name);
@@ -191,6 +178,14 @@ async fn run_source(
                 guard.source_failed(&name, &error.to_string());
                 break false;
             }
+        };
+        if !finish_transaction(&mut guard, &name, applied, count, &progress) {
+            break false;
+        }
+        drop(guard);
+        if let Err(error) = reader.commit(&progress).await {
+            engine.lock().await.source_failed(&name, &error.to_string());
+            break false;
         }
     };
     // A failed or finished reader still waits for DROP SOURCE to clean up upstream.
