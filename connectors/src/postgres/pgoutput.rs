@@ -247,6 +247,65 @@ mod tests {
         assert_eq!(parse_lsn("nonsense"), None);
     }
 
+    /// A tuple as pgoutput writes it: text values, NULLs (None) and unchanged TOAST ('u').
+    fn tuple(values: &[Option<&str>], unchanged: usize) -> Vec<u8> {
+        let mut out = ((values.len() + unchanged) as i16).to_be_bytes().to_vec();
+        for value in values {
+            match value {
+                Some(text) => {
+                    out.push(b't');
+                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                    out.extend_from_slice(text.as_bytes());
+                }
+                None => out.push(b'n'),
+            }
+        }
+        out.extend(std::iter::repeat_n(b'u', unchanged));
+        out
+    }
+
+    #[test]
+    fn decodes_relations_updates_deletes_and_truncates() {
+        let mut relation = b"R\x00\x00\x40\x01public\x00docs\x00d\x00\x02".to_vec();
+        relation.extend_from_slice(b"\x01id\x00\x00\x00\x00\x17\xff\xff\xff\xff");
+        relation.extend_from_slice(b"\x00body\x00\x00\x00\x00\x19\xff\xff\xff\xff");
+        let LogicalMessage::Relation(parsed) = parse_logical_message(Bytes::from(relation)).expect("relation") else {
+            panic!("not a relation")
+        };
+        assert_eq!((parsed.oid, parsed.namespace.as_str(), parsed.name.as_str()), (0x4001, "public", "docs"));
+        assert_eq!(parsed.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "body"]);
+
+        // An update whose key changed ('K' old tuple) and whose body stayed TOASTed.
+        let mut update = b"U\x00\x00\x40\x01K".to_vec();
+        update.extend(tuple(&[Some("1"), None], 0));
+        update.push(b'N');
+        update.extend(tuple(&[Some("2")], 1));
+        let LogicalMessage::Update { relation, old: Some((OldTuple::Key, old)), new } =
+            parse_logical_message(Bytes::from(update)).expect("update")
+        else {
+            panic!("not an update with a key")
+        };
+        assert_eq!(relation, 0x4001);
+        assert_eq!(old, [TupleValue::Text(Bytes::from_static(b"1")), TupleValue::Null]);
+        assert_eq!(new, [TupleValue::Text(Bytes::from_static(b"2")), TupleValue::Unchanged]);
+
+        let mut delete = b"D\x00\x00\x40\x01O".to_vec();
+        delete.extend(tuple(&[Some("2"), Some("text")], 0));
+        let LogicalMessage::Delete { old: (OldTuple::Full, old), .. } =
+            parse_logical_message(Bytes::from(delete)).expect("delete")
+        else {
+            panic!("not a full delete")
+        };
+        assert_eq!(old.len(), 2);
+
+        let truncate = b"T\x00\x00\x00\x02\x00\x00\x00\x40\x01\x00\x00\x40\x02".to_vec();
+        let LogicalMessage::Truncate { relations } = parse_logical_message(Bytes::from(truncate)).expect("truncate")
+        else {
+            panic!("not a truncate")
+        };
+        assert_eq!(relations, [0x4001, 0x4002]);
+    }
+
     #[test]
     fn short_messages_are_errors_not_panics() {
         for bytes in [&b"B\x00\x01"[..], b"I\x00\x00\x00\x01N\x00\x02t\x00\x00\x00\x09ab", b"R\x00\x00\x00\x01pub"] {
