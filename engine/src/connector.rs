@@ -34,6 +34,9 @@ pub struct SourceRelationDef {
     pub name: String,
     pub schema: SchemaRef,
     pub primary_key: Vec<usize>,
+    /// Rows the relation is expected to start with (0 when unknown): its store is sized for
+    /// them up front instead of growing through the initial load.
+    pub expected_rows: u64,
 }
 
 /// An opaque upstream position (an LSN, offsets, sequence numbers), ordered by the source.

@@ -167,7 +167,12 @@ impl Engine {
         };
         let stores = relations
             .iter()
-            .map(|r| Ok((r.name.clone(), RelationStore::new(&r.name, Arc::clone(&r.schema), &r.primary_key)?)))
+            .zip(&definitions)
+            .map(|(r, d)| {
+                let mut store = RelationStore::new(&r.name, Arc::clone(&r.schema), &r.primary_key)?;
+                store.reserve(d.expected_rows);
+                Ok((r.name.clone(), store))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.catalog.add_source(source, relations)?;
         self.stores.extend(stores);

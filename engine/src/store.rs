@@ -49,6 +49,16 @@ impl RelationStore {
         })
     }
 
+    /// Makes room for `rows` more rows (at most 100M: an estimate is no promise).
+    pub fn reserve(&mut self, rows: u64) {
+        let rows = rows.min(100_000_000) as usize;
+        if self.key_codec.is_some() {
+            self.keys.reserve(rows);
+        } else {
+            self.rows.reserve(rows);
+        }
+    }
+
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }

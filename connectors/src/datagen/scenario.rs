@@ -100,6 +100,7 @@ impl SessionsScenario {
                 name: name.clone(),
                 schema: Arc::clone(schema),
                 primary_key: vec![0],
+                expected_rows: 0,
             })
             .collect()
     }

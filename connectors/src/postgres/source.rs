@@ -55,6 +55,7 @@ impl SourceConnector for PostgresConnector {
                 name: t.relation.clone(),
                 schema: declared_schema(t),
                 primary_key: t.key.clone(),
+                expected_rows: t.estimated_rows as u64,
             })
             .collect())
     }
