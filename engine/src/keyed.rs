@@ -318,6 +318,17 @@ mod tests {
     }
 
     #[test]
+    fn a_row_inserted_and_retracted_in_one_change_leaves_no_key_behind() {
+        let mut store = RelationStore::new("t", schema(), &[0]).expect("store");
+        let rows = batch(&[(1, Some("a"), None), (1, Some("a"), None), (2, Some("b"), None)]);
+        store.apply(&ChangeBatch::new(rows, vec![1, -1, 1]).expect("change")).expect("applies");
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.snapshot().expect("snapshot").num_rows(), 1);
+        let key: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+        assert_eq!(store.lookup(&[key]).expect("lookup").expect("keyed").num_rows(), 0);
+    }
+
+    #[test]
     fn unchanged_value_without_a_previous_row_is_an_error() {
         let store = RelationStore::new("t", schema(), &[0]).expect("store");
         let rows = batch(&[(1, Some("a"), None)]);

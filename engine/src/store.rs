@@ -98,6 +98,8 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(());
         }
+        let consolidated = self.consolidated(change)?;
+        let change = consolidated.as_ref().unwrap_or(change);
         let encoded = self.encode(change)?;
         self.check_encoded(change, &encoded)?;
         self.apply_encoded(change, &encoded)
@@ -184,8 +186,20 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(());
         }
+        let consolidated = self.consolidated(change)?;
+        let change = consolidated.as_ref().unwrap_or(change);
         let encoded = self.encode(change)?;
         self.apply_encoded(change, &encoded)
+    }
+
+    /// The key index applies retractions before insertions, which is right only when no row
+    /// is both inserted and retracted in the same change: such a change is consolidated first.
+    fn consolidated(&self, change: &ChangeBatch) -> Result<Option<ChangeBatch>> {
+        if self.key_codec.is_some() && change.weights.iter().any(|w| *w < 0) {
+            Ok(Some(change.consolidate()?))
+        } else {
+            Ok(None)
+        }
     }
 
     fn apply_encoded(&mut self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
