@@ -234,10 +234,9 @@ impl Engine {
                 .get(&relation)
                 .ok_or_else(|| EngineError::Internal(format!("no store for source relation {relation}")))?;
             let change = match change {
-                SourceChanges::Weighted(batch) => batch.with_schema(Arc::clone(store.schema()))?.consolidate()?,
+                SourceChanges::Weighted(batch) => batch.with_schema(Arc::clone(store.schema()))?,
                 SourceChanges::Keyed(keyed) => store
                     .resolve(&keyed)
-                    .and_then(|batch| batch.consolidate())
                     .map_err(|e| EngineError::Connector(format!("relation \"{relation}\": {e}")))?,
             };
             resolved.push((relation, change));
