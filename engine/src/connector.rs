@@ -101,6 +101,10 @@ pub struct SourceReport {
     pub state: String,
     /// Connector-specific detail: snapshot progress, positions, lag, retained data.
     pub detail: String,
+    /// Bytes the source is behind its upstream (a PostgreSQL slot's WAL lag), when known.
+    pub lag_bytes: Option<u64>,
+    /// Bytes the upstream retains for this source (a slot's retained WAL), when known.
+    pub retained_bytes: Option<u64>,
 }
 
 /// A shared handle through which a reader reports its state.
@@ -117,6 +121,14 @@ impl SourceMonitor {
     pub fn set_detail(&self, detail: impl Into<String>) {
         if let Ok(mut report) = self.0.lock() {
             report.detail = detail.into();
+        }
+    }
+
+    /// Records how far behind the upstream the source is, and what it makes it retain.
+    pub fn set_lag(&self, lag_bytes: u64, retained_bytes: u64) {
+        if let Ok(mut report) = self.0.lock() {
+            report.lag_bytes = Some(lag_bytes);
+            report.retained_bytes = Some(retained_bytes);
         }
     }
 

@@ -15,6 +15,9 @@ use crate::error::{EngineError, Result};
 
 pub struct Database {
     engine: Arc<Mutex<Engine>>,
+    /// Held by a session from BEGIN to COMMIT / ROLLBACK, and by any write outside a
+    /// transaction block for its duration: one writer at a time.
+    pub(crate) writer: Arc<Mutex<()>>,
     registry: ConnectorRegistry,
     source_tasks: std::sync::Mutex<HashMap<String, SourceTask>>,
 }
@@ -33,6 +36,7 @@ impl Database {
     pub fn with_mode(registry: ConnectorRegistry, mode: Mode) -> Self {
         Self {
             engine: Arc::new(Mutex::new(Engine::with_mode(registry.clone(), mode))),
+            writer: Arc::new(Mutex::new(())),
             registry,
             source_tasks: std::sync::Mutex::new(HashMap::new()),
         }
@@ -44,8 +48,22 @@ impl Database {
     }
 
     /// Executes a statement; `CREATE SOURCE` also starts reading the source, and `DROP
-    /// SOURCE` stops it and removes what it created upstream.
+    /// SOURCE` stops it and removes what it created upstream. Concurrent callers should each
+    /// use a [`crate::Session`], which keeps their transactions apart.
     pub async fn execute(&self, statement: &ParsedStatement) -> Result<Output> {
+        self.execute_as(statement, true).await
+    }
+
+    /// Executes a statement; a query sees an open transaction's changes only when
+    /// `owns_transaction` (the session that opened it asks). Queries are planned and their
+    /// snapshots taken under the engine lock, then run without it.
+    pub(crate) async fn execute_as(&self, statement: &ParsedStatement, owns_transaction: bool) -> Result<Output> {
+        if let Statement::Sql(sql) = &statement.statement
+            && let datafusion::sql::sqlparser::ast::Statement::Query(query) = sql.as_ref()
+        {
+            let prepared = self.engine.lock().await.prepare_query(query, !owns_transaction)?;
+            return prepared.run().await;
+        }
         let (output, mode) = {
             let mut engine = self.engine.lock().await;
             (engine.execute(statement).await?, engine.mode)
@@ -67,6 +85,30 @@ impl Database {
             }
         }
         Ok(output)
+    }
+
+    /// What a statement returns and takes, without running it (nothing changes).
+    pub async fn describe(&self, statement: &ParsedStatement) -> Result<crate::Description> {
+        use datafusion::sql::sqlparser::ast;
+        let mut engine = self.engine.lock().await;
+        match &statement.statement {
+            Statement::Sql(sql) => match sql.as_ref() {
+                ast::Statement::Query(query) => engine.describe_query(query),
+                ast::Statement::Explain { .. } => describe_output(engine.execute(statement).await?),
+                _ => Ok(crate::Description::default()),
+            },
+            Statement::Show(_) | Statement::ExplainView(_) => describe_output(engine.execute(statement).await?),
+            Statement::Subscribe { relation, .. } => {
+                let schema = engine.subscription_schema(relation)?;
+                Ok(crate::Description { columns: Some(schema), parameters: Vec::new() })
+            }
+            Statement::CreateSource(_) | Statement::DropSource { .. } => Ok(crate::Description::default()),
+        }
+    }
+
+    /// Starts a SUBSCRIBE to a relation (see [`crate::subscribe`]).
+    pub async fn subscribe(&self, relation: &str, snapshot: bool) -> Result<crate::Subscription> {
+        self.engine.lock().await.subscribe(relation, snapshot)
     }
 
     /// Stops every source reader (without dropping upstream state), waiting for each.
@@ -102,6 +144,16 @@ impl Database {
         self.tasks()?.insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
         Ok(())
     }
+}
+
+fn describe_output(output: Output) -> Result<crate::Description> {
+    Ok(crate::Description {
+        columns: match output {
+            Output::Rows { schema, .. } => Some(schema),
+            Output::Command(_) => None,
+        },
+        parameters: Vec::new(),
+    })
 }
 
 impl SourceTask {

@@ -45,6 +45,9 @@ pub(crate) struct MaterializedView {
     pub reads: Vec<(String, Vec<String>)>,
     /// Set when maintaining the view failed; the view then stops changing.
     pub error: Option<String>,
+    /// Epochs that changed its inputs, and how long the last one took to apply.
+    pub epochs: u64,
+    pub last_apply: std::time::Duration,
 }
 
 /// The state of a running source, as `SHOW SOURCES` reports it.
@@ -68,6 +71,10 @@ pub struct Engine {
     pub(crate) epoch: u64,
     pub(crate) registry: ConnectorRegistry,
     pub(crate) sources: BTreeMap<String, SourceStatus>,
+    /// Live SUBSCRIBEs, per relation.
+    pub(crate) subscribers: FxHashMap<String, Vec<crate::subscribe::Subscriber>>,
+    /// Set while planning a query for a session that must not see an open transaction.
+    pub(crate) reads_committed: bool,
 }
 
 impl Engine {
@@ -86,6 +93,8 @@ impl Engine {
             epoch: 0,
             registry,
             sources: BTreeMap::new(),
+            subscribers: FxHashMap::default(),
+            reads_committed: false,
         }
     }
 
@@ -110,6 +119,15 @@ impl Engine {
             Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
             Statement::Show(kind) => self.show(*kind),
             Statement::ExplainView(create) => self.explain_view(create),
+            Statement::Subscribe { relation, .. } => {
+                self.subscription_schema(relation)?;
+                match self.mode {
+                    Mode::PlanOnly => Ok(Output::Command("SUBSCRIBE".into())),
+                    Mode::Execute => Err(EngineError::State(
+                        "SUBSCRIBE streams changes to a client of `changeflow serve` (psql, a Postgres driver); it cannot run here".into(),
+                    )),
+                }
+            }
         }
     }
 
@@ -286,10 +304,13 @@ impl Engine {
                 continue;
             }
             let Some(dataflow) = view.dataflow.as_mut() else { continue };
+            let started = std::time::Instant::now();
+            view.epochs += 1;
             let result = dataflow.step(&epoch).and_then(|out| out.consolidate());
             match result {
                 Ok(out) => {
                     if out.is_empty() {
+                        view.last_apply = started.elapsed();
                         continue;
                     }
                     let store = self
@@ -297,6 +318,7 @@ impl Engine {
                         .get_mut(&view.name)
                         .ok_or_else(|| EngineError::Internal(format!("no store for view {}", view.name)))?;
                     store.apply(&out)?;
+                    view.last_apply = started.elapsed();
                     epoch.insert(view.name.clone(), out);
                 }
                 Err(error) => {
@@ -304,6 +326,15 @@ impl Engine {
                     view.error = Some(format!("failed at epoch {}: {error}", self.epoch));
                     failed.push(view.name.clone());
                 }
+            }
+        }
+        if !self.subscribers.is_empty() {
+            for (relation, change) in &epoch {
+                self.publish(relation, change);
+            }
+            for name in failed {
+                let reason = format!("materialized view \"{name}\" {}", self.view_error(&name).unwrap_or_default());
+                self.end_subscriptions(&name, &reason);
             }
         }
         Ok(())

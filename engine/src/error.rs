@@ -29,3 +29,77 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// The PostgreSQL SQLSTATE that fits the error best, for clients of the wire protocol.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            EngineError::Sql(SqlError::Syntax { .. }) => "42601",
+            EngineError::Sql(SqlError::Catalog(message)) => catalog_sqlstate(message),
+            EngineError::Sql(SqlError::Unsupported(_)) | EngineError::Sql(SqlError::NotIncremental(_)) => "0A000",
+            EngineError::Sql(SqlError::DataFusion(error)) | EngineError::DataFusion(error) => datafusion_sqlstate(error),
+            EngineError::Constraint(message) => {
+                if message.starts_with("duplicate key") {
+                    "23505"
+                } else if message.contains("not-null constraint") {
+                    "23502"
+                } else if message.contains("out of range") {
+                    "22003"
+                } else if message.contains("is of type") {
+                    "22P02"
+                } else if message.contains("read-only") || message.contains("is not a table") {
+                    "42809"
+                } else {
+                    "23000"
+                }
+            }
+            EngineError::State(message) => {
+                if message.contains("already a transaction") || message.contains("inside a transaction block") {
+                    "25001"
+                } else if message.contains("no transaction") {
+                    "25P01"
+                } else {
+                    "55000"
+                }
+            }
+            EngineError::Arrow(_) => "22000",
+            EngineError::Connector(_) => "08000",
+            EngineError::Internal(_) => "XX000",
+        }
+    }
+}
+
+fn catalog_sqlstate(message: &str) -> &'static str {
+    if message.contains("does not exist") {
+        if message.starts_with("column") { "42703" } else { "42P01" }
+    } else if message.contains("already exists") {
+        "42P07"
+    } else if message.contains("depend") {
+        "2BP01"
+    } else if message.contains("more than once") {
+        "42701"
+    } else {
+        "42809"
+    }
+}
+
+fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
+    let message = error.to_string();
+    if message.contains("does not exist") {
+        return catalog_sqlstate(&message);
+    }
+    match error.find_root() {
+        DataFusionError::SchemaError(..) => "42703",
+        DataFusionError::Plan(_) if message.contains("not found") => "42P01",
+        DataFusionError::Plan(_) if message.contains("No function matches") || message.contains("Invalid function") => "42883",
+        DataFusionError::Plan(_) if message.contains("coerc") || message.contains("Cannot infer") => "42804",
+        DataFusionError::Plan(_) => "42000",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ArrowError(..) if message.contains("Divide by zero") => "22012",
+        DataFusionError::ArrowError(..) if message.contains("Cast error") || message.contains("Parser error") => "22P02",
+        DataFusionError::ArrowError(..) => "22000",
+        DataFusionError::Execution(_) if message.contains("Divide by zero") => "22012",
+        DataFusionError::Execution(_) => "22000",
+        _ => "XX000",
+    }
+}

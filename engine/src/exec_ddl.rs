@@ -87,7 +87,15 @@ impl Engine {
             self.catalog.add_relation(relation)?;
             self.stores.insert(name.clone(), store);
             let reads = plan.scanned_columns();
-            self.views.push(MaterializedView { name, dataflow: Some(operators), inputs, reads, error: None });
+            self.views.push(MaterializedView {
+                name,
+                dataflow: Some(operators),
+                inputs,
+                reads,
+                error: None,
+                epochs: 0,
+                last_apply: std::time::Duration::ZERO,
+            });
         } else {
             self.catalog.add_relation(relation)?;
         }
@@ -130,6 +138,7 @@ impl Engine {
             self.catalog.drop_relation(&name, kind)?;
             self.stores.remove(&name);
             self.views.retain(|v| v.name != name);
+            self.end_subscriptions(&name, &format!("\"{name}\" was dropped"));
         }
         Ok(Output::Command(tag.into()))
     }
@@ -190,6 +199,7 @@ impl Engine {
         let source = self.catalog.drop_source(name)?;
         for relation in &source.relations {
             self.stores.remove(relation);
+            self.end_subscriptions(relation, &format!("source \"{name}\" was dropped"));
         }
         self.sources.remove(name);
         Ok(Output::Command("DROP SOURCE".into()))

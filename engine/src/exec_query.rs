@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use changeflow_sql::ddl::sql_type_name;
 use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::sql::sqlparser::ast;
 
+use crate::change::ChangeBatch;
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
 
@@ -23,33 +27,118 @@ impl RelationData for Engine {
                 relation.name
             )));
         }
-        let store = self
-            .stores
-            .get(&relation.name)
-            .ok_or_else(|| DataFusionError::Internal(format!("no store for {}", relation.name)))?;
-        let batch = store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batch = if self.reads_committed {
+            self.committed_snapshot(&relation.name)
+        } else {
+            self.stores
+                .get(&relation.name)
+                .ok_or_else(|| EngineError::Internal(format!("no store for {}", relation.name)))
+                .and_then(|store| store.snapshot())
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
     }
 }
 
+/// A planned ad-hoc query over snapshots of the relations it reads: running it needs no
+/// access to the engine, so it runs while the engine goes on applying epochs.
+pub struct PreparedQuery {
+    plan: Option<LogicalPlan>,
+    schema: SchemaRef,
+    state: SessionState,
+}
+
+impl PreparedQuery {
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub async fn run(self) -> Result<Output> {
+        let Some(plan) = self.plan else {
+            return Ok(Output::Rows { schema: self.schema, batches: Vec::new() });
+        };
+        let physical = self.state.create_physical_plan(&plan).await?;
+        let batches = datafusion::physical_plan::collect(physical, self.state.task_ctx()).await?;
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&self.schema),
+                    b.columns().to_vec(),
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Output::Rows { schema: self.schema, batches })
+    }
+}
+
+/// What a statement takes and returns, known without running it (the extended query
+/// protocol's Describe): result columns, if it returns rows, and its parameters' types
+/// where planning can tell them.
+#[derive(Debug, Clone, Default)]
+pub struct Description {
+    pub columns: Option<SchemaRef>,
+    pub parameters: Vec<Option<DataType>>,
+}
+
 impl Engine {
     pub(crate) async fn query(&mut self, query: &ast::Query) -> Result<Output> {
-        let plan = {
-            let context = PlanContext::for_execution(&self.catalog, &self.state, self);
-            context.plan_query(query)?
-        };
-        let plan = changeflow_sql::context::optimize(&self.state, &plan)?;
+        self.prepare_query(query, false)?.run().await
+    }
+
+    /// Plans a query and takes snapshots of what it reads. With `committed`, an open
+    /// transaction's changes (another session's) are left out of the snapshots.
+    pub fn prepare_query(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
+        self.reads_committed = committed && self.transaction.is_some();
+        let planned = PlanContext::for_execution(&self.catalog, &self.state, self).plan_query(query);
+        self.reads_committed = false;
+        let plan = changeflow_sql::context::optimize(&self.state, &planned?)?;
         let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
-        if self.mode == Mode::PlanOnly {
-            return Ok(Output::Rows { schema, batches: Vec::new() });
+        let plan = if self.mode == Mode::PlanOnly { None } else { Some(plan) };
+        Ok(PreparedQuery { plan, schema, state: self.state.clone() })
+    }
+
+    /// Describes a query without reading any data: its columns and its parameters' types.
+    pub fn describe_query(&self, query: &ast::Query) -> Result<Description> {
+        let context = PlanContext::for_planning(&self.catalog, &self.state);
+        let plan = context.plan_query(query)?;
+        let schema = changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query);
+        let types = plan.get_parameter_types()?;
+        let count = types
+            .keys()
+            .filter_map(|name| name.trim_start_matches('$').parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        let parameters =
+            (1..=count).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect::<Vec<_>>();
+        Ok(Description { columns: Some(Arc::new(schema)), parameters })
+    }
+
+    /// A relation's rows as committed: its store, less the changes of an open transaction.
+    pub(crate) fn committed_snapshot(&self, relation: &str) -> Result<RecordBatch> {
+        let store = self.stores.get(relation).ok_or_else(|| EngineError::Internal(format!("no store for {relation}")))?;
+        let snapshot = store.snapshot()?;
+        let pending: Vec<ChangeBatch> = self
+            .transaction
+            .iter()
+            .flatten()
+            .filter(|(name, _)| name == relation)
+            .map(|(_, change)| change.clone().negate())
+            .collect();
+        if pending.is_empty() {
+            return Ok(snapshot);
         }
-        let batch = self.run_plan(&plan).await?;
-        let batch = RecordBatch::try_new_with_options(
-            Arc::clone(&schema),
-            batch.columns().to_vec(),
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-        )?;
-        Ok(Output::Rows { schema, batches: vec![batch] })
+        let mut all = vec![ChangeBatch::inserts(snapshot)];
+        all.extend(pending);
+        let merged = ChangeBatch::concat(store.schema(), &all)?.consolidate()?;
+        let indices: Vec<u32> = merged
+            .weights
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| std::iter::repeat_n(i as u32, w.max(0) as usize))
+            .collect();
+        Ok(take_record_batch(&merged.data, &UInt32Array::from(indices))?)
     }
 
     pub(crate) fn explain_query(&mut self, statement: &ast::Statement) -> Result<Output> {

@@ -26,9 +26,15 @@ pub mod keyed;
 pub mod operator;
 pub mod rows;
 pub mod store;
+mod session;
+pub mod stats;
+pub mod subscribe;
 
 pub use change::ChangeBatch;
 pub use database::Database;
 pub use engine::{Engine, Mode, Output, SourceStatus};
+pub use exec_query::{Description, PreparedQuery};
+pub use session::Session;
+pub use subscribe::{Subscription, ViewUpdate};
 pub use error::{EngineError, Result};
 pub use keyed::{KeyedChanges, RowOp};

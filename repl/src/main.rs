@@ -1,8 +1,9 @@
-//! The `changeflow` binary: the REPL (no arguments), `run` and `check`.
+//! The `changeflow` binary: the REPL (no arguments), `run`, `check` and `serve`.
 
 mod format;
 mod repl;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,15 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines as human-readable text or as JSON objects (filter with CHANGEFLOW_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -35,19 +45,32 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run SQL files, then serve views over the Postgres wire protocol (psql, drivers),
+    /// with SUBSCRIBE, and metrics over HTTP, until SIGINT / SIGTERM.
+    Serve(serve::ServeOptions),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG")
-                .unwrap_or_else(|_| "warn,changeflow_connectors=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Some(Command::Serve(_)) => "warn,changeflow_connectors=info,changeflow=info",
+        _ => "warn,changeflow_connectors=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
+        Some(Command::Serve(options)) => match serve::serve(options).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         None => match repl::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

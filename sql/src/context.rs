@@ -37,7 +37,23 @@ pub fn new_session_state() -> SessionState {
     options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
     options.sql_parser.map_string_types_to_utf8view = false;
     options.execution.time_zone = Some("+00:00".into());
-    SessionStateBuilder::new().with_config(config).with_default_features().build()
+    let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    // `SELECT version()` answers like PostgreSQL does, naming changeflow: clients parse it.
+    let version = format!("PostgreSQL 16.6 (changeflow {}), an incremental view engine", env!("CARGO_PKG_VERSION"));
+    let udf = datafusion::logical_expr::create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(move |_args: &[datafusion::logical_expr::ColumnarValue]| {
+            Ok(datafusion::logical_expr::ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(Some(
+                version.clone(),
+            ))))
+        }),
+    );
+    // Registering replaces DataFusion's own `version()`; there is no failure to report.
+    let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf));
+    state
 }
 
 pub fn parser_options() -> ParserOptions {

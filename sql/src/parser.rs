@@ -39,6 +39,8 @@ pub enum Statement {
     Show(ShowKind),
     /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: print the incremental dataflow.
     ExplainView(Box<ast::Statement>),
+    /// `SUBSCRIBE [TO] relation [WITH (snapshot = true | false)]`: stream its changes.
+    Subscribe { relation: String, snapshot: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,7 @@ fn parse_one(text: &str) -> Result<Statement> {
         ("CREATE", "SOURCE") => return parse_create_source(text),
         ("DROP", "SOURCE") => return parse_drop_source(text),
         ("SHOW", _) => return parse_show(text, &words),
+        ("SUBSCRIBE", _) => return parse_subscribe(text),
         ("EXPLAIN", "CREATE") => {
             let rest = text.trim_start()["EXPLAIN".len()..].to_string();
             let leading = text.len() - text.trim_start().len() + "EXPLAIN".len();
@@ -379,6 +382,15 @@ fn parse_create_source(text: &str) -> Result<Statement> {
     let name = cursor.identifier("a source name")?;
     cursor.expect_word("FROM")?;
     let connector = cursor.identifier("a connector name such as DATAGEN")?.to_ascii_lowercase();
+    let options = parse_with_options(&mut cursor)?;
+    let tables = parse_source_tables(&mut cursor)?;
+    cursor.expect_end()?;
+    Ok(Statement::CreateSource(CreateSource { name, connector, options, tables, if_not_exists }))
+}
+
+/// `FOR ALL TABLES` or `FOR TABLES (schema.table [AS name], ...)`, if present.
+/// `WITH (key = value, ...)`, if present: values are quoted strings, numbers or words.
+fn parse_with_options(cursor: &mut Cursor) -> Result<BTreeMap<String, String>> {
     let mut options = BTreeMap::new();
     if cursor.accept_word("WITH") {
         cursor.expect_token(&Token::LParen)?;
@@ -407,12 +419,37 @@ fn parse_create_source(text: &str) -> Result<Statement> {
             break;
         }
     }
-    let tables = parse_source_tables(&mut cursor)?;
-    cursor.expect_end()?;
-    Ok(Statement::CreateSource(CreateSource { name, connector, options, tables, if_not_exists }))
+    Ok(options)
 }
 
-/// `FOR ALL TABLES` or `FOR TABLES (schema.table [AS name], ...)`, if present.
+/// `SUBSCRIBE [TO] relation [WITH (snapshot = true | false)]`.
+fn parse_subscribe(text: &str) -> Result<Statement> {
+    let mut cursor = Cursor::new(text)?;
+    cursor.expect_word("SUBSCRIBE")?;
+    cursor.accept_word("TO");
+    let relation = cursor.identifier("a materialized view, table or source relation")?;
+    let option_start = cursor.position();
+    let mut options = parse_with_options(&mut cursor)?;
+    cursor.expect_end()?;
+    let snapshot = match options.remove("snapshot").map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("true") | Some("on") => true,
+        Some("false") | Some("off") => false,
+        Some(other) => {
+            return Err(SqlError::Syntax {
+                message: format!("option 'snapshot' is true or false, not '{other}'"),
+                position: option_start,
+            });
+        }
+    };
+    if let Some(key) = options.keys().next() {
+        return Err(SqlError::Syntax {
+            message: format!("unknown SUBSCRIBE option '{key}'; the one option is snapshot"),
+            position: option_start,
+        });
+    }
+    Ok(Statement::Subscribe { relation, snapshot })
+}
+
 fn parse_source_tables(cursor: &mut Cursor) -> Result<SourceTables> {
     if !cursor.accept_word("FOR") {
         return Ok(SourceTables::Unspecified);
@@ -538,5 +575,21 @@ mod tests {
         ));
         let error = parse_sql("SHOW GADGETS").expect_err("unknown");
         assert!(error.to_string().contains("TABLES, VIEWS"), "{error}");
+    }
+
+    #[test]
+    fn subscribe_takes_a_relation_and_the_snapshot_option() {
+        assert!(matches!(
+            &parse_sql("SUBSCRIBE TO calendar WITH (snapshot = false)").expect("parses")[0].statement,
+            Statement::Subscribe { relation, snapshot: false } if relation == "calendar"
+        ));
+        assert!(matches!(
+            &parse_sql("subscribe calendar").expect("parses")[0].statement,
+            Statement::Subscribe { relation, snapshot: true } if relation == "calendar"
+        ));
+        let error = parse_sql("SUBSCRIBE calendar WITH (snapshot = maybe)").expect_err("bad option");
+        assert!(error.to_string().contains("true or false"), "{error}");
+        let error = parse_sql("SUBSCRIBE calendar WITH (since = 3)").expect_err("unknown option");
+        assert!(error.to_string().contains("unknown SUBSCRIBE option 'since'"), "{error}");
     }
 }

@@ -576,6 +576,7 @@ async fn poll_server(config: PostgresConfig, monitor: SourceMonitor, positions: 
             let confirmed = positions.confirmed.load(Ordering::Relaxed);
             let received = positions.received.load(Ordering::Relaxed).max(confirmed);
             let warnings = positions.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+            monitor.set_lag(current.saturating_sub(confirmed), retained_bytes.max(0) as u64);
             monitor.set_detail(format!(
                 "received {}, confirmed {}, lag {} bytes, retained WAL {} bytes{}{warnings}",
                 format_lsn(received),

@@ -15,7 +15,7 @@ pub struct PostgresCluster {
     options: String,
 }
 
-fn postgres_bin() -> PathBuf {
+pub fn postgres_bin() -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
         .unwrap_or_default();
@@ -25,7 +25,7 @@ fn postgres_bin() -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
 }
 

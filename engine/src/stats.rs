@@ -1,0 +1,66 @@
+//! Counters of the engine for monitoring (`/metrics` of `changeflow serve`): per source what
+//! it brought in and how far behind it is, per materialized view its size and epoch work.
+
+use crate::engine::Engine;
+
+#[derive(Debug, Clone)]
+pub struct SourceStats {
+    pub name: String,
+    pub connector: String,
+    pub state: String,
+    pub transactions: u64,
+    pub changes: u64,
+    pub lag_bytes: Option<u64>,
+    pub retained_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ViewStats {
+    pub name: String,
+    pub rows: i64,
+    pub epochs: u64,
+    pub last_apply_seconds: f64,
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    pub epoch: u64,
+    pub sources: Vec<SourceStats>,
+    pub views: Vec<ViewStats>,
+    pub subscriptions: usize,
+}
+
+impl Engine {
+    pub fn stats(&self) -> EngineStats {
+        let sources = self
+            .catalog
+            .sources()
+            .map(|source| {
+                let status = self.sources.get(&source.name).cloned().unwrap_or_default();
+                let report = status.monitor.report();
+                SourceStats {
+                    name: source.name.clone(),
+                    connector: source.connector.clone(),
+                    state: report.state,
+                    transactions: status.transactions,
+                    changes: status.changes,
+                    lag_bytes: report.lag_bytes,
+                    retained_bytes: report.retained_bytes,
+                }
+            })
+            .collect();
+        let views = self
+            .views
+            .iter()
+            .map(|view| ViewStats {
+                name: view.name.clone(),
+                rows: self.stores.get(&view.name).map(|s| s.len()).unwrap_or(0),
+                epochs: view.epochs,
+                last_apply_seconds: view.last_apply.as_secs_f64(),
+                failed: view.error.is_some(),
+            })
+            .collect();
+        EngineStats { epoch: self.epoch, sources, views, subscriptions: self.subscription_count() }
+    }
+}

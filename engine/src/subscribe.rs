@@ -1,0 +1,136 @@
+//! SUBSCRIBE: a stream of one relation's changes (a materialized view, a table or a source
+//! relation), epoch by epoch, optionally preceded by its contents at the epoch it starts from.
+//!
+//! Subscribers hang off the engine; every epoch publishes each changed relation's
+//! consolidated change to them, in epoch order. A subscriber that falls more than
+//! [`SUBSCRIPTION_BUFFER`] epochs behind is dropped with an error rather than slowing the
+//! engine down or growing its buffer without bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use changeflow_sql::RelationKind;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio::sync::mpsc;
+
+use crate::change::ChangeBatch;
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+
+/// Epochs a subscriber may have buffered before it is dropped.
+pub const SUBSCRIPTION_BUFFER: usize = 4096;
+
+/// What a subscription receives after its snapshot.
+#[derive(Debug, Clone)]
+pub enum ViewUpdate {
+    /// The relation's consolidated change in one epoch (a large transaction applied in
+    /// parts may send several with the same epoch).
+    Changes { epoch: u64, change: ChangeBatch },
+    /// The relation stopped: dropped, or maintaining it failed. Nothing follows.
+    Ended(String),
+}
+
+/// A live subscription: the contents it starts from, then updates as epochs are applied.
+pub struct Subscription {
+    pub relation: String,
+    /// The columns sent: `epoch`, `weight`, then the relation's.
+    pub schema: SchemaRef,
+    /// The epoch the subscription starts after, and the relation's rows at that epoch
+    /// (absent with `snapshot = false`).
+    pub start_epoch: u64,
+    pub snapshot: Option<RecordBatch>,
+    updates: mpsc::Receiver<ViewUpdate>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next update; an error when the subscriber fell too far behind.
+    pub async fn next(&mut self) -> Result<ViewUpdate> {
+        match self.updates.recv().await {
+            Some(update) => Ok(update),
+            None if self.overflowed.load(Ordering::Relaxed) => Err(EngineError::State(format!(
+                "the subscription to \"{}\" fell more than {SUBSCRIPTION_BUFFER} epochs behind and was dropped; subscribe again",
+                self.relation
+            ))),
+            None => Ok(ViewUpdate::Ended(format!("\"{}\" is gone", self.relation))),
+        }
+    }
+}
+
+/// The engine's side of one subscription.
+pub(crate) struct Subscriber {
+    sender: mpsc::Sender<ViewUpdate>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Engine {
+    /// Starts a subscription to a materialized view, table or source relation.
+    pub fn subscribe(&mut self, relation: &str, snapshot: bool) -> Result<Subscription> {
+        let schema = self.subscription_schema(relation)?;
+        if let Some(error) = self.view_error(relation) {
+            return Err(EngineError::State(format!("materialized view \"{relation}\" {error}")));
+        }
+        let snapshot = if snapshot { Some(self.committed_snapshot(relation)?) } else { None };
+        let (sender, updates) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        self.subscribers
+            .entry(relation.to_string())
+            .or_default()
+            .push(Subscriber { sender, overflowed: Arc::clone(&overflowed) });
+        Ok(Subscription {
+            relation: relation.to_string(),
+            schema,
+            start_epoch: self.epoch,
+            snapshot,
+            updates,
+            overflowed,
+        })
+    }
+
+    /// The columns a subscription to `relation` returns: `epoch`, `weight`, then the
+    /// relation's own. Refuses what cannot be subscribed to.
+    pub fn subscription_schema(&self, relation: &str) -> Result<SchemaRef> {
+        let found = self.catalog.require_relation(relation)?;
+        if found.kind == RelationKind::View {
+            return Err(EngineError::State(format!(
+                "\"{relation}\" is a view, which is not maintained; SUBSCRIBE works on materialized views, tables and source relations (CREATE MATERIALIZED VIEW ...)"
+            )));
+        }
+        let mut fields = vec![Field::new("epoch", DataType::Int64, false), Field::new("weight", DataType::Int64, false)];
+        fields.extend(found.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Sends an epoch's change of a relation to its subscribers, dropping those that left
+    /// or fell too far behind.
+    pub(crate) fn publish(&mut self, relation: &str, change: &ChangeBatch) {
+        let Some(subscribers) = self.subscribers.get_mut(relation) else { return };
+        let epoch = self.epoch;
+        subscribers.retain(|s| {
+            match s.sender.try_send(ViewUpdate::Changes { epoch, change: change.clone() }) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.overflowed.store(true, Ordering::Relaxed);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if subscribers.is_empty() {
+            self.subscribers.remove(relation);
+        }
+    }
+
+    /// Ends the subscriptions to a relation (it was dropped or failed), telling them why.
+    pub(crate) fn end_subscriptions(&mut self, relation: &str, reason: &str) {
+        for subscriber in self.subscribers.remove(relation).unwrap_or_default() {
+            let _ = subscriber.sender.try_send(ViewUpdate::Ended(reason.to_string()));
+        }
+    }
+
+    /// Number of live subscriptions (for metrics).
+    pub fn subscription_count(&self) -> usize {
+        self.subscribers.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,141 @@
+//! Who may connect: trust (the default, for a server on 127.0.0.1), or SCRAM-SHA-256
+//! passwords from a users file (`user:password` per line) or `CHANGEFLOW_USERS`; and TLS
+//! from a PEM certificate and key.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use futures_util::Sink;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
+use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
+use pgwire::api::{ClientInfo, ConnectionManager};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
+use pgwire::tokio::tokio_rustls::rustls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// Users and their salted passwords (computed once, at start).
+#[derive(Debug)]
+pub struct Users {
+    salted: HashMap<String, (Vec<u8>, Vec<u8>)>,
+}
+
+impl Users {
+    /// Parses `user:password` lines; blank lines and `#` comments are skipped.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let mut salted = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, password)) = line.split_once(':') else {
+                bail!("{origin}:{}: expected user:password", number + 1);
+            };
+            if user.is_empty() || password.is_empty() {
+                bail!("{origin}:{}: the user name and the password must not be empty", number + 1);
+            }
+            let salt: [u8; 16] = rand::random();
+            let hash = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+            salted.insert(user.to_string(), (salt.to_vec(), hash));
+        }
+        if salted.is_empty() {
+            bail!("{origin} names no users");
+        }
+        Ok(Self { salted })
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read users file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+#[async_trait]
+impl AuthSource for Users {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        match self.salted.get(user) {
+            Some((salt, hash)) => Ok(Password::new(Some(salt.clone()), hash.clone())),
+            // Unknown users fail like a wrong password: which names exist is not told.
+            None => Err(PgWireError::InvalidPassword(user.to_string())),
+        }
+    }
+}
+
+/// Accepts everyone (no users configured).
+pub struct Trust {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for Trust {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(Arc::clone(&self.connections))
+    }
+}
+
+/// The startup handler in use.
+pub enum Startup {
+    Trust(Trust),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+impl Startup {
+    pub fn new(users: Option<Arc<Users>>, connections: Arc<ConnectionManager>) -> Self {
+        match users {
+            None => Startup::Trust(Trust { connections }),
+            Some(users) => {
+                let mut scram = ScramAuth::new(users);
+                scram.set_iterations(SCRAM_ITERATIONS);
+                let parameters = Arc::new(DefaultServerParameterProvider::default());
+                Startup::Scram(
+                    SASLAuthStartupHandler::new(parameters).with_scram(scram).with_connection_manager(connections),
+                )
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(trust) => trust.on_startup(client, message).await,
+            Startup::Scram(scram) => scram.on_startup(client, message).await,
+        }
+    }
+}
+
+/// A TLS acceptor from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad PEM in TLS certificate {}", cert.display()))?;
+    if certs.is_empty() {
+        bail!("TLS certificate file {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read TLS key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not make a valid pair")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,304 @@
+//! One client connection: its session (transaction block, variables) and the simple and
+//! extended query protocols over it. SUBSCRIBE is streamed by [`super::subscribe`].
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use changeflow_engine::{Output, Session};
+use changeflow_sql::parser::split_statements;
+use futures_util::{Sink, stream};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::simplequery::Query;
+use tokio::sync::Mutex;
+
+use super::Shared;
+use super::encode;
+use super::statement::{self, Command, Prepared, engine_error, user_error};
+use super::subscribe;
+
+/// The server's own answers to `SHOW variable` when the client did not SET it.
+fn default_variable(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => super::SERVER_VERSION,
+        "server_version_num" => "160006",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "standard_conforming_strings" | "integer_datetimes" => "on",
+        "datestyle" => "ISO, MDY",
+        "intervalstyle" => "postgres",
+        "timezone" => "UTC",
+        "transaction_isolation" | "transaction isolation level" | "default_transaction_isolation" => "serializable",
+        "transaction_read_only" | "default_transaction_read_only" | "in_hot_standby" => "off",
+        "search_path" => "public",
+        "max_identifier_length" => "63",
+        "lc_collate" | "lc_ctype" | "lc_messages" => "C",
+        "application_name" => "",
+        _ => return None,
+    })
+}
+
+pub struct Connection {
+    shared: Arc<Shared>,
+    session: Mutex<Session>,
+    variables: std::sync::Mutex<BTreeMap<String, String>>,
+    parser: Arc<StatementParser>,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let session = Session::new(Arc::clone(&shared.database));
+        let parser = Arc::new(StatementParser { shared: Arc::clone(&shared) });
+        Self { shared, session: Mutex::new(session), variables: Default::default(), parser }
+    }
+
+    /// Rolls back an open transaction block when the client goes away.
+    pub async fn close(&self) {
+        self.session.lock().await.close().await;
+    }
+
+    fn variable(&self, name: &str) -> Option<String> {
+        let set = self.variables.lock().ok().and_then(|v| v.get(name).cloned());
+        set.or_else(|| default_variable(name).map(str::to_string))
+    }
+
+    /// Runs one command; rows are encoded in `format`.
+    async fn run(&self, command: Command, format: &Format) -> PgWireResult<Response> {
+        let started = Instant::now();
+        let result = self.run_command(command, format).await;
+        self.shared.metrics.query_finished(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn run_command(&self, command: Command, format: &Format) -> PgWireResult<Response> {
+        match command {
+            Command::Engine(statement) => {
+                let output = self.session.lock().await.execute(&statement).await.map_err(engine_error)?;
+                response(output, format)
+            }
+            Command::Set { name, value } => {
+                if let Ok(mut variables) = self.variables.lock() {
+                    variables.insert(name, value);
+                }
+                Ok(Response::Execution(Tag::new("SET")))
+            }
+            Command::ShowVariable(name) => {
+                let Some(value) = self.variable(&name) else {
+                    return Err(user_error("42704", format!("unrecognized configuration parameter \"{name}\"")));
+                };
+                let schema = statement::variable_schema(&name);
+                let fields = Arc::new(encode::fields(&schema, format));
+                let batch = datafusion::arrow::array::RecordBatch::try_new(
+                    schema,
+                    vec![Arc::new(datafusion::arrow::array::StringArray::from(vec![value]))],
+                )
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+                let rows = encode::rows(&fields, &[batch])?;
+                Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)))))
+            }
+            Command::Acknowledge(tag) => Ok(Response::Execution(Tag::new(tag))),
+            Command::Subscribe { .. } => Err(user_error(
+                "0A000",
+                "SUBSCRIBE must be the only statement of its query message".into(),
+            )),
+        }
+    }
+}
+
+/// The wire response to an engine output.
+fn response(output: Output, format: &Format) -> PgWireResult<Response> {
+    match output {
+        Output::Rows { schema, batches } => {
+            let fields = Arc::new(encode::fields(&schema, format));
+            let rows = encode::rows(&fields, &batches)?;
+            Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)))))
+        }
+        Output::Command(tag) => Ok(match tag.as_str() {
+            "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
+            "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
+            _ => Response::Execution(command_tag(&tag)),
+        }),
+    }
+}
+
+/// `INSERT 0 3` -> tag INSERT with oid 0 and 3 rows; `UPDATE 2` -> UPDATE with 2 rows.
+fn command_tag(text: &str) -> Tag {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    match parts.as_slice() {
+        ["INSERT", oid, rows] => match (oid.parse(), rows.parse()) {
+            (Ok(oid), Ok(rows)) => Tag::new("INSERT").with_oid(oid).with_rows(rows),
+            _ => Tag::new(text),
+        },
+        [command, rows] if matches!(*command, "UPDATE" | "DELETE" | "SELECT") => match rows.parse() {
+            Ok(rows) => Tag::new(command).with_rows(rows),
+            Err(_) => Tag::new(text),
+        },
+        _ => Tag::new(text),
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Connection {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some((relation, snapshot)) = subscribe::target(&query.query) {
+            return subscribe::simple(client, &self.shared, &relation, snapshot).await;
+        }
+        self._on_query(client, query).await
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = match split_statements(query) {
+            Ok(statements) => statements,
+            Err(error) => return Ok(vec![error_response(engine_error(error.into()))]),
+        };
+        let mut responses = Vec::with_capacity(statements.len());
+        for source in &statements {
+            let result = match statement::command(source) {
+                Ok(command) => self.run(command, &Format::UnifiedText).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(response) => responses.push(response),
+                Err(error) => {
+                    // Like PostgreSQL: the rest of the message is not run.
+                    responses.push(error_response(error));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+fn error_response(error: PgWireError) -> Response {
+    Response::Error(Box::new(error.into()))
+}
+
+/// Parses and describes statements of the extended protocol against the engine.
+pub struct StatementParser {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        statement::prepare(&self.shared.database, sql, types).await.map(Some)
+    }
+
+    fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(statement.parameters.clone())
+    }
+
+    fn get_result_schema(&self, statement: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &statement.columns {
+            Some(schema) => encode::fields(schema, format.unwrap_or(&Format::UnifiedBinary)),
+            None => Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Connection {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        if let Some(pgwire::api::store::Entry::Value(portal)) = client.portal_store().get_portal(name)
+            && let Command::Subscribe { relation, snapshot } = &portal.statement.statement.command
+        {
+            let fields = Arc::new(encode::fields(
+                portal.statement.statement.columns.as_deref().ok_or_else(|| {
+                    PgWireError::ApiError("a SUBSCRIBE statement without columns".into())
+                })?,
+                &portal.result_column_format,
+            ));
+            return subscribe::extended(client, &self.shared, relation, *snapshot, fields).await;
+        }
+        self._on_execute(client, message).await
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let mut command = prepared.command.clone();
+        if let Command::Engine(statement) = &mut command {
+            super::params::bind(statement, portal, &prepared.parameters)?;
+        }
+        self.run(command, &portal.result_column_format).await
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &target.statement;
+        let fields = self.parser.get_result_schema(prepared, None)?;
+        Ok(DescribeStatementResponse::new(prepared.parameters.clone(), fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+}

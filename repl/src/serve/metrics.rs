@@ -1,0 +1,204 @@
+//! Monitoring endpoints of `changeflow serve`: `/metrics` in Prometheus text format (sources,
+//! views, connections, query latency) and `/health` for orchestration probes.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use changeflow_engine::Database;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Upper bounds (seconds) of the query latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0];
+
+/// Counters of the wire server, updated by connections as they work.
+#[derive(Default)]
+pub struct Metrics {
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    queries_failed: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_nanos: AtomicU64,
+    subscriptions_open: AtomicI64,
+}
+
+/// Decrements a gauge when dropped (a connection or subscription ending).
+pub struct Live<'a>(&'a AtomicI64);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn connection_opened(&self) -> Live<'_> {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        Live(&self.connections_open)
+    }
+
+    pub fn subscription_started(&self) -> Live<'_> {
+        self.subscriptions_open.fetch_add(1, Ordering::Relaxed);
+        Live(&self.subscriptions_open)
+    }
+
+    pub fn query_finished(&self, elapsed: Duration, ok: bool) {
+        if !ok {
+            self.queries_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_nanos.fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The whole exposition: engine state read under its lock, then the server's counters.
+pub async fn render(database: &Database, metrics: &Metrics) -> String {
+    let stats = database.engine().await.stats();
+    let mut out = String::new();
+    family(&mut out, "changeflow_epochs_total", "counter", "Epochs applied (transactions of tables and sources).");
+    let _ = writeln!(out, "changeflow_epochs_total {}", stats.epoch);
+
+    family(&mut out, "changeflow_source_changes_total", "counter", "Row changes a source brought in.");
+    for s in &stats.sources {
+        let _ = writeln!(out, "changeflow_source_changes_total{{source=\"{}\"}} {}", label(&s.name), s.changes);
+    }
+    family(&mut out, "changeflow_source_transactions_total", "counter", "Upstream transactions a source applied.");
+    for s in &stats.sources {
+        let _ = writeln!(out, "changeflow_source_transactions_total{{source=\"{}\"}} {}", label(&s.name), s.transactions);
+    }
+    family(&mut out, "changeflow_source_lag_bytes", "gauge", "Bytes of upstream log the source has not confirmed.");
+    for s in &stats.sources {
+        if let Some(lag) = s.lag_bytes {
+            let _ = writeln!(out, "changeflow_source_lag_bytes{{source=\"{}\"}} {lag}", label(&s.name));
+        }
+    }
+    family(&mut out, "changeflow_source_retained_bytes", "gauge", "Bytes of log the upstream retains for the source.");
+    for s in &stats.sources {
+        if let Some(retained) = s.retained_bytes {
+            let _ = writeln!(out, "changeflow_source_retained_bytes{{source=\"{}\"}} {retained}", label(&s.name));
+        }
+    }
+    family(&mut out, "changeflow_source_state", "gauge", "1 for the source's current state.");
+    for s in &stats.sources {
+        let state = s.state.split(':').next().unwrap_or("").trim();
+        let _ = writeln!(
+            out,
+            "changeflow_source_state{{source=\"{}\",connector=\"{}\",state=\"{}\"}} 1",
+            label(&s.name),
+            label(&s.connector),
+            label(state)
+        );
+    }
+
+    family(&mut out, "changeflow_view_rows", "gauge", "Rows a materialized view holds.");
+    for v in &stats.views {
+        let _ = writeln!(out, "changeflow_view_rows{{view=\"{}\"}} {}", label(&v.name), v.rows);
+    }
+    family(&mut out, "changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.");
+    for v in &stats.views {
+        let _ = writeln!(out, "changeflow_view_epochs_total{{view=\"{}\"}} {}", label(&v.name), v.epochs);
+    }
+    family(&mut out, "changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.");
+    for v in &stats.views {
+        let _ = writeln!(out, "changeflow_view_last_apply_seconds{{view=\"{}\"}} {}", label(&v.name), v.last_apply_seconds);
+    }
+    family(&mut out, "changeflow_view_failed", "gauge", "1 when maintaining the view failed.");
+    for v in &stats.views {
+        let _ = writeln!(out, "changeflow_view_failed{{view=\"{}\"}} {}", label(&v.name), u8::from(v.failed));
+    }
+
+    family(&mut out, "changeflow_connections", "gauge", "Open client connections.");
+    let _ = writeln!(out, "changeflow_connections {}", metrics.connections_open.load(Ordering::Relaxed));
+    family(&mut out, "changeflow_connections_total", "counter", "Client connections accepted.");
+    let _ = writeln!(out, "changeflow_connections_total {}", metrics.connections_total.load(Ordering::Relaxed));
+    family(&mut out, "changeflow_subscriptions", "gauge", "Open SUBSCRIBE streams.");
+    let _ = writeln!(out, "changeflow_subscriptions {}", metrics.subscriptions_open.load(Ordering::Relaxed));
+    family(&mut out, "changeflow_queries_failed_total", "counter", "Statements that returned an error.");
+    let _ = writeln!(out, "changeflow_queries_failed_total {}", metrics.queries_failed.load(Ordering::Relaxed));
+    family(&mut out, "changeflow_query_duration_seconds", "histogram", "Time to run a statement.");
+    for (bucket, bound) in metrics.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+        let _ = writeln!(
+            out,
+            "changeflow_query_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            bucket.load(Ordering::Relaxed)
+        );
+    }
+    let count = metrics.latency_count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "changeflow_query_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let sum = metrics.latency_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let _ = writeln!(out, "changeflow_query_duration_seconds_sum {sum}");
+    let _ = writeln!(out, "changeflow_query_duration_seconds_count {count}");
+    out
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    database: Arc<Database>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => {
+            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&database, &metrics).await)
+        }
+        "/health" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /health\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// Serves `/metrics` and `/health` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    database: Arc<Database>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let Ok((socket, _)) = accepted else { continue };
+        let database = Arc::clone(&database);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, Arc::clone(&database), Arc::clone(&metrics)));
+            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(socket), service).await {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! `changeflow serve`: runs SQL files, then serves the engine over the Postgres wire protocol
+//! (psql, drivers, BI tools) and `/metrics` + `/health` over HTTP, until SIGINT or SIGTERM.
+
+mod auth;
+mod encode;
+mod handler;
+mod metrics;
+mod params;
+mod statement;
+mod subscribe;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use changeflow_engine::{Database, Session};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::auth::{Startup, Users};
+use self::handler::Connection;
+use self::metrics::Metrics;
+
+/// What `SHOW server_version` and `SELECT version()` report.
+pub const SERVER_VERSION: &str = "16.6";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeOptions {
+    /// Address of the Postgres wire protocol.
+    #[arg(long, default_value = "127.0.0.1:6875")]
+    pub listen: SocketAddr,
+    /// Address of the HTTP server with /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub metrics_listen: SocketAddr,
+    /// Require SCRAM-SHA-256 passwords from this file of `user:password` lines. The
+    /// CHANGEFLOW_USERS environment variable, in the same form, is read when this is absent.
+    #[arg(long)]
+    pub users: Option<PathBuf>,
+    /// PEM certificate for TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// SQL files run in order before serving (sources, views, tables).
+    pub files: Vec<PathBuf>,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    database: Arc<Database>,
+    metrics: Arc<Metrics>,
+}
+
+/// The pgwire handlers of one connection.
+struct Handlers {
+    connection: Arc<Connection>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.connection)
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        Arc::clone(&self.startup)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::clone(&self.cancel)
+    }
+}
+
+/// Runs the files, then serves until SIGINT / SIGTERM; sources are stopped on the way out.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let users = match (&options.users, std::env::var("CHANGEFLOW_USERS")) {
+        (Some(path), _) => Some(Arc::new(Users::load(path)?)),
+        (None, Ok(text)) if !text.trim().is_empty() => {
+            Some(Arc::new(Users::parse(&text.replace(',', "\n"), "CHANGEFLOW_USERS")?))
+        }
+        _ => None,
+    };
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(auth::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let database = Arc::new(Database::new(changeflow_connectors::registry()));
+    run_files(&database, &options.files).await?;
+
+    let listener =
+        TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {}", options.listen))?;
+    let metrics_listener = TcpListener::bind(options.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", options.metrics_listen))?;
+    let shared = Arc::new(Shared { database: Arc::clone(&database), metrics: Arc::new(Metrics::default()) });
+    let (stop, stopped) = watch::channel(false);
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        Arc::clone(&database),
+        Arc::clone(&shared.metrics),
+        stopped.clone(),
+    ));
+    tracing::info!(
+        listen = %options.listen,
+        metrics = %options.metrics_listen,
+        authentication = if users.is_some() { "scram-sha-256" } else { "trust" },
+        tls = tls.is_some(),
+        "serving"
+    );
+    eprintln!(
+        "changeflow serving on {} (psql -h {} -p {}), metrics on http://{}/metrics",
+        options.listen,
+        options.listen.ip(),
+        options.listen.port(),
+        options.metrics_listen
+    );
+    let connections = Arc::new(ConnectionManager::new());
+    let accept = accept_loop(listener, Arc::clone(&shared), users, tls, connections, stopped);
+    tokio::select! {
+        () = accept => {}
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            eprintln!("changeflow: {signal}, shutting down");
+        }
+    }
+    let _ = stop.send(true);
+    let _ = metrics_task.await;
+    database.shutdown().await;
+    eprintln!("changeflow: stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    users: Option<Arc<Users>>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    connections: Arc<ConnectionManager>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let startup = Arc::new(Startup::new(users, Arc::clone(&connections)));
+    let cancel = Arc::new(DefaultCancelHandler::new(connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                continue;
+            }
+        };
+        let connection = Arc::new(Connection::new(Arc::clone(&shared)));
+        let handlers = Handlers { connection: Arc::clone(&connection), startup: Arc::clone(&startup), cancel: Arc::clone(&cancel) };
+        let tls = tls.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _live = shared.metrics.connection_opened();
+            tracing::debug!(%peer, "connection opened");
+            if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            connection.close().await;
+            tracing::debug!(%peer, "connection closed");
+        });
+    }
+}
+
+/// Runs the SQL files in order, stopping at the first error (named by file, line, column).
+async fn run_files(database: &Arc<Database>, files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut session = Session::new(Arc::clone(database));
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        for source in changeflow_sql::parser::split_statements(&text)
+            .map_err(|e| located(file, e.position().unwrap_or_default(), &e.to_string()))?
+        {
+            let statement = changeflow_sql::parser::parse_statement(&source)
+                .map_err(|e| located(file, e.position().unwrap_or(source.position), &e.to_string()))?;
+            session
+                .execute(&statement)
+                .await
+                .map_err(|e| located(file, statement.position, &e.to_string()))?;
+        }
+    }
+    session.close().await;
+    Ok(())
+}
+
+fn located(file: &std::path::Path, position: changeflow_sql::error::Position, message: &str) -> anyhow::Error {
+    anyhow::anyhow!("{}:{}:{}: {message}", file.display(), position.line, position.column)
+}
+
+/// Resolves with the name of the signal that asks the server to stop.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

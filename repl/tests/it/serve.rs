@@ -1,0 +1,346 @@
+//! `changeflow serve` as clients reach it: tokio-postgres (simple and extended protocols,
+//! parameters, both formats), psql, SUBSCRIBE, transactions of concurrent sessions, 100
+//! clients while a source writes, passwords, metrics, and a clean stop on SIGTERM.
+
+use std::pin::pin;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use futures_util::StreamExt;
+use rust_decimal::Decimal;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+use crate::pg_cluster::postgres_bin;
+use crate::serve_server::{Server, sql_file};
+
+const SCHEMA: &str = "
+CREATE TABLE sessions (id INT PRIMARY KEY, experience_id INT NOT NULL, starts_at TIMESTAMP, capacity INT, sold INT,
+                       price NUMERIC(10,2), note TEXT, active BOOLEAN);
+CREATE MATERIALIZED VIEW calendar AS
+  SELECT experience_id, date_trunc('day', starts_at) AS day, count(*) AS sessions, sum(capacity - sold) AS seats_left
+  FROM sessions GROUP BY 1, 2;
+INSERT INTO sessions VALUES
+  (1, 10, '2026-12-01 18:00', 40, 0, 12.50, 'first', true),
+  (2, 10, '2026-12-01 20:30:15.5', 40, 5, 9.99, NULL, false);
+";
+
+fn timestamp(text: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("timestamp")
+}
+
+/// Text values of a simple query's rows.
+fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_parameters_types_and_errors_over_tokio_postgres() {
+    let schema = sql_file("types.sql", SCHEMA);
+    let server = Server::start(&[&schema]);
+    let client = server.client().await;
+
+    // Extended protocol with parameters, values in binary format.
+    let inserted = client
+        .execute(
+            "INSERT INTO sessions (id, experience_id, starts_at, capacity, sold, price, note, active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&3i32, &11i32, &timestamp("2026-12-02 09:00:00"), &30i32, &3i32, &Decimal::new(2050, 2), &"it's", &true],
+        )
+        .await
+        .expect("insert with parameters");
+    assert_eq!(inserted, 1);
+    let row = client
+        .query_one("SELECT id, starts_at, price, note, active FROM sessions WHERE id = $1", &[&3i32])
+        .await
+        .expect("select with a parameter");
+    assert_eq!(row.get::<_, i32>(0), 3);
+    assert_eq!(row.get::<_, NaiveDateTime>(1), timestamp("2026-12-02 09:00:00"));
+    assert_eq!(row.get::<_, Decimal>(2), Decimal::new(2050, 2));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("it's"));
+    assert!(row.get::<_, bool>(4));
+
+    // Result columns carry PostgreSQL's types.
+    let statement = client.prepare("SELECT * FROM calendar").await.expect("prepare");
+    let types: Vec<(&str, Type)> = statement.columns().iter().map(|c| (c.name(), c.type_().clone())).collect();
+    assert_eq!(
+        types,
+        vec![("experience_id", Type::INT4), ("day", Type::TIMESTAMP), ("sessions", Type::INT8), ("seats_left", Type::INT8)]
+    );
+    let rows = client.query(&statement, &[]).await.expect("query the view");
+    let mut calendar: Vec<(i32, NaiveDateTime, i64, i64)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    calendar.sort();
+    assert_eq!(
+        calendar,
+        vec![(10, timestamp("2026-12-01 00:00:00"), 2, 75), (11, timestamp("2026-12-02 00:00:00"), 1, 27)]
+    );
+
+    // A prepared statement runs again with other values.
+    let update = client.prepare("UPDATE sessions SET sold = sold + $1 WHERE id = $2").await.expect("prepare update");
+    assert_eq!(update.params(), &[Type::INT4, Type::INT4]);
+    assert_eq!(client.execute(&update, &[&2i32, &1i32]).await.expect("update 1"), 1);
+    assert_eq!(client.execute(&update, &[&1i32, &3i32]).await.expect("update 3"), 1);
+    let seats: i64 = client
+        .query_one("SELECT seats_left FROM calendar WHERE experience_id = $1", &[&10i32])
+        .await
+        .expect("seats")
+        .get(0);
+    assert_eq!(seats, 73);
+
+    // Simple protocol: several statements in one message, values in text format as
+    // PostgreSQL writes them.
+    let messages = client
+        .simple_query("SELECT id, starts_at, price, note, active FROM sessions WHERE id <= 2 ORDER BY id; SHOW TABLES")
+        .await
+        .expect("simple query");
+    let rows = simple_rows(&messages);
+    assert_eq!(
+        rows[0],
+        vec![Some("1".into()), Some("2026-12-01 18:00:00".into()), Some("12.50".into()), Some("first".into()), Some("t".into())]
+    );
+    assert_eq!(
+        rows[1],
+        vec![Some("2".into()), Some("2026-12-01 20:30:15.5".into()), Some("9.99".into()), None, Some("f".into())]
+    );
+    assert_eq!(rows[2][0].as_deref(), Some("sessions"), "SHOW TABLES: {rows:?}");
+    let version = simple_rows(&client.simple_query("SELECT version()").await.expect("version"));
+    assert!(version[0][0].as_deref().unwrap_or("").starts_with("PostgreSQL 16"), "{version:?}");
+
+    // Errors carry a SQLSTATE and leave the connection usable.
+    let cases: [(&str, &SqlState); 5] = [
+        ("SELECT * FROM missing", &SqlState::UNDEFINED_TABLE),
+        ("SELEC 1", &SqlState::SYNTAX_ERROR),
+        ("INSERT INTO sessions (id, experience_id) VALUES (1, 1)", &SqlState::UNIQUE_VIOLATION),
+        ("INSERT INTO sessions (id) VALUES (9)", &SqlState::NOT_NULL_VIOLATION),
+        ("DROP TABLE sessions", &SqlState::DEPENDENT_OBJECTS_STILL_EXIST),
+    ];
+    for (sql, expected) in cases {
+        let error = client.simple_query(sql).await.expect_err(sql);
+        assert_eq!(error.code(), Some(expected), "{sql}: {error:?}");
+        let error = client.execute(sql, &[]).await.expect_err(sql);
+        assert_eq!(error.code(), Some(expected), "{sql} (extended): {error:?}");
+    }
+    let count: i64 = client.query_one("SELECT count(*) FROM sessions", &[]).await.expect("still usable").get(0);
+    assert_eq!(count, 3, "the refused writes changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_keep_their_transactions_apart() {
+    let schema = sql_file("transactions.sql", SCHEMA);
+    let server = Server::start(&[&schema]);
+    let writer = server.client().await;
+    let reader = server.client().await;
+    writer.batch_execute("BEGIN; INSERT INTO sessions VALUES (5, 10, '2026-12-01 22:00', 10, 0, 1, NULL, true)").await.expect("begin");
+    // The open transaction is visible to its own session only.
+    let own: i64 = writer.query_one("SELECT count(*) FROM sessions", &[]).await.expect("own view").get(0);
+    assert_eq!(own, 3);
+    let others: i64 = reader.query_one("SELECT count(*) FROM sessions", &[]).await.expect("other view").get(0);
+    assert_eq!(others, 2, "another session must not see uncommitted rows");
+    let view: i64 = reader
+        .query_one("SELECT sessions FROM calendar WHERE experience_id = 10", &[])
+        .await
+        .expect("view")
+        .get(0);
+    assert_eq!(view, 2);
+    writer.batch_execute("COMMIT").await.expect("commit");
+    let view: i64 = reader
+        .query_one("SELECT sessions FROM calendar WHERE experience_id = 10", &[])
+        .await
+        .expect("view after commit")
+        .get(0);
+    assert_eq!(view, 3);
+    // A client that goes away mid-transaction leaves nothing behind.
+    let leaver = server.client().await;
+    leaver.batch_execute("BEGIN; DELETE FROM sessions WHERE id = 1").await.expect("delete in a block");
+    drop(leaver);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Writes wait for the block to end; this one succeeds once the rollback happened.
+        match tokio::time::timeout(Duration::from_secs(10), reader.execute("UPDATE sessions SET sold = 1 WHERE id = 1", &[])).await {
+            Ok(Ok(updated)) => {
+                assert_eq!(updated, 1, "the leaver's delete was rolled back");
+                break;
+            }
+            other => assert!(std::time::Instant::now() < deadline, "write after a dropped session: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_a_snapshot_then_changes_until_canceled() {
+    let schema = sql_file("subscribe.sql", SCHEMA);
+    let server = Server::start(&[&schema]);
+    let subscriber = server.client().await;
+    let writer = server.client().await;
+
+    // Extended protocol (a driver's query): snapshot, then each change as it commits.
+    let stream = subscriber.query_raw("SUBSCRIBE TO calendar", std::iter::empty::<i32>()).await.expect("subscribe");
+    let mut stream = pin!(stream);
+    let next = |row: tokio_postgres::Row| -> (i64, i64, i32, i64, i64) {
+        (row.get("weight"), row.get("epoch"), row.get("experience_id"), row.get("sessions"), row.get("seats_left"))
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("snapshot in time");
+    let (weight, start_epoch, experience, sessions, seats) = next(first.expect("a row").expect("row"));
+    assert_eq!((weight, experience, sessions, seats), (1, 10, 2, 75));
+    writer.execute("UPDATE sessions SET sold = 10 WHERE id = 1", &[]).await.expect("update");
+    let mut changes = Vec::new();
+    for _ in 0..2 {
+        let row = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("change in time");
+        changes.push(next(row.expect("a row").expect("row")));
+    }
+    changes.sort();
+    assert!(changes.iter().all(|c| c.1 > start_epoch && c.1 == changes[0].1), "one later epoch: {changes:?}");
+    assert_eq!(
+        changes.iter().map(|c| (c.0, c.2, c.3, c.4)).collect::<Vec<_>>(),
+        vec![(-1, 10, 2, 75), (1, 10, 2, 65)]
+    );
+    subscriber.cancel_token().cancel_query(NoTls).await.expect("cancel");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("ends after cancel");
+    let error = end.expect("an error").expect_err("canceled");
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
+    let rows = subscriber.query("SELECT count(*) FROM calendar", &[]).await.expect("usable after cancel");
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+
+    // Simple protocol (psql's), without the snapshot.
+    let stream = subscriber
+        .simple_query_raw("SUBSCRIBE calendar WITH (snapshot = false)")
+        .await
+        .expect("simple subscribe");
+    let mut stream = pin!(stream);
+    writer.execute("DELETE FROM sessions WHERE id = 2", &[]).await.expect("delete");
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("in time");
+        if let SimpleQueryMessage::Row(row) = message.expect("a message").expect("message") {
+            rows.push((row.get("weight").map(str::to_string), row.get("sessions").map(str::to_string)));
+        }
+    }
+    rows.sort();
+    assert_eq!(rows, vec![(Some("-1".into()), Some("2".into())), (Some("1".into()), Some("1".into()))]);
+
+    // Subscribing to something that is not there, or not maintained, is refused.
+    let error = writer.simple_query("SUBSCRIBE TO nothing").await.expect_err("missing");
+    assert_eq!(error.code(), Some(&SqlState::UNDEFINED_TABLE), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_statements_and_reports_errors() {
+    let schema = sql_file("psql.sql", SCHEMA);
+    let server = Server::start(&[&schema]);
+    let psql = postgres_bin().join("psql");
+    let output = Command::new(&psql)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &server.url("psql_user")])
+        .args(["-c", "INSERT INTO sessions VALUES (7, 12, '2026-12-03 10:00', 20, 1, 5, 'x', true)"])
+        .args(["-c", "SELECT experience_id, sessions, seats_left FROM calendar ORDER BY experience_id"])
+        .output()
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "psql failed: {}\n{}", String::from_utf8_lossy(&output.stderr), server.log());
+    assert!(stdout.contains("INSERT 0 1"), "{stdout}");
+    assert!(stdout.contains("            10 |        2 |         75"), "{stdout}");
+    assert!(stdout.contains("            12 |        1 |         19"), "{stdout}");
+    assert!(stdout.contains("(2 rows)"), "{stdout}");
+
+    let output = Command::new(&psql)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &server.url("psql_user")])
+        .args(["-c", "SELECT nope FROM sessions"])
+        .output()
+        .expect("run psql");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("ERROR:  42703"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_clients_read_consistent_epochs_while_a_source_writes() {
+    let pipeline = sql_file(
+        "concurrent.sql",
+        "CREATE SOURCE gen FROM DATAGEN WITH (scenario = 'sessions', rate = '5000', tps = '100', prefix = 'gen_', experiences = '20');
+         CREATE MATERIALIZED VIEW per_experience AS SELECT experience_id, count(*) AS sessions FROM gen_sessions GROUP BY experience_id;",
+    );
+    let server = Server::start(&[&pipeline]);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0i64;
+            for _ in 0..10 {
+                // The view and its input are read at the same epoch: they always agree.
+                let row = client
+                    .query_one(
+                        "SELECT (SELECT coalesce(sum(sessions), 0) FROM per_experience) AS maintained, \
+                                (SELECT count(*) FROM gen_sessions) AS counted",
+                        &[],
+                    )
+                    .await
+                    .expect("query");
+                let (maintained, counted): (i64, i64) = (row.get(0), row.get(1));
+                assert_eq!(maintained, counted, "a query saw two epochs");
+                assert!(counted >= last, "time went backwards: {counted} after {last}");
+                last = counted;
+            }
+            last
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.expect("client task"));
+    }
+    assert!(seen.iter().any(|&n| n > 0), "the source wrote nothing while clients read");
+    let (status, body) = server.http_get("/metrics");
+    assert!(status.contains("200"), "{status}");
+    let accepted: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("changeflow_connections_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted >= 100, "{body}");
+    assert!(body.contains("changeflow_view_rows{view=\"per_experience\"}"), "{body}");
+    assert!(body.contains("changeflow_source_state{source=\"gen\",connector=\"datagen\",state=\"running\"} 1"), "{body}");
+    assert!(body.contains("changeflow_query_duration_seconds_count"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_checked_with_scram() {
+    let users = sql_file("users.txt", "# user:password\nalice:wonderland\n");
+    let server = Server::start_with(&[], &["--users", users.to_str().expect("path")], &[]);
+    let error = server.connect("alice", Some("guess")).await.expect_err("wrong password");
+    assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD), "{error:?}");
+    let error = server.connect("mallory", Some("wonderland")).await.expect_err("unknown user");
+    assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD), "{error:?}");
+    let client = server.connect("alice", Some("wonderland")).await.expect("right password");
+    let rows = client.simple_query("SELECT 1 AS one").await.expect("query");
+    assert_eq!(simple_rows(&rows), vec![vec![Some("1".to_string())]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_a_clean_stop_on_sigterm() {
+    let schema = sql_file("stop.sql", SCHEMA);
+    let mut server = Server::start(&[&schema]);
+    let (status, body) = server.http_get("/health");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body.trim(), "ok");
+    let client = server.client().await;
+    client.execute("UPDATE sessions SET sold = 2 WHERE id = 1", &[]).await.expect("update");
+    let (_, metrics) = server.http_get("/metrics");
+    // Two epochs changed the view's input: the file's INSERT and this UPDATE.
+    assert!(metrics.contains("changeflow_view_epochs_total{view=\"calendar\"} 2"), "{metrics}");
+    assert!(metrics.contains("changeflow_view_rows{view=\"calendar\"} 1"), "{metrics}");
+    let (status, _) = server.http_get("/nothing");
+    assert!(status.contains("404"), "{status}");
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}:\n{}", server.log());
+    assert!(server.log().contains("SIGTERM, shutting down"), "{}", server.log());
+    assert!(client.simple_query("SELECT 1").await.is_err(), "the server is gone");
+}
