@@ -75,6 +75,8 @@ pub struct Engine {
     pub(crate) subscribers: FxHashMap<String, Vec<crate::subscribe::Subscriber>>,
     /// Set while planning a query for a session that must not see an open transaction.
     pub(crate) reads_committed: bool,
+    /// Set while planning a point query: the one relation it reads, and the keys to read.
+    pub(crate) point_lookup: Option<(String, Vec<datafusion::arrow::array::ArrayRef>)>,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             sources: BTreeMap::new(),
             subscribers: FxHashMap::default(),
             reads_committed: false,
+            point_lookup: None,
         }
     }
 

@@ -69,7 +69,19 @@ impl Engine {
         if let Some(plan) = dataflow {
             let mut operators = operator::build(&plan)?;
             let inputs = plan.scanned_relations();
-            let mut store = RelationStore::new(&name, Arc::clone(&relation.schema), &[])?;
+            // A view whose rows have a key (group columns, an input's primary key) is stored
+            // by it, so point queries on the key look rows up instead of scanning.
+            let key = plan
+                .unique_key(&|input| {
+                    let relation = self.catalog.relation(input)?;
+                    let key = match self.stores.get(input) {
+                        Some(store) if !store.primary_key().is_empty() => store.primary_key().to_vec(),
+                        _ => relation.primary_key.clone(),
+                    };
+                    Some(key.iter().map(|&i| relation.schema.field(i).name().clone()).collect())
+                })
+                .unwrap_or_default();
+            let mut store = RelationStore::new(&name, Arc::clone(&relation.schema), &key)?;
             if self.mode == Mode::Execute {
                 // Initial load: the inputs' current contents, inserted.
                 let mut changes: EpochChanges = FxHashMap::default();

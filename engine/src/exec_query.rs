@@ -8,6 +8,7 @@ use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::execution::SessionState;
+use datafusion::scalar::ScalarValue;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
@@ -27,15 +28,26 @@ impl RelationData for Engine {
                 relation.name
             )));
         }
-        let batch = if self.reads_committed {
+        let lookup = self.point_lookup.as_ref().filter(|(name, _)| *name == relation.name);
+        let batch = if let Some((_, keys)) = lookup {
+            let store = self
+                .stores
+                .get(&relation.name)
+                .ok_or_else(|| DataFusionError::Internal(format!("no store for {}", relation.name)))?;
+            match store.lookup(keys).map_err(|e| DataFusionError::External(Box::new(e)))? {
+                Some(rows) => rows,
+                None => store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?,
+            }
+        } else if self.reads_committed {
             self.committed_snapshot(&relation.name)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
         } else {
             self.stores
                 .get(&relation.name)
                 .ok_or_else(|| EngineError::Internal(format!("no store for {}", relation.name)))
                 .and_then(|store| store.snapshot())
-        }
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
         Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
     }
 }
@@ -91,12 +103,42 @@ impl Engine {
     /// transaction's changes (another session's) are left out of the snapshots.
     pub fn prepare_query(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
         self.reads_committed = committed && self.transaction.is_some();
+        self.point_lookup = if self.reads_committed { None } else { self.point_lookup_of(query) };
         let planned = PlanContext::for_execution(&self.catalog, &self.state, self).plan_query(query);
         self.reads_committed = false;
+        self.point_lookup = None;
         let plan = changeflow_sql::context::optimize(&self.state, &planned?)?;
         let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
         let plan = if self.mode == Mode::PlanOnly { None } else { Some(plan) };
         Ok(PreparedQuery { plan, schema, state: self.state.clone() })
+    }
+
+    /// A query of one stored relation whose WHERE fixes every column of the relation's key
+    /// to a constant (`WHERE id = 42`): the key values, so only those rows are read. The
+    /// WHERE clause is still applied to them, so this only narrows what is read.
+    fn point_lookup_of(&self, query: &ast::Query) -> Option<(String, Vec<ArrayRef>)> {
+        let ast::SetExpr::Select(select) = query.body.as_ref() else { return None };
+        if query.with.is_some() || select.from.len() != 1 || !select.from[0].joins.is_empty() {
+            return None;
+        }
+        let ast::TableFactor::Table { name, args: None, .. } = &select.from[0].relation else { return None };
+        let relation = self.catalog.relation(&name.to_string().to_ascii_lowercase())?;
+        let store = self.stores.get(&relation.name)?;
+        if store.primary_key().is_empty() {
+            return None;
+        }
+        let mut equalities = Vec::new();
+        collect_equalities(select.selection.as_ref()?, &mut equalities);
+        let keys = store
+            .primary_key()
+            .iter()
+            .map(|&column| {
+                let field = relation.schema.field(column);
+                let text = equalities.iter().find(|(name, _)| name == field.name()).map(|(_, text)| text)?;
+                ScalarValue::try_from_string(text.clone(), field.data_type()).ok()?.to_array().ok()
+            })
+            .collect::<Option<Vec<ArrayRef>>>()?;
+        Some((relation.name.clone(), keys))
     }
 
     /// Describes a query without reading any data: its columns and its parameters' types.
@@ -246,6 +288,49 @@ impl Engine {
             return Err(EngineError::State(format!("materialized view \"{relation}\" {error}")));
         }
         store.snapshot()
+    }
+}
+
+/// `column = constant` terms of a conjunction, as (column name, constant text).
+fn collect_equalities(expr: &ast::Expr, found: &mut Vec<(String, String)>) {
+    use ast::{BinaryOperator, Expr};
+    match expr {
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            collect_equalities(left, found);
+            collect_equalities(right, found);
+        }
+        Expr::Nested(inner) => collect_equalities(inner, found),
+        Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+            let (column, constant) = match (column_of(left), constant_of(right)) {
+                (Some(column), Some(constant)) => (column, constant),
+                _ => match (column_of(right), constant_of(left)) {
+                    (Some(column), Some(constant)) => (column, constant),
+                    _ => return,
+                },
+            };
+            found.push((column, constant));
+        }
+        _ => {}
+    }
+}
+
+fn column_of(expr: &ast::Expr) -> Option<String> {
+    match expr {
+        ast::Expr::Identifier(ident) => Some(ident.value.to_ascii_lowercase()),
+        ast::Expr::CompoundIdentifier(parts) if parts.len() == 2 => parts.last().map(|i| i.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn constant_of(expr: &ast::Expr) -> Option<String> {
+    match expr {
+        ast::Expr::Value(value) => match &value.value {
+            ast::Value::Number(number, _) => Some(number.clone()),
+            ast::Value::SingleQuotedString(text) => Some(text.clone()),
+            _ => None,
+        },
+        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => constant_of(expr),
+        _ => None,
     }
 }
 

@@ -114,6 +114,41 @@ impl PlanNode {
         }
     }
 
+    /// Output columns that identify a row (at most one row per value), when the plan keeps
+    /// such a key: the group columns of an aggregate, or a scanned relation's primary key
+    /// carried through filters and plain column projections. `relation_key` gives the
+    /// primary-key column names of a stored relation.
+    pub fn unique_key(&self, relation_key: &dyn Fn(&str) -> Option<Vec<String>>) -> Option<Vec<usize>> {
+        match &self.kind {
+            NodeKind::Scan { relation, .. } => {
+                let names = relation_key(relation)?;
+                if names.is_empty() {
+                    return None;
+                }
+                names.iter().map(|name| self.schema.fields().iter().position(|f| f.name() == name)).collect()
+            }
+            NodeKind::Filter { input, .. } | NodeKind::TopK { input, .. } => input.unique_key(relation_key),
+            NodeKind::Aggregate { group_exprs, .. } if !group_exprs.is_empty() => Some((0..group_exprs.len()).collect()),
+            NodeKind::Project { input, exprs } => {
+                let key = input.unique_key(relation_key)?;
+                let columns = input.schema.columns();
+                key.iter()
+                    .map(|&position| {
+                        let column = columns.get(position)?;
+                        exprs.iter().position(|expr| {
+                            let expr = match expr {
+                                Expr::Alias(alias) => alias.expr.as_ref(),
+                                other => other,
+                            };
+                            matches!(expr, Expr::Column(c) if c == column)
+                        })
+                    })
+                    .collect()
+            }
+            _ => None,
+        }
+    }
+
     /// The stored relations this dataflow reads, without repeats.
     pub fn scanned_relations(&self) -> Vec<String> {
         let mut names = Vec::new();
