@@ -15,7 +15,9 @@ use datafusion::arrow::datatypes::{
 use datafusion::arrow::util::display::array_value_to_string;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::results::{CopyEncoder, CopyTextOptions, DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::messages::copy::CopyData;
+use pgwire::types::ToSqlText;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
@@ -80,6 +82,39 @@ pub fn rows(fields: &Arc<Vec<FieldInfo>>, batches: &[RecordBatch]) -> PgWireResu
     Ok(rows)
 }
 
+/// Where encoded values go: a DataRow, or a line of COPY text.
+pub trait FieldSink {
+    fn put<T: postgres_types::ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()>;
+}
+
+impl FieldSink for DataRowEncoder {
+    fn put<T: postgres_types::ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()> {
+        self.encode_field(value)
+    }
+}
+
+impl FieldSink for CopyEncoder {
+    fn put<T: postgres_types::ToSql + ToSqlText + Sized>(&mut self, value: &T) -> PgWireResult<()> {
+        self.encode_field(value)
+    }
+}
+
+/// A subscription's rows as lines of `COPY ... TO STDOUT` text (tab-separated, `\N` NULLs).
+pub fn change_copy_lines(fields: &Arc<Vec<FieldInfo>>, epoch: u64, change: &ChangeBatch) -> PgWireResult<Vec<CopyData>> {
+    let mut encoder = CopyEncoder::new_text(Arc::clone(fields), CopyTextOptions::default());
+    let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+    let mut lines = Vec::with_capacity(change.len());
+    for (row, weight) in change.weights.iter().enumerate() {
+        encoder.put(&epoch)?;
+        encoder.put(weight)?;
+        for column in change.data.columns() {
+            encode_value(&mut encoder, column, row, true)?;
+        }
+        lines.push(encoder.take_copy());
+    }
+    Ok(lines)
+}
+
 /// Encodes a subscription's rows: `epoch`, `weight`, then the columns. A row with weight
 /// 3 goes out as three rows of weight 1 would not: the weight is the multiplicity.
 pub fn change_rows(fields: &Arc<Vec<FieldInfo>>, epoch: u64, change: &ChangeBatch) -> PgWireResult<Vec<DataRow>> {
@@ -109,22 +144,22 @@ fn encode_error(message: String) -> PgWireError {
 
 /// Encodes one value. Dates and times in text format are written the way PostgreSQL writes
 /// them (`2026-12-01 18:00:00`, fractional seconds only when there are some, `+00` zones).
-fn encode_value(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, text: bool) -> PgWireResult<()> {
+fn encode_value<E: FieldSink>(encoder: &mut E, array: &ArrayRef, row: usize, text: bool) -> PgWireResult<()> {
     if array.is_null(row) {
-        return encoder.encode_field(&None::<i32>);
+        return encoder.put(&None::<i32>);
     }
     match array.data_type() {
-        DataType::Boolean => encoder.encode_field(&array.as_boolean().value(row)),
-        DataType::Int8 => encoder.encode_field(&i16::from(array.as_primitive::<Int8Type>().value(row))),
-        DataType::Int16 => encoder.encode_field(&array.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => encoder.encode_field(&array.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => encoder.encode_field(&array.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => encoder.encode_field(&i16::from(array.as_primitive::<UInt8Type>().value(row))),
-        DataType::UInt16 => encoder.encode_field(&i32::from(array.as_primitive::<UInt16Type>().value(row))),
-        DataType::UInt32 => encoder.encode_field(&i64::from(array.as_primitive::<UInt32Type>().value(row))),
-        DataType::UInt64 => encoder.encode_field(&Decimal::from(array.as_primitive::<UInt64Type>().value(row))),
-        DataType::Float32 => encoder.encode_field(&array.as_primitive::<Float32Type>().value(row)),
-        DataType::Float64 => encoder.encode_field(&array.as_primitive::<Float64Type>().value(row)),
+        DataType::Boolean => encoder.put(&array.as_boolean().value(row)),
+        DataType::Int8 => encoder.put(&i16::from(array.as_primitive::<Int8Type>().value(row))),
+        DataType::Int16 => encoder.put(&array.as_primitive::<Int16Type>().value(row)),
+        DataType::Int32 => encoder.put(&array.as_primitive::<Int32Type>().value(row)),
+        DataType::Int64 => encoder.put(&array.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => encoder.put(&i16::from(array.as_primitive::<UInt8Type>().value(row))),
+        DataType::UInt16 => encoder.put(&i32::from(array.as_primitive::<UInt16Type>().value(row))),
+        DataType::UInt32 => encoder.put(&i64::from(array.as_primitive::<UInt32Type>().value(row))),
+        DataType::UInt64 => encoder.put(&Decimal::from(array.as_primitive::<UInt64Type>().value(row))),
+        DataType::Float32 => encoder.put(&array.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => encoder.put(&array.as_primitive::<Float64Type>().value(row)),
         DataType::Decimal128(_, scale) => {
             let value = array.as_primitive::<Decimal128Type>().value(row);
             let decimal = u32::try_from(*scale)
@@ -136,21 +171,21 @@ fn encode_value(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, text
                         array_value_to_string(array, row).unwrap_or_default()
                     ))
                 })?;
-            encoder.encode_field(&decimal)
+            encoder.put(&decimal)
         }
-        DataType::Utf8 => encoder.encode_field(&array.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => encoder.encode_field(&array.as_string::<i64>().value(row)),
-        DataType::Utf8View => encoder.encode_field(&array.as_string_view().value(row)),
-        DataType::Binary => encoder.encode_field(&array.as_binary::<i32>().value(row)),
-        DataType::LargeBinary => encoder.encode_field(&array.as_binary::<i64>().value(row)),
-        DataType::BinaryView => encoder.encode_field(&array.as_binary_view().value(row)),
+        DataType::Utf8 => encoder.put(&array.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => encoder.put(&array.as_string::<i64>().value(row)),
+        DataType::Utf8View => encoder.put(&array.as_string_view().value(row)),
+        DataType::Binary => encoder.put(&array.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => encoder.put(&array.as_binary::<i64>().value(row)),
+        DataType::BinaryView => encoder.put(&array.as_binary_view().value(row)),
         DataType::Date32 => {
             let days = array.as_primitive::<Date32Type>().value(row);
-            encoder.encode_field(&date_from_days(i64::from(days))?)
+            encoder.put(&date_from_days(i64::from(days))?)
         }
         DataType::Date64 => {
             let millis = array.as_primitive::<Date64Type>().value(row);
-            encoder.encode_field(&date_from_days(millis.div_euclid(86_400_000))?)
+            encoder.put(&date_from_days(millis.div_euclid(86_400_000))?)
         }
         DataType::Timestamp(unit, zone) => {
             let micros = match unit {
@@ -162,10 +197,10 @@ fn encode_value(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, text
             let time = DateTime::<Utc>::from_timestamp_micros(micros)
                 .ok_or_else(|| encode_error(format!("timestamp {micros} us is out of range")))?;
             match (zone, text) {
-                (Some(_), true) => encoder.encode_field(&format!("{}+00", postgres_time(&time.naive_utc().to_string()))),
-                (None, true) => encoder.encode_field(&postgres_time(&time.naive_utc().to_string())),
-                (Some(_), false) => encoder.encode_field(&time),
-                (None, false) => encoder.encode_field(&time.naive_utc()),
+                (Some(_), true) => encoder.put(&format!("{}+00", postgres_time(&time.naive_utc().to_string()))),
+                (None, true) => encoder.put(&postgres_time(&time.naive_utc().to_string())),
+                (Some(_), false) => encoder.put(&time),
+                (None, false) => encoder.put(&time.naive_utc()),
             }
         }
         DataType::Time32(unit) => {
@@ -184,22 +219,22 @@ fn encode_value(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, text
         }
         DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano) => {
             let value = array.as_primitive::<IntervalMonthDayNanoType>().value(row);
-            encoder.encode_field(&pg_interval::Interval::new(value.months, value.days, value.nanoseconds / 1_000))
+            encoder.put(&pg_interval::Interval::new(value.months, value.days, value.nanoseconds / 1_000))
         }
         DataType::Duration(TimeUnit::Microsecond) => {
             let micros = array.as_primitive::<DurationMicrosecondType>().value(row);
-            encoder.encode_field(&pg_interval::Interval::new(0, 0, micros))
+            encoder.put(&pg_interval::Interval::new(0, 0, micros))
         }
         _ => {
             // Sent as text (see pg_type): lists, structs and other Arrow-only types.
             let text = array_value_to_string(array, row).map_err(|e| encode_error(e.to_string()))?;
-            encoder.encode_field(&text)
+            encoder.put(&text)
         }
     }
 }
 
-fn encode_time(encoder: &mut DataRowEncoder, time: NaiveTime, text: bool) -> PgWireResult<()> {
-    if text { encoder.encode_field(&postgres_time(&time.to_string())) } else { encoder.encode_field(&time) }
+fn encode_time<E: FieldSink>(encoder: &mut E, time: NaiveTime, text: bool) -> PgWireResult<()> {
+    if text { encoder.put(&postgres_time(&time.to_string())) } else { encoder.put(&time) }
 }
 
 /// chrono writes `18:00:00.500` or `18:00:00`; PostgreSQL trims trailing zeros the same way,

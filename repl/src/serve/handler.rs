@@ -157,8 +157,8 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some((relation, snapshot)) = subscribe::target(&query.query) {
-            return subscribe::simple(client, &self.shared, &relation, snapshot).await;
+        if let Some(target) = subscribe::target(&query.query) {
+            return subscribe::simple(client, &self.shared, target).await;
         }
         self._on_query(client, query).await
     }

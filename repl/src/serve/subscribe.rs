@@ -1,7 +1,9 @@
 //! SUBSCRIBE over the wire: the relation's rows (unless `snapshot = false`), then each
 //! epoch's changes as rows of `epoch`, `weight`, columns, flushed to the client as soon as
 //! the epoch is applied, until the client cancels (CancelRequest) or goes away, or the
-//! relation is dropped. Works in the simple protocol (psql) and the extended one (drivers).
+//! relation is dropped. Works in the simple protocol and the extended one (drivers); in
+//! psql, `COPY (SUBSCRIBE ...) TO STDOUT` prints changes as they arrive (psql shows a
+//! query's rows only when it ends, a COPY's lines as they come).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -13,19 +15,55 @@ use pgwire::api::{ClientInfo, ConnectionHandle, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::{FieldDescription, RowDescription};
+use pgwire::messages::copy::CopyOutResponse;
 use pgwire::messages::response::ReadyForQuery;
 
 use super::Shared;
 use super::encode;
 use super::statement::{engine_error, user_error};
 
-/// The relation and snapshot option of a `SUBSCRIBE` message, if it is one.
-pub fn target(query: &str) -> Option<(String, bool)> {
-    let trimmed = query.trim_start();
-    if trimmed.len() < 9 || !trimmed[..9].eq_ignore_ascii_case("SUBSCRIBE") {
+/// How a subscription's rows go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// DataRows of a query result.
+    Rows,
+    /// Lines of `COPY ... TO STDOUT` text.
+    Copy,
+}
+
+/// A SUBSCRIBE sent as a simple query: `SUBSCRIBE ...` or `COPY (SUBSCRIBE ...) TO STDOUT`.
+pub struct Target {
+    pub relation: String,
+    pub snapshot: bool,
+    pub delivery: Delivery,
+}
+
+fn starts_with_word(text: &str, word: &str) -> bool {
+    text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word)
+}
+
+/// The subscription a simple query asks for, if it is one.
+pub fn target(query: &str) -> Option<Target> {
+    let trimmed = query.trim().trim_end_matches(';').trim();
+    if starts_with_word(trimmed, "COPY") {
+        let inner = trimmed[4..].trim_start().strip_prefix('(')?;
+        let close = inner.rfind(')')?;
+        let tail: String = inner[close + 1..].split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase();
+        if tail != "TO STDOUT" {
+            return None;
+        }
+        let (relation, snapshot) = subscribe_statement(&inner[..close])?;
+        return Some(Target { relation, snapshot, delivery: Delivery::Copy });
+    }
+    let (relation, snapshot) = subscribe_statement(trimmed)?;
+    Some(Target { relation, snapshot, delivery: Delivery::Rows })
+}
+
+fn subscribe_statement(text: &str) -> Option<(String, bool)> {
+    if !starts_with_word(text.trim_start(), "SUBSCRIBE") {
         return None;
     }
-    let statements = changeflow_sql::parser::parse_sql(query).ok()?;
+    let statements = changeflow_sql::parser::parse_sql(text).ok()?;
     match statements.as_slice() {
         [one] => match &one.statement {
             changeflow_sql::parser::Statement::Subscribe { relation, snapshot } => Some((relation.clone(), *snapshot)),
@@ -36,7 +74,7 @@ pub fn target(query: &str) -> Option<(String, bool)> {
 }
 
 /// Streams a subscription in answer to a simple-protocol query, then ReadyForQuery.
-pub async fn simple<C>(client: &mut C, shared: &Shared, relation: &str, snapshot: bool) -> PgWireResult<()>
+pub async fn simple<C>(client: &mut C, shared: &Shared, target: Target) -> PgWireResult<()>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
@@ -44,11 +82,20 @@ where
 {
     client.set_state(PgWireConnectionState::QueryInProgress);
     let result = async {
-        let subscription = shared.database.subscribe(relation, snapshot).await.map_err(engine_error)?;
+        let subscription = shared.database.subscribe(&target.relation, target.snapshot).await.map_err(engine_error)?;
         let fields = encode::text_fields(&subscription.schema);
-        let description = RowDescription::new(fields.iter().map(FieldDescription::from).collect());
-        client.feed(PgWireBackendMessage::RowDescription(description)).await?;
-        stream(client, shared, subscription, &fields).await
+        match target.delivery {
+            Delivery::Rows => {
+                let description = RowDescription::new(fields.iter().map(FieldDescription::from).collect());
+                client.feed(PgWireBackendMessage::RowDescription(description)).await?;
+            }
+            Delivery::Copy => {
+                let columns = fields.len();
+                let response = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
+                client.feed(PgWireBackendMessage::CopyOutResponse(response)).await?;
+            }
+        }
+        stream(client, shared, subscription, &fields, target.delivery).await
     }
     .await;
     if let Err(error) = result {
@@ -77,7 +124,7 @@ where
 {
     let subscription = shared.database.subscribe(relation, snapshot).await.map_err(engine_error)?;
     client.set_state(PgWireConnectionState::QueryInProgress);
-    let result = stream(client, shared, subscription, &fields).await;
+    let result = stream(client, shared, subscription, &fields, Delivery::Rows).await;
     client.set_state(PgWireConnectionState::ReadyForQuery);
     result
 }
@@ -89,6 +136,7 @@ async fn stream<C>(
     shared: &Shared,
     mut subscription: Subscription,
     fields: &Arc<Vec<FieldInfo>>,
+    delivery: Delivery,
 ) -> PgWireResult<()>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
@@ -101,7 +149,7 @@ where
         None => None,
     };
     if let Some(rows) = subscription.snapshot.take() {
-        send(client, encode::change_rows(fields, subscription.start_epoch, &ChangeBatch::inserts(rows))?).await?;
+        send(client, fields, delivery, subscription.start_epoch, &ChangeBatch::inserts(rows)).await?;
     }
     let mut sent_rows = 0usize;
     loop {
@@ -115,7 +163,7 @@ where
         match update.map_err(engine_error)? {
             ViewUpdate::Changes { epoch, change } => {
                 sent_rows += change.len();
-                send(client, encode::change_rows(fields, epoch, &change)?).await?;
+                send(client, fields, delivery, epoch, &change).await?;
             }
             ViewUpdate::Ended(reason) => {
                 return Err(user_error(
@@ -127,15 +175,31 @@ where
     }
 }
 
-/// Sends rows and flushes them: a subscriber sees an epoch as soon as it is applied.
-async fn send<C>(client: &mut C, rows: Vec<pgwire::messages::data::DataRow>) -> PgWireResult<()>
+/// Sends an epoch's rows and flushes them: a subscriber sees an epoch as soon as it is
+/// applied.
+async fn send<C>(
+    client: &mut C,
+    fields: &Arc<Vec<FieldInfo>>,
+    delivery: Delivery,
+    epoch: u64,
+    change: &ChangeBatch,
+) -> PgWireResult<()>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    for row in rows {
-        client.feed(PgWireBackendMessage::DataRow(row)).await?;
+    match delivery {
+        Delivery::Rows => {
+            for row in encode::change_rows(fields, epoch, change)? {
+                client.feed(PgWireBackendMessage::DataRow(row)).await?;
+            }
+        }
+        Delivery::Copy => {
+            for line in encode::change_copy_lines(fields, epoch, change)? {
+                client.feed(PgWireBackendMessage::CopyData(line)).await?;
+            }
+        }
     }
     client.flush().await?;
     Ok(())

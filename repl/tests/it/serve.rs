@@ -260,6 +260,40 @@ async fn psql_runs_statements_and_reports_errors() {
     assert!(!output.status.success());
     assert!(stderr.contains("ERROR:  42703"), "{stderr}");
     assert!(stderr.contains("nope"), "{stderr}");
+
+    // SUBSCRIBE in psql: as a COPY, whose lines psql prints as they arrive; Ctrl-C ends it.
+    let subscriber = Command::new(&psql)
+        .args(["-X", "-d", &server.url("psql_user"), "-c", "COPY (SUBSCRIBE TO calendar WITH (snapshot = false)) TO STDOUT"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start psql");
+    let client = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Wait until the subscription is registered, then change the view.
+    loop {
+        let (_, metrics) = server.http_get("/metrics");
+        if metrics.contains("changeflow_subscriptions 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "psql did not subscribe: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.execute("UPDATE sessions SET sold = 11 WHERE id = 7", &[]).await.expect("update");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let interrupted = Command::new("kill").args(["-INT", &subscriber.id().to_string()]).status().expect("kill");
+    assert!(interrupted.success());
+    let output = subscriber.wait_with_output().expect("psql output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').skip(1).collect()).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![vec!["-1", "12", "2026-12-03 00:00:00", "1", "19"], vec!["1", "12", "2026-12-03 00:00:00", "1", "9"]],
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("canceling statement"), "{output:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
