@@ -53,6 +53,7 @@ pub fn new_session_state() -> SessionState {
     );
     // Registering replaces DataFusion's own `version()`; there is no failure to report.
     let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf));
+    crate::system_catalog::register_functions(&mut state);
     state
 }
 
@@ -89,7 +90,9 @@ impl<'a> PlanContext<'a> {
     /// Plans any SQL statement DataFusion's planner understands (queries and DML).
     pub fn plan_statement(&self, statement: &ast::Statement) -> Result<LogicalPlan> {
         let planner = SqlToRel::new_with_options(self, parser_options());
-        Ok(planner.sql_statement_to_plan(statement.clone())?)
+        let mut statement = statement.clone();
+        crate::system_catalog::normalize(&mut statement);
+        Ok(planner.sql_statement_to_plan(statement)?)
     }
 
     pub fn plan_query(&self, query: &ast::Query) -> Result<LogicalPlan> {
@@ -120,6 +123,11 @@ impl TableSource for ViewSource {
 
 impl ContextProvider for PlanContext<'_> {
     fn get_table_source(&self, name: TableReference) -> DFResult<Arc<dyn TableSource>> {
+        if crate::system_catalog::is_system(name.schema(), name.table(), self.catalog)
+            && let Some(table) = crate::system_catalog::table(self.catalog, name.table())?
+        {
+            return Ok(provider_as_source(table));
+        }
         if let Some(schema) = name.schema()
             && schema != "public"
         {

@@ -8,6 +8,7 @@
 //! - [`planner`] turns a view's optimized DataFusion `LogicalPlan` into the incremental
 //!   dataflow of [`plan`], refusing what cannot be maintained incrementally.
 //! - [`ddl`] maps `CREATE TABLE` to Arrow schemas; [`explain`] renders dataflows.
+//! - [`system_catalog`] answers `pg_catalog` queries (psql's `\d`, drivers) from the catalog.
 
 pub mod catalog;
 pub mod context;
@@ -18,6 +19,7 @@ pub mod names;
 pub mod parser;
 pub mod plan;
 pub mod planner;
+pub mod system_catalog;
 
 pub use catalog::{Catalog, Relation, RelationKind, SourceDef};
 pub use context::{PlanContext, RelationData, new_session_state};

@@ -251,6 +251,20 @@ async fn psql_runs_statements_and_reports_errors() {
     assert!(stdout.contains("            12 |        1 |         19"), "{stdout}");
     assert!(stdout.contains("(2 rows)"), "{stdout}");
 
+    // psql's describe commands read pg_catalog.
+    let output = Command::new(&psql)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &server.url("psql_user")])
+        .args(["-c", "\\dt", "-c", "\\dm", "-c", "\\d sessions"])
+        .output()
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "psql \\d failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(" public | sessions | table | changeflow"), "{stdout}");
+    assert!(stdout.contains(" public | calendar | materialized view | changeflow"), "{stdout}");
+    assert!(stdout.contains("Table \"public.sessions\""), "{stdout}");
+    assert!(stdout.contains(" id            | integer                     |           | not null |"), "{stdout}");
+    assert!(stdout.contains(" price         | numeric(10,2)               |"), "{stdout}");
+
     let output = Command::new(&psql)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &server.url("psql_user")])
         .args(["-c", "SELECT nope FROM sessions"])
