@@ -37,7 +37,9 @@ impl EngineError {
             EngineError::Sql(SqlError::Syntax { .. }) => "42601",
             EngineError::Sql(SqlError::Catalog(message)) => catalog_sqlstate(message),
             EngineError::Sql(SqlError::Unsupported(_)) | EngineError::Sql(SqlError::NotIncremental(_)) => "0A000",
-            EngineError::Sql(SqlError::DataFusion(error)) | EngineError::DataFusion(error) => datafusion_sqlstate(error),
+            EngineError::Sql(SqlError::DataFusion(error)) | EngineError::DataFusion(error) => {
+                datafusion_sqlstate(error)
+            }
             EngineError::Constraint(message) => {
                 if message.starts_with("duplicate key") {
                     "23505"
@@ -91,12 +93,16 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
     match error.find_root() {
         DataFusionError::SchemaError(..) => "42703",
         DataFusionError::Plan(_) if message.contains("not found") => "42P01",
-        DataFusionError::Plan(_) if message.contains("No function matches") || message.contains("Invalid function") => "42883",
+        DataFusionError::Plan(_) if message.contains("No function matches") || message.contains("Invalid function") => {
+            "42883"
+        }
         DataFusionError::Plan(_) if message.contains("coerc") || message.contains("Cannot infer") => "42804",
         DataFusionError::Plan(_) => "42000",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::ArrowError(..) if message.contains("Divide by zero") => "22012",
-        DataFusionError::ArrowError(..) if message.contains("Cast error") || message.contains("Parser error") => "22P02",
+        DataFusionError::ArrowError(..) if message.contains("Cast error") || message.contains("Parser error") => {
+            "22P02"
+        }
         DataFusionError::ArrowError(..) => "22000",
         DataFusionError::Execution(_) if message.contains("Divide by zero") => "22012",
         DataFusionError::Execution(_) => "22000",

@@ -7,13 +7,13 @@ use changeflow_sql::ddl::sql_type_name;
 use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
-use datafusion::execution::SessionState;
-use datafusion::scalar::ScalarValue;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast;
 
 use crate::change::ChangeBatch;
@@ -39,8 +39,7 @@ impl RelationData for Engine {
                 None => store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?,
             }
         } else if self.reads_committed {
-            self.committed_snapshot(&relation.name)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
+            self.committed_snapshot(&relation.name).map_err(|e| DataFusionError::External(Box::new(e)))?
         } else {
             self.stores
                 .get(&relation.name)
@@ -147,19 +146,16 @@ impl Engine {
         let plan = context.plan_query(query)?;
         let schema = changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query);
         let types = plan.get_parameter_types()?;
-        let count = types
-            .keys()
-            .filter_map(|name| name.trim_start_matches('$').parse::<usize>().ok())
-            .max()
-            .unwrap_or(0);
-        let parameters =
-            (1..=count).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect::<Vec<_>>();
+        let count =
+            types.keys().filter_map(|name| name.trim_start_matches('$').parse::<usize>().ok()).max().unwrap_or(0);
+        let parameters = (1..=count).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect::<Vec<_>>();
         Ok(Description { columns: Some(Arc::new(schema)), parameters })
     }
 
     /// A relation's rows as committed: its store, less the changes of an open transaction.
     pub(crate) fn committed_snapshot(&self, relation: &str) -> Result<RecordBatch> {
-        let store = self.stores.get(relation).ok_or_else(|| EngineError::Internal(format!("no store for {relation}")))?;
+        let store =
+            self.stores.get(relation).ok_or_else(|| EngineError::Internal(format!("no store for {relation}")))?;
         let snapshot = store.snapshot()?;
         let pending: Vec<ChangeBatch> = self
             .transaction

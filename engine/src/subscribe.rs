@@ -97,7 +97,8 @@ impl Engine {
                 "\"{relation}\" is a view, which is not maintained; SUBSCRIBE works on materialized views, tables and source relations (CREATE MATERIALIZED VIEW ...)"
             )));
         }
-        let mut fields = vec![Field::new("epoch", DataType::Int64, false), Field::new("weight", DataType::Int64, false)];
+        let mut fields =
+            vec![Field::new("epoch", DataType::Int64, false), Field::new("weight", DataType::Int64, false)];
         fields.extend(found.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
         Ok(Arc::new(Schema::new(fields)))
     }
@@ -107,15 +108,13 @@ impl Engine {
     pub(crate) fn publish(&mut self, relation: &str, change: &ChangeBatch) {
         let Some(subscribers) = self.subscribers.get_mut(relation) else { return };
         let epoch = self.epoch;
-        subscribers.retain(|s| {
-            match s.sender.try_send(ViewUpdate::Changes { epoch, change: change.clone() }) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.overflowed.store(true, Ordering::Relaxed);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+        subscribers.retain(|s| match s.sender.try_send(ViewUpdate::Changes { epoch, change: change.clone() }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.overflowed.store(true, Ordering::Relaxed);
+                false
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if subscribers.is_empty() {
             self.subscribers.remove(relation);

@@ -57,7 +57,8 @@ async fn main() -> ExitCode {
         Some(Command::Serve(_)) => "warn,changeflow_connectors=info,changeflow=info",
         _ => "warn,changeflow_connectors=info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| default_filter.into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| default_filter.into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),

@@ -40,7 +40,10 @@ pub enum Statement {
     /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: print the incremental dataflow.
     ExplainView(Box<ast::Statement>),
     /// `SUBSCRIBE [TO] relation [WITH (snapshot = true | false)]`: stream its changes.
-    Subscribe { relation: String, snapshot: bool },
+    Subscribe {
+        relation: String,
+        snapshot: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -128,7 +128,9 @@ impl PlanNode {
                 names.iter().map(|name| self.schema.fields().iter().position(|f| f.name() == name)).collect()
             }
             NodeKind::Filter { input, .. } | NodeKind::TopK { input, .. } => input.unique_key(relation_key),
-            NodeKind::Aggregate { group_exprs, .. } if !group_exprs.is_empty() => Some((0..group_exprs.len()).collect()),
+            NodeKind::Aggregate { group_exprs, .. } if !group_exprs.is_empty() => {
+                Some((0..group_exprs.len()).collect())
+            }
             NodeKind::Project { input, exprs } => {
                 let key = input.unique_key(relation_key)?;
                 let columns = input.schema.columns();

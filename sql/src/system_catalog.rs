@@ -186,10 +186,29 @@ fn table_schema(table: &str) -> Option<SchemaRef> {
         "pg_collation" => &[("oid", I), ("collname", T), ("collnamespace", I)],
         "pg_description" => &[("objoid", I), ("classoid", I), ("objsubid", I), ("description", T)],
         "pg_inherits" => &[("inhrelid", I), ("inhparent", I), ("inhseqno", I), ("inhdetachpending", B)],
-        "pg_trigger" => &[("oid", I), ("tgrelid", I), ("tgname", T), ("tgisinternal", B), ("tgenabled", T), ("tgparentid", I)],
-        "pg_policy" => &[("oid", I), ("polname", T), ("polrelid", I), ("polcmd", T), ("polpermissive", B), ("polroles", T), ("polqual", T), ("polwithcheck", T)],
+        "pg_trigger" => {
+            &[("oid", I), ("tgrelid", I), ("tgname", T), ("tgisinternal", B), ("tgenabled", T), ("tgparentid", I)]
+        }
+        "pg_policy" => &[
+            ("oid", I),
+            ("polname", T),
+            ("polrelid", I),
+            ("polcmd", T),
+            ("polpermissive", B),
+            ("polroles", T),
+            ("polqual", T),
+            ("polwithcheck", T),
+        ],
         "pg_rewrite" => &[("oid", I), ("rulename", T), ("ev_class", I), ("ev_type", T), ("is_instead", B)],
-        "pg_statistic_ext" => &[("oid", I), ("stxrelid", I), ("stxname", T), ("stxnamespace", I), ("stxkind", T), ("stxstattarget", I), ("stxkeys", T)],
+        "pg_statistic_ext" => &[
+            ("oid", I),
+            ("stxrelid", I),
+            ("stxname", T),
+            ("stxnamespace", I),
+            ("stxkind", T),
+            ("stxstattarget", I),
+            ("stxkeys", T),
+        ],
         "pg_publication" => &[("oid", I), ("pubname", T), ("puballtables", B)],
         "pg_publication_rel" => &[("oid", I), ("prpubid", I), ("prrelid", I), ("prqual", T), ("prattrs", T)],
         "pg_publication_namespace" => &[("oid", I), ("pnpubid", I), ("pnnspid", I)],
@@ -276,7 +295,8 @@ pub fn table(catalog: &Catalog, name: &str) -> DFResult<Option<Arc<dyn TableProv
                 .iter()
                 .flat_map(|(oid, r)| {
                     r.schema.fields().iter().enumerate().map(move |(i, f)| {
-                        let not_null = r.primary_key.contains(&i) || (!f.is_nullable() && r.kind == RelationKind::Table);
+                        let not_null =
+                            r.primary_key.contains(&i) || (!f.is_nullable() && r.kind == RelationKind::Table);
                         (*oid, i as i64 + 1, f.as_ref(), not_null)
                     })
                 })
@@ -288,7 +308,9 @@ pub fn table(catalog: &Catalog, name: &str) -> DFResult<Option<Arc<dyn TableProv
                 ints(rows.iter().map(|r| type_oid(r.2.data_type()).0)),
                 ints(rows.iter().map(|r| type_oid(r.2.data_type()).1)),
                 ints(rows.iter().map(|r| r.1)),
-                ints(rows.iter().map(|r| TYPES.iter().find(|t| t.0 == type_oid(r.2.data_type()).0).map_or(-1, |t| t.3))),
+                ints(
+                    rows.iter().map(|r| TYPES.iter().find(|t| t.0 == type_oid(r.2.data_type()).0).map_or(-1, |t| t.3)),
+                ),
                 bools(rows.iter().map(|r| r.3)),
                 bools(rows.iter().map(|_| false)),
                 bools(rows.iter().map(|_| false)),
@@ -386,11 +408,8 @@ pub fn register_functions(state: &mut SessionState) {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let oids = datafusion::common::cast::as_int64_array(&arrays[0])?;
             let modifiers = datafusion::common::cast::as_int64_array(&arrays[1])?;
-            let names: StringArray = oids
-                .iter()
-                .zip(modifiers.iter())
-                .map(|(oid, modifier)| format_type(oid, modifier))
-                .collect();
+            let names: StringArray =
+                oids.iter().zip(modifiers.iter()).map(|(oid, modifier)| format_type(oid, modifier)).collect();
             Ok(ColumnarValue::Array(Arc::new(names)))
         }),
     ));
@@ -406,7 +425,15 @@ fn always_empty(table: &str) -> bool {
     table_schema(table).is_some()
         && !matches!(
             table,
-            "pg_namespace" | "pg_class" | "pg_attribute" | "pg_type" | "pg_am" | "pg_database" | "pg_roles" | "pg_user" | "pg_index"
+            "pg_namespace"
+                | "pg_class"
+                | "pg_attribute"
+                | "pg_type"
+                | "pg_am"
+                | "pg_database"
+                | "pg_roles"
+                | "pg_user"
+                | "pg_index"
         )
 }
 
@@ -423,7 +450,10 @@ fn reads_nothing(query: &ast::Query) -> bool {
     };
     select.from.iter().any(|from| {
         empty_table(&from.relation)
-            && from.joins.iter().all(|j| matches!(j.join_operator, ast::JoinOperator::Inner(_) | ast::JoinOperator::Join(_)))
+            && from
+                .joins
+                .iter()
+                .all(|j| matches!(j.join_operator, ast::JoinOperator::Inner(_) | ast::JoinOperator::Join(_)))
     })
 }
 
@@ -432,10 +462,7 @@ fn reads_nothing(query: &ast::Query) -> bool {
 fn empty_selects(body: &mut ast::SetExpr) -> bool {
     match body {
         ast::SetExpr::Select(select) => {
-            let probe = ast::Query {
-                body: Box::new(ast::SetExpr::Select(select.clone())),
-                ..empty_query()
-            };
+            let probe = ast::Query { body: Box::new(ast::SetExpr::Select(select.clone())), ..empty_query() };
             if !reads_nothing(&probe) {
                 return false;
             }
@@ -467,7 +494,11 @@ fn empty_selects(body: &mut ast::SetExpr) -> bool {
 fn empty_query() -> ast::Query {
     ast::Query {
         with: None,
-        body: Box::new(ast::SetExpr::Values(ast::Values { explicit_row: false, value_keyword: false, rows: Vec::new() })),
+        body: Box::new(ast::SetExpr::Values(ast::Values {
+            explicit_row: false,
+            value_keyword: false,
+            rows: Vec::new(),
+        })),
         order_by: None,
         limit_clause: None,
         fetch: None,

@@ -56,7 +56,8 @@ impl Users {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read users file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read users file {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 }

@@ -16,10 +16,10 @@ use datafusion::arrow::util::display::array_value_to_string;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{CopyEncoder, CopyTextOptions, DataRowEncoder, FieldFormat, FieldInfo};
-use pgwire::messages::copy::CopyData;
-use pgwire::types::ToSqlText;
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::CopyData;
 use pgwire::messages::data::DataRow;
+use pgwire::types::ToSqlText;
 use rust_decimal::Decimal;
 
 /// The PostgreSQL type a column of this Arrow type is sent as, and its type modifier
@@ -100,7 +100,11 @@ impl FieldSink for CopyEncoder {
 }
 
 /// A subscription's rows as lines of `COPY ... TO STDOUT` text (tab-separated, `\N` NULLs).
-pub fn change_copy_lines(fields: &Arc<Vec<FieldInfo>>, epoch: u64, change: &ChangeBatch) -> PgWireResult<Vec<CopyData>> {
+pub fn change_copy_lines(
+    fields: &Arc<Vec<FieldInfo>>,
+    epoch: u64,
+    change: &ChangeBatch,
+) -> PgWireResult<Vec<CopyData>> {
     let mut encoder = CopyEncoder::new_text(Arc::clone(fields), CopyTextOptions::default());
     let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
     let mut lines = Vec::with_capacity(change.len());
@@ -190,7 +194,9 @@ fn encode_value<E: FieldSink>(encoder: &mut E, array: &ArrayRef, row: usize, tex
         DataType::Timestamp(unit, zone) => {
             let micros = match unit {
                 TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000_000),
-                TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000),
+                TimeUnit::Millisecond => {
+                    array.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000)
+                }
                 TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(row),
                 TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(row).div_euclid(1_000),
             };

@@ -108,10 +108,9 @@ impl Connection {
                 Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)))))
             }
             Command::Acknowledge(tag) => Ok(Response::Execution(Tag::new(tag))),
-            Command::Subscribe { .. } => Err(user_error(
-                "0A000",
-                "SUBSCRIBE must be the only statement of its query message".into(),
-            )),
+            Command::Subscribe { .. } => {
+                Err(user_error("0A000", "SUBSCRIBE must be the only statement of its query message".into()))
+            }
         }
     }
 }
@@ -246,9 +245,12 @@ impl ExtendedQueryHandler for Connection {
             && let Command::Subscribe { relation, snapshot } = &portal.statement.statement.command
         {
             let fields = Arc::new(encode::fields(
-                portal.statement.statement.columns.as_deref().ok_or_else(|| {
-                    PgWireError::ApiError("a SUBSCRIBE statement without columns".into())
-                })?,
+                portal
+                    .statement
+                    .statement
+                    .columns
+                    .as_deref()
+                    .ok_or_else(|| PgWireError::ApiError("a SUBSCRIBE statement without columns".into()))?,
                 &portal.result_column_format,
             ));
             return subscribe::extended(client, &self.shared, relation, *snapshot, fields).await;

@@ -92,7 +92,8 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     }
     family(&mut out, "changeflow_source_transactions_total", "counter", "Upstream transactions a source applied.");
     for s in &stats.sources {
-        let _ = writeln!(out, "changeflow_source_transactions_total{{source=\"{}\"}} {}", label(&s.name), s.transactions);
+        let _ =
+            writeln!(out, "changeflow_source_transactions_total{{source=\"{}\"}} {}", label(&s.name), s.transactions);
     }
     family(&mut out, "changeflow_source_lag_bytes", "gauge", "Bytes of upstream log the source has not confirmed.");
     for s in &stats.sources {
@@ -128,7 +129,8 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     }
     family(&mut out, "changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.");
     for v in &stats.views {
-        let _ = writeln!(out, "changeflow_view_last_apply_seconds{{view=\"{}\"}} {}", label(&v.name), v.last_apply_seconds);
+        let _ =
+            writeln!(out, "changeflow_view_last_apply_seconds{{view=\"{}\"}} {}", label(&v.name), v.last_apply_seconds);
     }
     family(&mut out, "changeflow_view_failed", "gauge", "1 when maintaining the view failed.");
     for v in &stats.views {
@@ -165,9 +167,7 @@ async fn respond(
     metrics: Arc<Metrics>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
-        "/metrics" => {
-            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&database, &metrics).await)
-        }
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&database, &metrics).await),
         "/health" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string()),
         _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /health\n".to_string()),
     };

@@ -163,7 +163,11 @@ async fn accept_loop(
             }
         };
         let connection = Arc::new(Connection::new(Arc::clone(&shared)));
-        let handlers = Handlers { connection: Arc::clone(&connection), startup: Arc::clone(&startup), cancel: Arc::clone(&cancel) };
+        let handlers = Handlers {
+            connection: Arc::clone(&connection),
+            startup: Arc::clone(&startup),
+            cancel: Arc::clone(&cancel),
+        };
         let tls = tls.clone();
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -188,10 +192,7 @@ async fn run_files(database: &Arc<Database>, files: &[PathBuf]) -> anyhow::Resul
         {
             let statement = changeflow_sql::parser::parse_statement(&source)
                 .map_err(|e| located(file, e.position().unwrap_or(source.position), &e.to_string()))?;
-            session
-                .execute(&statement)
-                .await
-                .map_err(|e| located(file, statement.position, &e.to_string()))?;
+            session.execute(&statement).await.map_err(|e| located(file, statement.position, &e.to_string()))?;
         }
     }
     session.close().await;

@@ -186,7 +186,9 @@ fn literal<S: Clone>(portal: &Portal<S>, index: usize, pg: &Type) -> PgWireResul
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON | Type::JSONB => quoted,
         Type::INT2 | Type::INT4 | Type::INT8 => match text.trim().parse::<i64>() {
             Ok(number) => number.to_string(),
-            Err(_) => return Err(user_error("22P02", format!("invalid input syntax for type {}: \"{text}\"", pg.name()))),
+            Err(_) => {
+                return Err(user_error("22P02", format!("invalid input syntax for type {}: \"{text}\"", pg.name())));
+            }
         },
         Type::BOOL => format!("CAST({quoted} AS BOOLEAN)"),
         Type::FLOAT4 => format!("CAST({quoted} AS REAL)"),
@@ -221,7 +223,10 @@ fn binary_as_text<S: Clone>(portal: &Portal<S>, index: usize, pg: &Type) -> PgWi
         Type::DATE => get::<S, NaiveDate>(portal, index, pg)?.to_string(),
         Type::TIME => get::<S, NaiveTime>(portal, index, pg)?.to_string(),
         Type::TIMESTAMP => get::<S, NaiveDateTime>(portal, index, pg)?.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
-        Type::TIMESTAMPTZ => get::<S, DateTime<FixedOffset>>(portal, index, pg)?.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S%.f%:z").to_string(),
+        Type::TIMESTAMPTZ => get::<S, DateTime<FixedOffset>>(portal, index, pg)?
+            .with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M:%S%.f%:z")
+            .to_string(),
         _ => get::<S, String>(portal, index, pg)?,
     })
 }

@@ -16,8 +16,14 @@ use super::params;
 #[derive(Debug, Clone)]
 pub enum Command {
     Engine(ParsedStatement),
-    Subscribe { relation: String, snapshot: bool },
-    Set { name: String, value: String },
+    Subscribe {
+        relation: String,
+        snapshot: bool,
+    },
+    Set {
+        name: String,
+        value: String,
+    },
     ShowVariable(String),
     /// RESET, DISCARD and other session commands with nothing to do but acknowledge.
     Acknowledge(&'static str),
@@ -108,10 +114,7 @@ pub async fn prepare(database: &Database, sql: &str, client_types: &[Option<Type
     let source = match statements.as_slice() {
         [one] => one,
         _ => {
-            return Err(user_error(
-                "42601",
-                "cannot insert multiple commands into a prepared statement".into(),
-            ));
+            return Err(user_error("42601", "cannot insert multiple commands into a prepared statement".into()));
         }
     };
     let command = command(source)?;

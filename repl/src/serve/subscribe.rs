@@ -14,8 +14,8 @@ use pgwire::api::results::FieldInfo;
 use pgwire::api::{ClientInfo, ConnectionHandle, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::data::{FieldDescription, RowDescription};
 use pgwire::messages::copy::CopyOutResponse;
+use pgwire::messages::data::{FieldDescription, RowDescription};
 use pgwire::messages::response::ReadyForQuery;
 
 use super::Shared;

@@ -36,9 +36,7 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
         .iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => {
-                Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
-            }
+            SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect()),
             _ => None,
         })
         .collect()
@@ -74,7 +72,12 @@ async fn statements_parameters_types_and_errors_over_tokio_postgres() {
     let types: Vec<(&str, Type)> = statement.columns().iter().map(|c| (c.name(), c.type_().clone())).collect();
     assert_eq!(
         types,
-        vec![("experience_id", Type::INT4), ("day", Type::TIMESTAMP), ("sessions", Type::INT8), ("seats_left", Type::INT8)]
+        vec![
+            ("experience_id", Type::INT4),
+            ("day", Type::TIMESTAMP),
+            ("sessions", Type::INT8),
+            ("seats_left", Type::INT8)
+        ]
     );
     let rows = client.query(&statement, &[]).await.expect("query the view");
     let mut calendar: Vec<(i32, NaiveDateTime, i64, i64)> =
@@ -106,7 +109,13 @@ async fn statements_parameters_types_and_errors_over_tokio_postgres() {
     let rows = simple_rows(&messages);
     assert_eq!(
         rows[0],
-        vec![Some("1".into()), Some("2026-12-01 18:00:00".into()), Some("12.50".into()), Some("first".into()), Some("t".into())]
+        vec![
+            Some("1".into()),
+            Some("2026-12-01 18:00:00".into()),
+            Some("12.50".into()),
+            Some("first".into()),
+            Some("t".into())
+        ]
     );
     assert_eq!(
         rows[1],
@@ -140,17 +149,17 @@ async fn sessions_keep_their_transactions_apart() {
     let server = Server::start(&[&schema]);
     let writer = server.client().await;
     let reader = server.client().await;
-    writer.batch_execute("BEGIN; INSERT INTO sessions VALUES (5, 10, '2026-12-01 22:00', 10, 0, 1, NULL, true)").await.expect("begin");
+    writer
+        .batch_execute("BEGIN; INSERT INTO sessions VALUES (5, 10, '2026-12-01 22:00', 10, 0, 1, NULL, true)")
+        .await
+        .expect("begin");
     // The open transaction is visible to its own session only.
     let own: i64 = writer.query_one("SELECT count(*) FROM sessions", &[]).await.expect("own view").get(0);
     assert_eq!(own, 3);
     let others: i64 = reader.query_one("SELECT count(*) FROM sessions", &[]).await.expect("other view").get(0);
     assert_eq!(others, 2, "another session must not see uncommitted rows");
-    let view: i64 = reader
-        .query_one("SELECT sessions FROM calendar WHERE experience_id = 10", &[])
-        .await
-        .expect("view")
-        .get(0);
+    let view: i64 =
+        reader.query_one("SELECT sessions FROM calendar WHERE experience_id = 10", &[]).await.expect("view").get(0);
     assert_eq!(view, 2);
     writer.batch_execute("COMMIT").await.expect("commit");
     let view: i64 = reader
@@ -166,7 +175,12 @@ async fn sessions_keep_their_transactions_apart() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         // Writes wait for the block to end; this one succeeds once the rollback happened.
-        match tokio::time::timeout(Duration::from_secs(10), reader.execute("UPDATE sessions SET sold = 1 WHERE id = 1", &[])).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            reader.execute("UPDATE sessions SET sold = 1 WHERE id = 1", &[]),
+        )
+        .await
+        {
             Ok(Ok(updated)) => {
                 assert_eq!(updated, 1, "the leaver's delete was rolled back");
                 break;
@@ -200,10 +214,7 @@ async fn subscribe_streams_a_snapshot_then_changes_until_canceled() {
     }
     changes.sort();
     assert!(changes.iter().all(|c| c.1 > start_epoch && c.1 == changes[0].1), "one later epoch: {changes:?}");
-    assert_eq!(
-        changes.iter().map(|c| (c.0, c.2, c.3, c.4)).collect::<Vec<_>>(),
-        vec![(-1, 10, 2, 75), (1, 10, 2, 65)]
-    );
+    assert_eq!(changes.iter().map(|c| (c.0, c.2, c.3, c.4)).collect::<Vec<_>>(), vec![(-1, 10, 2, 75), (1, 10, 2, 65)]);
     subscriber.cancel_token().cancel_query(NoTls).await.expect("cancel");
     let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("ends after cancel");
     let error = end.expect("an error").expect_err("canceled");
@@ -212,10 +223,8 @@ async fn subscribe_streams_a_snapshot_then_changes_until_canceled() {
     assert_eq!(rows[0].get::<_, i64>(0), 1);
 
     // Simple protocol (psql's), without the snapshot.
-    let stream = subscriber
-        .simple_query_raw("SUBSCRIBE calendar WITH (snapshot = false)")
-        .await
-        .expect("simple subscribe");
+    let stream =
+        subscriber.simple_query_raw("SUBSCRIBE calendar WITH (snapshot = false)").await.expect("simple subscribe");
     let mut stream = pin!(stream);
     writer.execute("DELETE FROM sessions WHERE id = 2", &[]).await.expect("delete");
     let mut rows = Vec::new();
@@ -277,7 +286,13 @@ async fn psql_runs_statements_and_reports_errors() {
 
     // SUBSCRIBE in psql: as a COPY, whose lines psql prints as they arrive; Ctrl-C ends it.
     let subscriber = Command::new(&psql)
-        .args(["-X", "-d", &server.url("psql_user"), "-c", "COPY (SUBSCRIBE TO calendar WITH (snapshot = false)) TO STDOUT"])
+        .args([
+            "-X",
+            "-d",
+            &server.url("psql_user"),
+            "-c",
+            "COPY (SUBSCRIBE TO calendar WITH (snapshot = false)) TO STDOUT",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -355,7 +370,10 @@ async fn a_hundred_clients_read_consistent_epochs_while_a_source_writes() {
         .unwrap_or(0);
     assert!(accepted >= 100, "{body}");
     assert!(body.contains("changeflow_view_rows{view=\"per_experience\"}"), "{body}");
-    assert!(body.contains("changeflow_source_state{source=\"gen\",connector=\"datagen\",state=\"running\"} 1"), "{body}");
+    assert!(
+        body.contains("changeflow_source_state{source=\"gen\",connector=\"datagen\",state=\"running\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("changeflow_query_duration_seconds_count"), "{body}");
 }
 

@@ -82,7 +82,11 @@ impl Server {
         self.connect("tester", None).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log()))
     }
 
-    pub async fn connect(&self, user: &str, password: Option<&str>) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut config: tokio_postgres::Config = self.url(user).parse().expect("config");
         if let Some(password) = password {
             config.password(password);
