@@ -410,3 +410,41 @@ async fn health_metrics_and_a_clean_stop_on_sigterm() {
     assert!(server.log().contains("SIGTERM, shutting down"), "{}", server.log());
     assert!(client.simple_query("SELECT 1").await.is_err(), "the server is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_given_a_certificate_and_json_logs() {
+    let dir = std::env::temp_dir().join(format!("changeflow-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make a test certificate (apt-get install openssl)");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let server = Server::start_with(
+        &[],
+        &["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path"), "--log-format", "json"],
+        &[("CHANGEFLOW_LOG", "info")],
+    );
+    let psql = postgres_bin().join("psql");
+    let url = format!("{} sslmode=require", server.url("tls_user"));
+    let output = Command::new(&psql).args(["-X", "-At", "-d", &url, "-c", "SELECT 40 + 2"]).output().expect("psql");
+    assert!(output.status.success(), "TLS connection failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "42");
+    let log = server.log();
+    let serving = log.lines().find(|l| l.contains("serving")).unwrap_or_else(|| panic!("no serving line: {log}"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(serving).unwrap_or_else(|e| panic!("not JSON ({e}): {serving}"));
+    assert_eq!(parsed["fields"]["tls"], serde_json::Value::Bool(true), "{serving}");
+
+    // Without a certificate the server refuses TLS, and sslmode=require fails.
+    let plain = Server::start(&[]);
+    let url = format!("{} sslmode=require", plain.url("tls_user"));
+    let output = Command::new(&psql).args(["-X", "-At", "-d", &url, "-c", "SELECT 1"]).output().expect("psql");
+    assert!(!output.status.success(), "sslmode=require must fail without TLS");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SSL"), "{}", String::from_utf8_lossy(&output.stderr));
+}
