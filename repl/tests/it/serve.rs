@@ -168,6 +168,14 @@ async fn sessions_keep_their_transactions_apart() {
         .expect("view after commit")
         .get(0);
     assert_eq!(view, 3);
+    // A block that only reads does not hold writers up.
+    let idle = server.client().await;
+    idle.batch_execute("BEGIN; SELECT count(*) FROM sessions").await.expect("reading block");
+    tokio::time::timeout(Duration::from_secs(10), reader.execute("UPDATE sessions SET sold = 3 WHERE id = 2", &[]))
+        .await
+        .expect("a reading block must not make writers wait")
+        .expect("update");
+    idle.batch_execute("COMMIT").await.expect("commit the reading block");
     // A client that goes away mid-transaction leaves nothing behind.
     let leaver = server.client().await;
     leaver.batch_execute("BEGIN; DELETE FROM sessions WHERE id = 1").await.expect("delete in a block");
