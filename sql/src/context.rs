@@ -123,6 +123,11 @@ impl TableSource for ViewSource {
 
 impl ContextProvider for PlanContext<'_> {
     fn get_table_source(&self, name: TableReference) -> DFResult<Arc<dyn TableSource>> {
+        if name.schema() == Some(crate::system_catalog::INFORMATION_SCHEMA)
+            && let Some(table) = crate::system_catalog::information_schema_table(self.catalog, name.table())?
+        {
+            return Ok(provider_as_source(table));
+        }
         if crate::system_catalog::is_system(name.schema(), name.table(), self.catalog)
             && let Some(table) = crate::system_catalog::table(self.catalog, name.table())?
         {

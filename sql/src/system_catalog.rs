@@ -1,4 +1,5 @@
-//! A read-only `pg_catalog`, built from the catalog when a query reads it, so that psql's
+//! A read-only `pg_catalog` and `information_schema` (`tables`, `columns`, `schemata`),
+//! built from the catalog when a query reads them, so that psql's
 //! `\dt`, `\dv`, `\dm`, `\d name` and drivers' metadata queries work: `pg_class`,
 //! `pg_namespace`, `pg_attribute`, `pg_type`, `pg_am`, `pg_database`, `pg_roles`, empty
 //! tables for what changeflow does not have (indexes, constraints, triggers, policies...),
@@ -22,6 +23,7 @@ use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, visit_relatio
 use crate::catalog::{Catalog, RelationKind};
 
 pub const SCHEMA: &str = "pg_catalog";
+pub const INFORMATION_SCHEMA: &str = "information_schema";
 const PUBLIC_OID: i64 = 2200;
 const CATALOG_OID: i64 = 11;
 const FIRST_RELATION_OID: i64 = 16384;
@@ -32,6 +34,7 @@ const OWNER: &str = "changeflow";
 /// `pg_x` the catalog does not have).
 pub fn is_system(schema: Option<&str>, table: &str, catalog: &Catalog) -> bool {
     match schema {
+        Some(INFORMATION_SCHEMA) => information_schema(table).is_some(),
         Some(schema) => schema == SCHEMA && table_schema(table).is_some(),
         None => catalog.relation(table).is_none() && table_schema(table).is_some(),
     }
@@ -219,6 +222,82 @@ fn table_schema(table: &str) -> Option<SchemaRef> {
         _ => return None,
     };
     Some(Arc::new(Schema::new(columns.iter().map(|(n, t)| field(n, t.clone())).collect::<Vec<_>>())))
+}
+
+/// The columns of the `information_schema` views changeflow answers.
+fn information_schema(table: &str) -> Option<SchemaRef> {
+    use DataType::{Int64 as I, Utf8 as T};
+    let columns: &[(&str, DataType)] = match table {
+        "tables" => &[("table_catalog", T), ("table_schema", T), ("table_name", T), ("table_type", T)],
+        "columns" => &[
+            ("table_catalog", T),
+            ("table_schema", T),
+            ("table_name", T),
+            ("column_name", T),
+            ("ordinal_position", I),
+            ("column_default", T),
+            ("is_nullable", T),
+            ("data_type", T),
+            ("numeric_precision", I),
+            ("numeric_scale", I),
+        ],
+        "schemata" => &[("catalog_name", T), ("schema_name", T), ("schema_owner", T)],
+        _ => return None,
+    };
+    Some(Arc::new(Schema::new(columns.iter().map(|(n, t)| field(n, t.clone())).collect::<Vec<_>>())))
+}
+
+/// The contents of an `information_schema` view, from the catalog as it is now.
+pub fn information_schema_table(catalog: &Catalog, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+    let Some(schema) = information_schema(name) else { return Ok(None) };
+    let relations = relations(catalog);
+    let columns: Vec<ArrayRef> = match name {
+        "tables" => vec![
+            texts(relations.iter().map(|_| "changeflow")),
+            texts(relations.iter().map(|_| "public")),
+            texts(relations.iter().map(|(_, r)| r.name.as_str())),
+            texts(relations.iter().map(|(_, r)| match r.kind {
+                RelationKind::View | RelationKind::MaterializedView => "VIEW",
+                RelationKind::Table | RelationKind::SourceRelation => "BASE TABLE",
+            })),
+        ],
+        "columns" => {
+            let rows: Vec<(&str, usize, &Field, bool)> = relations
+                .iter()
+                .flat_map(|(_, r)| {
+                    r.schema.fields().iter().enumerate().map(move |(i, f)| {
+                        let nullable =
+                            !r.primary_key.contains(&i) && (f.is_nullable() || r.kind != RelationKind::Table);
+                        (r.name.as_str(), i + 1, f.as_ref(), nullable)
+                    })
+                })
+                .collect();
+            let n = rows.len();
+            let type_name = |f: &Field| {
+                let (oid, _) = type_oid(f.data_type());
+                TYPES.iter().find(|t| t.0 == oid).map_or("text", |t| t.1)
+            };
+            let decimal = |f: &Field| match f.data_type() {
+                DataType::Decimal128(p, s) => (Some(i64::from(*p)), Some(i64::from(*s))),
+                _ => (None, None),
+            };
+            vec![
+                texts(rows.iter().map(|_| "changeflow")),
+                texts(rows.iter().map(|_| "public")),
+                texts(rows.iter().map(|r| r.0)),
+                texts(rows.iter().map(|r| r.2.name().as_str())),
+                ints(rows.iter().map(|r| r.1 as i64)),
+                nulls(&DataType::Utf8, n),
+                texts(rows.iter().map(|r| if r.3 { "YES" } else { "NO" })),
+                texts(rows.iter().map(|r| type_name(r.2))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| decimal(r.2).0))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| decimal(r.2).1))),
+            ]
+        }
+        _ => vec![texts(["changeflow"]), texts(["public"]), texts([OWNER])],
+    };
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?)))
 }
 
 /// The relations of the catalog with their oids, in a stable order (by name).

@@ -125,6 +125,31 @@ async fn statements_parameters_types_and_errors_over_tokio_postgres() {
     let version = simple_rows(&client.simple_query("SELECT version()").await.expect("version"));
     assert!(version[0][0].as_deref().unwrap_or("").starts_with("PostgreSQL 16"), "{version:?}");
 
+    // Drivers' metadata queries.
+    let tables: Vec<(String, String)> = client
+        .query(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("information_schema.tables")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(tables, vec![("calendar".into(), "VIEW".into()), ("sessions".into(), "BASE TABLE".into())]);
+    let price = client
+        .query_one(
+            "SELECT data_type, is_nullable, numeric_precision, numeric_scale FROM information_schema.columns \
+             WHERE table_name = $1 AND column_name = $2",
+            &[&"sessions", &"price"],
+        )
+        .await
+        .expect("information_schema.columns");
+    assert_eq!(
+        (price.get::<_, String>(0), price.get::<_, String>(1), price.get::<_, i64>(2), price.get::<_, i64>(3)),
+        ("numeric".to_string(), "YES".to_string(), 10, 2)
+    );
+
     // Errors carry a SQLSTATE and leave the connection usable.
     let cases: [(&str, &SqlState); 5] = [
         ("SELECT * FROM missing", &SqlState::UNDEFINED_TABLE),
