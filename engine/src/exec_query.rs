@@ -6,7 +6,10 @@ use std::sync::Arc;
 use changeflow_sql::ddl::sql_type_name;
 use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::array::{BooleanArray, Scalar};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::kernels::cmp::eq;
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -30,14 +33,7 @@ impl RelationData for Engine {
         }
         let lookup = self.point_lookup.as_ref().filter(|(name, _)| *name == relation.name);
         let batch = if let Some((_, keys)) = lookup {
-            let store = self
-                .stores
-                .get(&relation.name)
-                .ok_or_else(|| DataFusionError::Internal(format!("no store for {}", relation.name)))?;
-            match store.lookup(keys).map_err(|e| DataFusionError::External(Box::new(e)))? {
-                Some(rows) => rows,
-                None => store.snapshot().map_err(|e| DataFusionError::External(Box::new(e)))?,
-            }
+            self.committed_lookup(&relation.name, keys).map_err(|e| DataFusionError::External(Box::new(e)))?
         } else if self.reads_committed {
             self.committed_snapshot(&relation.name).map_err(|e| DataFusionError::External(Box::new(e)))?
         } else {
@@ -102,7 +98,7 @@ impl Engine {
     /// transaction's changes (another session's) are left out of the snapshots.
     pub fn prepare_query(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
         self.reads_committed = committed && self.transaction.is_some();
-        self.point_lookup = if self.reads_committed { None } else { self.point_lookup_of(query) };
+        self.point_lookup = self.point_lookup_of(query);
         let planned = PlanContext::for_execution(&self.catalog, &self.state, self).plan_query(query);
         self.reads_committed = false;
         self.point_lookup = None;
@@ -156,20 +152,75 @@ impl Engine {
     pub(crate) fn committed_snapshot(&self, relation: &str) -> Result<RecordBatch> {
         let store =
             self.stores.get(relation).ok_or_else(|| EngineError::Internal(format!("no store for {relation}")))?;
-        let snapshot = store.snapshot()?;
-        let pending: Vec<ChangeBatch> = self
-            .transaction
-            .iter()
-            .flatten()
-            .filter(|(name, _)| name == relation)
-            .map(|(_, change)| change.clone().negate())
-            .collect();
-        if pending.is_empty() {
-            return Ok(snapshot);
+        self.without_pending(relation, store.snapshot()?, None)
+    }
+
+    /// The rows of a relation with the given key (one value per key column), as the query's
+    /// session may see them: without an open transaction's changes unless it is its own.
+    fn committed_lookup(&self, relation: &str, keys: &[ArrayRef]) -> Result<RecordBatch> {
+        let store =
+            self.stores.get(relation).ok_or_else(|| EngineError::Internal(format!("no store for {relation}")))?;
+        let rows = match store.lookup(keys)? {
+            Some(rows) => rows,
+            None => return self.committed_snapshot(relation),
+        };
+        if !self.reads_committed {
+            return Ok(rows);
         }
-        let mut all = vec![ChangeBatch::inserts(snapshot)];
+        let key_columns: Vec<(usize, &ArrayRef)> = store.primary_key().iter().copied().zip(keys).collect();
+        self.without_pending(relation, rows, Some(&key_columns))
+    }
+
+    /// `rows` less the open transaction's changes to `relation` (only those whose key
+    /// columns equal the given values, when `key` is given): what was there before it.
+    fn without_pending(
+        &self,
+        relation: &str,
+        rows: RecordBatch,
+        key: Option<&[(usize, &ArrayRef)]>,
+    ) -> Result<RecordBatch> {
+        if !self.reads_committed && key.is_some() {
+            return Ok(rows);
+        }
+        let mut pending = Vec::new();
+        for (name, change) in self.transaction.iter().flatten() {
+            if name != relation {
+                continue;
+            }
+            let change = match key {
+                None => change.clone(),
+                Some(key) => {
+                    let mut mask: Option<BooleanArray> = None;
+                    for (column, value) in key {
+                        let equal = eq(change.data.column(*column), &Scalar::new(Arc::clone(value)))?;
+                        mask = Some(match mask {
+                            Some(mask) => and(&mask, &equal)?,
+                            None => equal,
+                        });
+                    }
+                    let Some(mask) = mask else { continue };
+                    let data = filter_record_batch(&change.data, &mask)?;
+                    let weights = change
+                        .weights
+                        .iter()
+                        .zip(mask.iter())
+                        .filter(|(_, m)| *m == Some(true))
+                        .map(|(w, _)| *w)
+                        .collect();
+                    ChangeBatch::new(data, weights)?
+                }
+            };
+            if !change.is_empty() {
+                pending.push(change.negate());
+            }
+        }
+        if pending.is_empty() {
+            return Ok(rows);
+        }
+        let schema = rows.schema();
+        let mut all = vec![ChangeBatch::inserts(rows)];
         all.extend(pending);
-        let merged = ChangeBatch::concat(store.schema(), &all)?.consolidate()?;
+        let merged = ChangeBatch::concat(&schema, &all)?.consolidate()?;
         let indices: Vec<u32> = merged
             .weights
             .iter()

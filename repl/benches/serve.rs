@@ -105,11 +105,11 @@ async fn main() {
     let pg = connect(&pg_url).await;
     pg.batch_execute(&format!(
         "CREATE TABLE items (id int PRIMARY KEY, grp int, v bigint);
-         INSERT INTO items SELECT i, i % 1000, i FROM generate_series(1, {ROWS}) i;
-         VACUUM ANALYZE items;"
+         INSERT INTO items SELECT i, i % 1000, i FROM generate_series(1, {ROWS}) i;"
     ))
     .await
     .expect("load PostgreSQL");
+    pg.batch_execute("VACUUM ANALYZE items").await.expect("vacuum");
 
     let server = Server::start_with(&[], &[], &[]);
     let cf_url = server.url("bench");
