@@ -51,6 +51,8 @@ impl RelationData for Engine {
 /// access to the engine, so it runs while the engine goes on applying epochs.
 pub struct PreparedQuery {
     plan: Option<LogicalPlan>,
+    /// The answer itself, when the query was a plain point query (see `direct_point_query`).
+    rows: Option<RecordBatch>,
     schema: SchemaRef,
     state: SessionState,
 }
@@ -61,6 +63,9 @@ impl PreparedQuery {
     }
 
     pub async fn run(self) -> Result<Output> {
+        if let Some(rows) = self.rows {
+            return Ok(Output::Rows { schema: self.schema, batches: vec![rows] });
+        }
         let Some(plan) = self.plan else {
             return Ok(Output::Rows { schema: self.schema, batches: Vec::new() });
         };
@@ -99,13 +104,20 @@ impl Engine {
     pub fn prepare_query(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
         self.reads_committed = committed && self.transaction.is_some();
         self.point_lookup = self.point_lookup_of(query);
+        if self.mode == Mode::Execute
+            && let Some(direct) = self.direct_point_query(query)
+        {
+            self.reads_committed = false;
+            self.point_lookup = None;
+            return direct;
+        }
         let planned = PlanContext::for_execution(&self.catalog, &self.state, self).plan_query(query);
         self.reads_committed = false;
         self.point_lookup = None;
         let plan = changeflow_sql::context::optimize(&self.state, &planned?)?;
         let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
         let plan = if self.mode == Mode::PlanOnly { None } else { Some(plan) };
-        Ok(PreparedQuery { plan, schema, state: self.state.clone() })
+        Ok(PreparedQuery { plan, rows: None, schema, state: self.state.clone() })
     }
 
     /// A query of one stored relation whose WHERE fixes every column of the relation's key
@@ -134,6 +146,84 @@ impl Engine {
             })
             .collect::<Option<Vec<ArrayRef>>>()?;
         Some((relation.name.clone(), keys))
+    }
+
+    /// `SELECT columns FROM relation WHERE key = constant [AND ...]`, with nothing else: the
+    /// answer is the looked-up rows' columns, so it skips DataFusion's planning altogether
+    /// (the common query of an application reading a view by key).
+    fn direct_point_query(&self, query: &ast::Query) -> Option<Result<PreparedQuery>> {
+        let (relation_name, keys) = self.point_lookup.as_ref()?;
+        let ast::SetExpr::Select(select) = query.body.as_ref() else { return None };
+        let plain_group_by = matches!(&select.group_by, ast::GroupByExpr::Expressions(exprs, modifiers) if exprs.is_empty() && modifiers.is_empty());
+        if select.distinct.is_some()
+            || !plain_group_by
+            || select.having.is_some()
+            || select.qualify.is_some()
+            || select.into.is_some()
+            || !select.named_window.is_empty()
+            || query.order_by.is_some()
+            || query.limit_clause.is_some()
+            || query.fetch.is_some()
+            || self.view_error(relation_name).is_some()
+        {
+            return None;
+        }
+        let relation = self.catalog.relation(relation_name)?;
+        let store = self.stores.get(relation_name)?;
+        // Every conjunct of the WHERE must be one of the key's equalities.
+        let mut terms = Vec::new();
+        if !only_equalities(select.selection.as_ref()?, &mut terms) {
+            return None;
+        }
+        let key_names: Vec<&String> = store.primary_key().iter().map(|&i| relation.schema.field(i).name()).collect();
+        let mut seen = Vec::new();
+        for (column, _) in &terms {
+            if !key_names.contains(&column) || seen.contains(column) {
+                return None;
+            }
+            seen.push(column.clone());
+        }
+        let mut columns = Vec::new();
+        for item in &select.projection {
+            match item {
+                ast::SelectItem::Wildcard(options) if *options == ast::WildcardAdditionalOptions::default() => {
+                    columns.extend(relation.schema.fields().iter().enumerate().map(|(i, f)| (i, f.name().clone())));
+                }
+                ast::SelectItem::UnnamedExpr(expr) => {
+                    let name = column_of(expr)?;
+                    columns.push((relation.schema.index_of(&name).ok()?, name));
+                }
+                ast::SelectItem::ExprWithAlias { expr, alias } => {
+                    let name = column_of(expr)?;
+                    let alias = if alias.quote_style.is_some() {
+                        alias.value.clone()
+                    } else {
+                        alias.value.to_ascii_lowercase()
+                    };
+                    columns.push((relation.schema.index_of(&name).ok()?, alias));
+                }
+                _ => return None,
+            }
+        }
+        let rows = match self.committed_lookup(relation_name, keys) {
+            Ok(rows) => rows,
+            Err(error) => return Some(Err(error)),
+        };
+        let fields: Vec<_> =
+            columns.iter().map(|(i, name)| relation.schema.field(*i).clone().with_name(name.clone())).collect();
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let arrays: Vec<ArrayRef> = columns.iter().map(|(i, _)| Arc::clone(rows.column(*i))).collect();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::clone(&schema),
+            arrays,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+        );
+        Some(batch.map_err(Into::into).map(|rows| PreparedQuery {
+            plan: None,
+            rows: Some(rows),
+            schema,
+            state: self.state.clone(),
+        }))
     }
 
     /// Describes a query without reading any data: its columns and its parameters' types.
@@ -358,6 +448,23 @@ fn collect_equalities(expr: &ast::Expr, found: &mut Vec<(String, String)>) {
             found.push((column, constant));
         }
         _ => {}
+    }
+}
+
+/// Whether a conjunction is made of `column = constant` terms only (collected).
+fn only_equalities(expr: &ast::Expr, found: &mut Vec<(String, String)>) -> bool {
+    use ast::{BinaryOperator, Expr};
+    match expr {
+        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+            only_equalities(left, found) && only_equalities(right, found)
+        }
+        Expr::Nested(inner) => only_equalities(inner, found),
+        Expr::BinaryOp { op: BinaryOperator::Eq, .. } => {
+            let before = found.len();
+            collect_equalities(expr, found);
+            found.len() > before
+        }
+        _ => false,
     }
 }
 

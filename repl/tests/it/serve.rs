@@ -223,6 +223,19 @@ async fn sessions_keep_their_transactions_apart() {
     }
 }
 
+/// Waits until the server reports `n` open subscriptions (a client's SUBSCRIBE registered).
+async fn wait_for_subscriptions(server: &Server, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = server.http_get("/metrics");
+        if metrics.contains(&format!("changeflow_subscriptions {n}\n")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {n} subscriptions within 20 s: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_streams_a_snapshot_then_changes_until_canceled() {
     let schema = sql_file("subscribe.sql", SCHEMA);
@@ -259,6 +272,7 @@ async fn subscribe_streams_a_snapshot_then_changes_until_canceled() {
     let stream =
         subscriber.simple_query_raw("SUBSCRIBE calendar WITH (snapshot = false)").await.expect("simple subscribe");
     let mut stream = pin!(stream);
+    wait_for_subscriptions(&server, 1).await;
     writer.execute("DELETE FROM sessions WHERE id = 2", &[]).await.expect("delete");
     let mut rows = Vec::new();
     while rows.len() < 2 {
@@ -331,16 +345,7 @@ async fn psql_runs_statements_and_reports_errors() {
         .spawn()
         .expect("start psql");
     let client = server.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    // Wait until the subscription is registered, then change the view.
-    loop {
-        let (_, metrics) = server.http_get("/metrics");
-        if metrics.contains("changeflow_subscriptions 1") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "psql did not subscribe: {metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_subscriptions(&server, 1).await;
     client.execute("UPDATE sessions SET sold = 11 WHERE id = 7", &[]).await.expect("update");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let interrupted = Command::new("kill").args(["-INT", &subscriber.id().to_string()]).status().expect("kill");
