@@ -54,7 +54,8 @@ pub struct PreparedQuery {
     /// The answer itself, when the query was a plain point query (see `direct_point_query`).
     rows: Option<RecordBatch>,
     schema: SchemaRef,
-    state: SessionState,
+    /// DataFusion's session, to run the plan (absent when there is no plan to run).
+    state: Option<SessionState>,
 }
 
 impl PreparedQuery {
@@ -66,11 +67,11 @@ impl PreparedQuery {
         if let Some(rows) = self.rows {
             return Ok(Output::Rows { schema: self.schema, batches: vec![rows] });
         }
-        let Some(plan) = self.plan else {
+        let (Some(plan), Some(state)) = (self.plan, self.state) else {
             return Ok(Output::Rows { schema: self.schema, batches: Vec::new() });
         };
-        let physical = self.state.create_physical_plan(&plan).await?;
-        let batches = datafusion::physical_plan::collect(physical, self.state.task_ctx()).await?;
+        let physical = state.create_physical_plan(&plan).await?;
+        let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
         let batches = batches
             .into_iter()
             .map(|b| {
@@ -117,7 +118,8 @@ impl Engine {
         let plan = changeflow_sql::context::optimize(&self.state, &planned?)?;
         let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
         let plan = if self.mode == Mode::PlanOnly { None } else { Some(plan) };
-        Ok(PreparedQuery { plan, rows: None, schema, state: self.state.clone() })
+        let state = plan.as_ref().map(|_| self.state.clone());
+        Ok(PreparedQuery { plan, rows: None, schema, state })
     }
 
     /// A query of one stored relation whose WHERE fixes every column of the relation's key
@@ -218,12 +220,7 @@ impl Engine {
             arrays,
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
         );
-        Some(batch.map_err(Into::into).map(|rows| PreparedQuery {
-            plan: None,
-            rows: Some(rows),
-            schema,
-            state: self.state.clone(),
-        }))
+        Some(batch.map_err(Into::into).map(|rows| PreparedQuery { plan: None, rows: Some(rows), schema, state: None }))
     }
 
     /// Describes a query without reading any data: its columns and its parameters' types.
