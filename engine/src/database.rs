@@ -15,8 +15,8 @@ use crate::error::{EngineError, Result};
 
 pub struct Database {
     engine: Arc<Mutex<Engine>>,
-    /// Held by a session from BEGIN to COMMIT / ROLLBACK, and by any write outside a
-    /// transaction block for its duration: one writer at a time.
+    /// The writer lease: held by a session from its block's first write to COMMIT /
+    /// ROLLBACK, and by any write outside a block for its duration (see `Session`).
     pub(crate) writer: Arc<Mutex<()>>,
     registry: ConnectorRegistry,
     source_tasks: std::sync::Mutex<HashMap<String, SourceTask>>,

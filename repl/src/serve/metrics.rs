@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use changeflow_engine::Database;
+use changeflow_engine::stats::{SourceStats, ViewStats};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -79,6 +80,16 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family with one sample per labeled object (those without a value are left out).
+fn labeled(out: &mut String, name: &str, kind: &str, help: &str, key: &str, samples: Vec<(&str, Option<String>)>) {
+    family(out, name, kind, help);
+    for (object, value) in samples {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {value}", label(object));
+        }
+    }
+}
+
 /// The whole exposition: engine state read under its lock, then the server's counters.
 pub async fn render(database: &Database, metrics: &Metrics) -> String {
     let stats = database.engine().await.stats();
@@ -86,26 +97,28 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     family(&mut out, "changeflow_epochs_total", "counter", "Epochs applied (transactions of tables and sources).");
     let _ = writeln!(out, "changeflow_epochs_total {}", stats.epoch);
 
-    family(&mut out, "changeflow_source_changes_total", "counter", "Row changes a source brought in.");
-    for s in &stats.sources {
-        let _ = writeln!(out, "changeflow_source_changes_total{{source=\"{}\"}} {}", label(&s.name), s.changes);
-    }
-    family(&mut out, "changeflow_source_transactions_total", "counter", "Upstream transactions a source applied.");
-    for s in &stats.sources {
-        let _ =
-            writeln!(out, "changeflow_source_transactions_total{{source=\"{}\"}} {}", label(&s.name), s.transactions);
-    }
-    family(&mut out, "changeflow_source_lag_bytes", "gauge", "Bytes of upstream log the source has not confirmed.");
-    for s in &stats.sources {
-        if let Some(lag) = s.lag_bytes {
-            let _ = writeln!(out, "changeflow_source_lag_bytes{{source=\"{}\"}} {lag}", label(&s.name));
-        }
-    }
-    family(&mut out, "changeflow_source_retained_bytes", "gauge", "Bytes of log the upstream retains for the source.");
-    for s in &stats.sources {
-        if let Some(retained) = s.retained_bytes {
-            let _ = writeln!(out, "changeflow_source_retained_bytes{{source=\"{}\"}} {retained}", label(&s.name));
-        }
+    let sources = |value: fn(&SourceStats) -> Option<String>| {
+        stats.sources.iter().map(move |s| (s.name.as_str(), value(s))).collect::<Vec<_>>()
+    };
+    let views = |value: fn(&ViewStats) -> String| {
+        stats.views.iter().map(move |v| (v.name.as_str(), Some(value(v)))).collect::<Vec<_>>()
+    };
+    let source_series: [(&str, &str, &str, fn(&SourceStats) -> Option<String>); 4] = [
+        ("changeflow_source_changes_total", "counter", "Row changes a source brought in.", |s| {
+            Some(s.changes.to_string())
+        }),
+        ("changeflow_source_transactions_total", "counter", "Upstream transactions a source applied.", |s| {
+            Some(s.transactions.to_string())
+        }),
+        ("changeflow_source_lag_bytes", "gauge", "Bytes of upstream log the source has not confirmed.", |s| {
+            s.lag_bytes.map(|b| b.to_string())
+        }),
+        ("changeflow_source_retained_bytes", "gauge", "Bytes of log the upstream retains for the source.", |s| {
+            s.retained_bytes.map(|b| b.to_string())
+        }),
+    ];
+    for (name, kind, help, value) in source_series {
+        labeled(&mut out, name, kind, help, "source", sources(value));
     }
     family(&mut out, "changeflow_source_state", "gauge", "1 for the source's current state.");
     for s in &stats.sources {
@@ -118,23 +131,16 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             label(state)
         );
     }
-
-    family(&mut out, "changeflow_view_rows", "gauge", "Rows a materialized view holds.");
-    for v in &stats.views {
-        let _ = writeln!(out, "changeflow_view_rows{{view=\"{}\"}} {}", label(&v.name), v.rows);
-    }
-    family(&mut out, "changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.");
-    for v in &stats.views {
-        let _ = writeln!(out, "changeflow_view_epochs_total{{view=\"{}\"}} {}", label(&v.name), v.epochs);
-    }
-    family(&mut out, "changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.");
-    for v in &stats.views {
-        let _ =
-            writeln!(out, "changeflow_view_last_apply_seconds{{view=\"{}\"}} {}", label(&v.name), v.last_apply_seconds);
-    }
-    family(&mut out, "changeflow_view_failed", "gauge", "1 when maintaining the view failed.");
-    for v in &stats.views {
-        let _ = writeln!(out, "changeflow_view_failed{{view=\"{}\"}} {}", label(&v.name), u8::from(v.failed));
+    let view_series: [(&str, &str, &str, fn(&ViewStats) -> String); 4] = [
+        ("changeflow_view_rows", "gauge", "Rows a materialized view holds.", |v| v.rows.to_string()),
+        ("changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.", |v| v.epochs.to_string()),
+        ("changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.", |v| {
+            v.last_apply_seconds.to_string()
+        }),
+        ("changeflow_view_failed", "gauge", "1 when maintaining the view failed.", |v| u8::from(v.failed).to_string()),
+    ];
+    for (name, kind, help, value) in view_series {
+        labeled(&mut out, name, kind, help, "view", views(value));
     }
 
     family(&mut out, "changeflow_connections", "gauge", "Open client connections.");

@@ -48,7 +48,7 @@ pub fn count(statement: &ParsedStatement) -> usize {
 pub fn infer_for_write(statement: &ParsedStatement, catalog: &Catalog) -> BTreeMap<usize, DataType> {
     let mut types = BTreeMap::new();
     let Statement::Sql(sql) = &statement.statement else { return types };
-    let (table, schema) = match sql.as_ref() {
+    let schema = match sql.as_ref() {
         ast::Statement::Insert(insert) => {
             let Some(schema) = table_schema(catalog, &insert.table.to_string()) else { return types };
             let columns: Vec<String> = if insert.columns.is_empty() {
@@ -67,7 +67,7 @@ pub fn infer_for_write(statement: &ParsedStatement, catalog: &Catalog) -> BTreeM
                     }
                 }
             }
-            (insert.table.to_string(), schema)
+            schema
         }
         ast::Statement::Update(update) => {
             let name = update.table.relation.to_string();
@@ -80,7 +80,7 @@ pub fn infer_for_write(statement: &ParsedStatement, catalog: &Catalog) -> BTreeM
                     types.insert(n, field.data_type().clone());
                 }
             }
-            (name, schema)
+            schema
         }
         ast::Statement::Delete(delete) => {
             let tables = match &delete.from {
@@ -89,11 +89,10 @@ pub fn infer_for_write(statement: &ParsedStatement, catalog: &Catalog) -> BTreeM
             let Some(first) = tables.first() else { return types };
             let name = first.relation.to_string();
             let Some(schema) = table_schema(catalog, &name) else { return types };
-            (name, schema)
+            schema
         }
         _ => return types,
     };
-    let _ = table;
     let _ = visit_expressions(sql.as_ref(), |expr| {
         if let Expr::BinaryOp { left, right, .. } = expr {
             let pair = match (column_name(left), placeholder(right), column_name(right), placeholder(left)) {
