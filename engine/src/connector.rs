@@ -5,11 +5,12 @@
 //! tables and declares the relations the source feeds (reading the upstream catalog when the
 //! schemas live there; it changes nothing upstream, and `changeflow check` runs it);
 //! [`SourceConnector::open`] prepares the upstream side (slots, subscriptions) and returns a
-//! reader, resuming after `resume` when given; the engine then calls [`SourceReader::next`]
-//! in a loop on one task. Each [`SourceEvent::Transaction`] is applied as one unit (a view
-//! never shows part of it). [`SourceReader::commit`] is called only for positions whose
-//! changes are applied (and, with checkpoints, durable): a reader may then let the upstream
-//! system discard them. [`SourceReader::close`] ends the reader; with `drop_upstream` (DROP
+//! reader, resuming after `resume` when given (a restart from the data directory); the
+//! engine then calls [`SourceReader::next`] in a loop on one task. Each
+//! [`SourceEvent::Transaction`] is applied as one unit (a view never shows part of it).
+//! [`SourceReader::commit`] is called only for positions whose changes are applied (and,
+//! with a data directory, in a checkpoint): a reader may then let the upstream system
+//! discard them. [`SourceReader::close`] ends the reader; with `drop_upstream` (DROP
 //! SOURCE) it also removes what `open` created upstream, and nothing it did not create.
 //! Readers report their state for `SHOW SOURCES` through the [`SourceMonitor`] they are given.
 //!
@@ -39,9 +40,22 @@ pub struct SourceRelationDef {
     pub expected_rows: u64,
 }
 
-/// An opaque upstream position (an LSN, offsets, sequence numbers), ordered by the source.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// An opaque upstream position (an LSN, offsets, sequence numbers): only its source reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress(pub String);
+
+/// [`SourceResume::upstream`] of a source whose first `open` may have been interrupted by a
+/// crash: it may have created things upstream before it could say so.
+pub const OPENING: &str = "opening";
+
+/// Where a reopened source resumes: the position of the last transaction applied (and, with
+/// a data directory, durable), and what it had created upstream (see
+/// [`SourceReader::upstream_state`]), so DROP SOURCE still removes exactly that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceResume {
+    pub progress: Option<Progress>,
+    pub upstream: Option<String>,
+}
 
 /// The changes of one relation within a source transaction.
 #[derive(Debug, Clone)]
@@ -143,11 +157,12 @@ pub trait SourceConnector: Send + Sync {
     /// never changes anything upstream.
     async fn describe(&self, create: &CreateSource) -> Result<Vec<SourceRelationDef>>;
 
-    /// Connects, prepares the upstream side, and starts reading.
+    /// Connects, prepares the upstream side, and starts reading: from the beginning (a
+    /// snapshot, when the source takes one), or after `resume.progress` when given.
     async fn open(
         &self,
         create: &CreateSource,
-        resume: Option<Progress>,
+        resume: SourceResume,
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>>;
 }
@@ -157,8 +172,15 @@ pub trait SourceReader: Send {
     /// The next event; `None` when a finite source is exhausted.
     async fn next(&mut self) -> Result<Option<SourceEvent>>;
 
-    /// Everything up to `upto` is applied: the upstream system may release it.
+    /// Everything up to `upto` is applied (and durable, with a data directory): the
+    /// upstream system may release it.
     async fn commit(&mut self, upto: &Progress) -> Result<()>;
+
+    /// What `open` created upstream (a slot, a publication), as the reader wants it back in
+    /// [`SourceResume::upstream`] after a restart; `None` when nothing.
+    fn upstream_state(&self) -> Option<String> {
+        None
+    }
 
     /// Stops reading; with `drop_upstream`, removes what `open` created upstream.
     async fn close(&mut self, drop_upstream: bool) -> Result<()> {

@@ -1,15 +1,18 @@
 //! A shareable engine: statements from any number of callers, and source tasks that read
-//! their upstream system and apply each transaction to the engine as an epoch.
+//! their upstream system and apply each transaction to the engine as an epoch. With a data
+//! directory ([`Database::open`]) it restores its state on start, takes checkpoints in the
+//! background, and lets sources confirm upstream only what a checkpoint holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use changeflow_sql::parser::{CreateSource, ParsedStatement, Statement};
-use tokio::sync::{Mutex, MutexGuard, oneshot};
+use tokio::sync::{Mutex, MutexGuard, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::connector::{ConnectorRegistry, Progress, SourceEvent, SourceReader};
+use crate::connector::{ConnectorRegistry, OPENING, Progress, SourceEvent, SourceReader, SourceResume};
+use crate::durable::{Checkpointer, DurabilityOptions, RestoreReport};
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
 
@@ -20,6 +23,9 @@ pub struct Database {
     pub(crate) writer: Arc<Mutex<()>>,
     registry: ConnectorRegistry,
     source_tasks: std::sync::Mutex<HashMap<String, SourceTask>>,
+    /// With a data directory: checkpoints, and the progress sources may confirm upstream.
+    checkpointer: Option<Arc<Checkpointer>>,
+    background: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A running source: its task, and the signal that stops it (true: drop upstream state).
@@ -39,6 +45,47 @@ impl Database {
             writer: Arc::new(Mutex::new(())),
             registry,
             source_tasks: std::sync::Mutex::new(HashMap::new()),
+            checkpointer: None,
+            background: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Opens a database kept in a data directory: restores the catalog, local tables and
+    /// source relations (newest checkpoint, then the journal), resumes every source after
+    /// its checkpointed progress, and takes checkpoints in the background.
+    pub async fn open(registry: ConnectorRegistry, options: DurabilityOptions) -> Result<(Self, RestoreReport)> {
+        let mut engine = Engine::new(registry.clone());
+        let (checkpointer, report) = Checkpointer::open(&mut engine, options).await?;
+        let checkpointer = Arc::new(checkpointer);
+        let mut database = Self::new(registry);
+        database.engine = Arc::new(Mutex::new(engine));
+        database.checkpointer = Some(Arc::clone(&checkpointer));
+        let sources = database.engine.lock().await.stored_sources()?;
+        for create in sources {
+            if let Err(error) = database.start_source(&create).await {
+                // The source stays defined (its data and progress are kept); SHOW SOURCES
+                // says why it is not running.
+                tracing::error!(source = %create.name, %error, "resuming a source failed");
+                database.engine.lock().await.source_failed(&create.name, &error.to_string());
+            }
+        }
+        let handle = tokio::spawn(Arc::clone(&checkpointer).run(Arc::clone(&database.engine)));
+        if let Ok(mut background) = database.background.lock() {
+            *background = Some(handle);
+        }
+        Ok((database, report))
+    }
+
+    /// Counts and sizes of checkpoints taken (none without a data directory).
+    pub fn checkpoint_stats(&self) -> Option<crate::durable::CheckpointStats> {
+        self.checkpointer.as_ref().map(|c| c.stats())
+    }
+
+    /// Takes a checkpoint now (with a data directory; otherwise nothing happens).
+    pub async fn checkpoint(&self) -> Result<()> {
+        match &self.checkpointer {
+            Some(checkpointer) => checkpointer.checkpoint(&self.engine).await,
+            None => Ok(()),
         }
     }
 
@@ -111,14 +158,21 @@ impl Database {
         self.engine.lock().await.subscribe(relation, snapshot)
     }
 
-    /// Stops every source reader (without dropping upstream state), waiting for each.
+    /// Stops every source reader (without dropping upstream state), waiting for each, and
+    /// with a data directory takes a last checkpoint.
     pub async fn shutdown(&self) {
+        if let Some(handle) = self.background.lock().ok().and_then(|mut b| b.take()) {
+            handle.abort();
+        }
         let tasks: Vec<SourceTask> = match self.tasks() {
             Ok(mut tasks) => tasks.drain().map(|(_, t)| t).collect(),
             Err(_) => return,
         };
         for task in tasks {
             task.stop(false).await;
+        }
+        if let Err(error) = self.checkpoint().await {
+            tracing::error!(%error, "the checkpoint at shutdown failed");
         }
     }
 
@@ -131,16 +185,24 @@ impl Database {
             .registry
             .source(&create.connector)
             .ok_or_else(|| EngineError::Connector(format!("unknown connector {}", create.connector)))?;
-        let monitor = {
+        let (monitor, resume) = {
             let engine = self.engine.lock().await;
-            engine.sources.get(&create.name).map(|s| s.monitor.clone()).unwrap_or_default()
+            let monitor = engine.sources.get(&create.name).map(|s| s.monitor.clone()).unwrap_or_default();
+            (monitor, engine.source_resume(&create.name))
         };
-        let reader = connector.open(create, None, monitor.clone()).await?;
+        if resume == SourceResume::default() && self.checkpointer.is_some() {
+            // Recorded before anything is created upstream: a crash inside `open` leaves
+            // the reader, on restart, knowing it may have created what it finds.
+            self.engine.lock().await.source_opened(&create.name, Some(OPENING.into()))?;
+        }
+        let reader = connector.open(create, resume, monitor.clone()).await?;
+        self.engine.lock().await.source_opened(&create.name, reader.upstream_state())?;
         if monitor.report().state == "starting" {
             monitor.set_state("running");
         }
         let (stop, stopped) = oneshot::channel();
-        let handle = tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped));
+        let confirm = self.checkpointer.as_ref().map(|c| c.confirmable());
+        let handle = tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm));
         self.tasks()?.insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
         Ok(())
     }
@@ -172,13 +234,27 @@ impl SourceTask {
 
 /// A source's task: reads events and applies each transaction as an epoch until the source
 /// ends, fails, or is stopped.
+/// Without a data directory, what is applied is confirmed upstream at once; with one
+/// (`confirm`), only what the checkpointer publishes as held by a kept checkpoint.
 async fn run_source(
     engine: Arc<Mutex<Engine>>,
     name: String,
     mut reader: Box<dyn SourceReader>,
     mut stopped: oneshot::Receiver<bool>,
+    mut confirm: Option<watch::Receiver<BTreeMap<String, Progress>>>,
 ) {
     let drop_upstream = loop {
+        if let Some(confirmable) = confirm.as_mut()
+            && confirmable.has_changed().unwrap_or(false)
+        {
+            let upto = confirmable.borrow_and_update().get(&name).cloned();
+            if let Some(upto) = upto
+                && let Err(error) = reader.commit(&upto).await
+            {
+                engine.lock().await.source_failed(&name, &error.to_string());
+                break false;
+            }
+        }
         let event = tokio::select! {
             stop = &mut stopped => break stop.unwrap_or(false),
             event = reader.next() => event,
@@ -215,7 +291,9 @@ async fn run_source(
             Ok(Some(SourceEvent::Progress(progress))) => {
                 guard.source_progress(&name, 0, 0, &progress.0);
                 drop(guard);
-                if let Err(error) = reader.commit(&progress).await {
+                if confirm.is_none()
+                    && let Err(error) = reader.commit(&progress).await
+                {
                     engine.lock().await.source_failed(&name, &error.to_string());
                     break false;
                 }
@@ -235,7 +313,9 @@ async fn run_source(
             break false;
         }
         drop(guard);
-        if let Err(error) = reader.commit(&progress).await {
+        if confirm.is_none()
+            && let Err(error) = reader.commit(&progress).await
+        {
             engine.lock().await.source_failed(&name, &error.to_string());
             break false;
         }
@@ -264,6 +344,9 @@ fn finish_transaction(engine: &mut Engine, name: &str, applied: Result<()>, coun
 
 impl Drop for Database {
     fn drop(&mut self) {
+        if let Some(handle) = self.background.lock().ok().and_then(|mut b| b.take()) {
+            handle.abort();
+        }
         if let Ok(tasks) = self.source_tasks.lock() {
             for task in tasks.values() {
                 task.handle.abort();

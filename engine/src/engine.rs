@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::connector::{ConnectorRegistry, SourceChanges};
+use crate::durable::{Definition, Journal, created_object, difference};
 use crate::error::{EngineError, Result};
 use crate::operator::{EpochChanges, Operator};
 use crate::store::RelationStore;
@@ -58,6 +59,8 @@ pub struct SourceStatus {
     pub transactions: u64,
     pub changes: u64,
     pub progress: Option<String>,
+    /// What the source created upstream, as its reader reported it (handed back on restart).
+    pub upstream: Option<String>,
 }
 
 pub struct Engine {
@@ -77,6 +80,21 @@ pub struct Engine {
     pub(crate) reads_committed: bool,
     /// Set while planning a point query: the one relation it reads, and the keys to read.
     pub(crate) point_lookup: Option<(String, Vec<datafusion::arrow::array::ArrayRef>)>,
+    /// The statement that created each live object, in creation order.
+    pub(crate) definitions: Vec<Definition>,
+    /// Where DDL and local commits are journaled, with a data directory.
+    pub(crate) journal: Option<Journal>,
+    /// Objects restored from the data directory, with their canonical definitions: creating
+    /// one again the same way is a no-op.
+    pub(crate) restored: FxHashMap<String, String>,
+    /// Set while the data directory is replayed (nothing is journaled again).
+    pub(crate) replaying: bool,
+    /// The relations of the CREATE SOURCE being replayed (instead of asking upstream).
+    pub(crate) replay_relations: Option<Vec<crate::connector::SourceRelationDef>>,
+    /// The text of the statement being executed, recorded as a definition.
+    pub(crate) statement_text: String,
+    /// Counts changes to definitions and sources' upstream state (for checkpoints).
+    pub(crate) generation: u64,
 }
 
 impl Engine {
@@ -98,6 +116,13 @@ impl Engine {
             subscribers: FxHashMap::default(),
             reads_committed: false,
             point_lookup: None,
+            definitions: Vec::new(),
+            journal: None,
+            restored: FxHashMap::default(),
+            replaying: false,
+            replay_relations: None,
+            statement_text: String::new(),
+            generation: 0,
         }
     }
 
@@ -116,6 +141,21 @@ impl Engine {
 
     /// Executes one parsed statement.
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
+        if let Some((name, canonical)) = created_object(&statement.statement)
+            && let Some(stored) = self.restored.get(&name)
+        {
+            // Restarting with the same statements: the object is already there.
+            if *stored == canonical {
+                return Ok(Output::Command(create_tag(&statement.statement).into()));
+            }
+            return Err(SqlError::Catalog(format!(
+                "\"{name}\" already exists in the data directory with a different definition ({}); DROP it first \
+                 to define it anew",
+                difference(stored, &canonical)
+            ))
+            .into());
+        }
+        self.statement_text = statement.text.clone();
         match &statement.statement {
             Statement::Sql(sql) => self.execute_sql(sql).await,
             Statement::CreateSource(create) => self.create_source(create).await,
@@ -169,7 +209,7 @@ impl Engine {
             S::Commit { .. } => match self.transaction.take() {
                 Some(changes) => {
                     if self.mode == Mode::Execute {
-                        self.run_epoch(changes)?;
+                        self.commit_local(changes)?;
                     }
                     Ok(Output::Command("COMMIT".into()))
                 }
@@ -212,7 +252,7 @@ impl Engine {
                 pending.extend(changes);
                 Ok(())
             }
-            None => self.run_epoch(changes),
+            None => self.commit_local(changes),
         }
     }
 
@@ -373,5 +413,18 @@ impl Engine {
     /// A view's error, if maintaining it failed.
     pub(crate) fn view_error(&self, name: &str) -> Option<String> {
         self.views.iter().find(|v| v.name == name).and_then(|v| v.error.clone())
+    }
+}
+
+/// The command tag of a CREATE statement.
+fn create_tag(statement: &Statement) -> &'static str {
+    match statement {
+        Statement::CreateSource(_) => "CREATE SOURCE",
+        Statement::Sql(sql) => match sql.as_ref() {
+            ast::Statement::CreateView(view) if view.materialized => "CREATE MATERIALIZED VIEW",
+            ast::Statement::CreateView(_) => "CREATE VIEW",
+            _ => "CREATE TABLE",
+        },
+        _ => "CREATE",
     }
 }

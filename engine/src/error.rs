@@ -23,6 +23,9 @@ pub enum EngineError {
     /// A source or sink connector failed.
     #[error("{0}")]
     Connector(String),
+    /// Reading or writing the data directory failed, or what it holds is damaged.
+    #[error("{0}")]
+    Durability(String),
     /// An invariant of the engine was broken: a bug, reported rather than hidden.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,6 +69,7 @@ impl EngineError {
             }
             EngineError::Arrow(_) => "22000",
             EngineError::Connector(_) => "08000",
+            EngineError::Durability(_) => "58030",
             EngineError::Internal(_) => "XX000",
         }
     }

@@ -28,7 +28,8 @@ impl Engine {
         let store = RelationStore::new(&relation.name, Arc::clone(&relation.schema), &relation.primary_key)?;
         let name = relation.name.clone();
         self.catalog.add_relation(relation)?;
-        self.stores.insert(name, store);
+        self.stores.insert(name.clone(), store);
+        self.defined(&name, Vec::new())?;
         Ok(Output::Command("CREATE TABLE".into()))
     }
 
@@ -100,7 +101,7 @@ impl Engine {
             self.stores.insert(name.clone(), store);
             let reads = plan.scanned_columns();
             self.views.push(MaterializedView {
-                name,
+                name: name.clone(),
                 dataflow: Some(operators),
                 inputs,
                 reads,
@@ -111,6 +112,7 @@ impl Engine {
         } else {
             self.catalog.add_relation(relation)?;
         }
+        self.defined(&name, Vec::new())?;
         Ok(Output::Command(tag.into()))
     }
 
@@ -151,6 +153,7 @@ impl Engine {
             self.stores.remove(&name);
             self.views.retain(|v| v.name != name);
             self.end_subscriptions(&name, &format!("\"{name}\" was dropped"));
+            self.undefined(&name, format!("{tag} {}", quote_name(&name)))?;
         }
         Ok(Output::Command(tag.into()))
     }
@@ -167,7 +170,11 @@ impl Engine {
                 self.registry.source_names().join(", ")
             ))
         })?;
-        let definitions = connector.describe(create).await?;
+        // Replaying the data directory: the relations as they were declared at creation.
+        let definitions = match self.replay_relations.take() {
+            Some(relations) if self.replaying => relations,
+            _ => connector.describe(create).await?,
+        };
         let relations: Vec<Relation> = definitions
             .iter()
             .map(|d| Relation {
@@ -200,6 +207,7 @@ impl Engine {
         let status = SourceStatus::default();
         status.monitor.set_state("starting");
         self.sources.insert(create.name.clone(), status);
+        self.defined(&create.name, definitions)?;
         Ok(Output::Command("CREATE SOURCE".into()))
     }
 
@@ -214,6 +222,7 @@ impl Engine {
             self.end_subscriptions(relation, &format!("source \"{name}\" was dropped"));
         }
         self.sources.remove(name);
+        self.undefined(name, format!("DROP SOURCE {}", quote_name(name)))?;
         Ok(Output::Command("DROP SOURCE".into()))
     }
 
@@ -263,4 +272,9 @@ fn rename_columns(view: &str, schema: Schema, columns: &[ast::ViewColumnDef]) ->
         }
     }
     Ok(Schema::new(fields))
+}
+
+/// A name as a quoted SQL identifier (it reads back exactly, keywords included).
+fn quote_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

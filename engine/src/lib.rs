@@ -10,12 +10,14 @@
 //!
 //! Ad-hoc queries run on DataFusion over snapshots of the stored relations. Sources and sinks
 //! plug in through the traits of [`connector`]; [`Database`] runs sources as tasks that feed
-//! the engine. Durability (checkpoints, data directory) is not implemented yet: state lives in
-//! memory.
+//! the engine. With a data directory ([`durable`]) DDL and local writes are journaled and
+//! checkpoints taken, so a restart (even after `kill -9`) comes back to the same state;
+//! without one, state lives in memory.
 
 pub mod change;
 pub mod connector;
 mod database;
+pub mod durable;
 mod engine;
 pub mod error;
 mod exec_ddl;
@@ -32,6 +34,7 @@ pub mod subscribe;
 
 pub use change::ChangeBatch;
 pub use database::Database;
+pub use durable::DurabilityOptions;
 pub use engine::{Engine, Mode, Output, SourceStatus};
 pub use error::{EngineError, Result};
 pub use exec_query::{Description, PreparedQuery};

@@ -4,6 +4,7 @@ mod format;
 mod repl;
 mod run;
 mod serve;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
     /// Log lines as human-readable text or as JSON objects (filter with CHANGEFLOW_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    storage: storage::StorageOptions,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,14 +68,14 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
-        Some(Command::Serve(options)) => match serve::serve(options).await {
+        Some(Command::Serve(options)) => match serve::serve(options, &cli.storage).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
                 ExitCode::FAILURE
             }
         },
-        None => match repl::run().await {
+        None => match repl::run(&cli.storage).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
@@ -80,8 +83,16 @@ async fn main() -> ExitCode {
             }
         },
         Some(Command::Run { format, files }) => {
-            let database = changeflow_engine::Database::new(changeflow_connectors::registry());
-            match run::run(&database, &files, format).await {
+            let database = match cli.storage.open(None).await {
+                Ok(database) => database,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = run::run(&database, &files, format).await;
+            database.shutdown().await;
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("{error}");

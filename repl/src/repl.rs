@@ -143,8 +143,8 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".changeflow_history"))
 }
 
-pub async fn run() -> anyhow::Result<()> {
-    let database = Database::new(changeflow_connectors::registry());
+pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()> {
+    let database = storage.open(None).await?;
     let relations = Arc::new(Mutex::new(Vec::new()));
     let mut editor: Editor<SqlHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(SqlHelper { relations: Arc::clone(&relations) }));
@@ -195,6 +195,7 @@ pub async fn run() -> anyhow::Result<()> {
     if let Some(path) = &history {
         let _ = editor.save_history(path);
     }
+    database.shutdown().await;
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! The DATAGEN source: declares the scenario's relations, then emits one transaction per
-//! tick (`rate / tps` changes each), paced in real time, until `limit` transactions.
+//! tick (`rate / tps` changes each), paced in real time, until `limit` transactions. Its
+//! progress is the number of transactions emitted; resuming regenerates and skips them.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use changeflow_engine::ChangeBatch;
 use changeflow_engine::connector::{
-    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
+    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef, SourceResume,
 };
 use changeflow_engine::error::{EngineError, Result};
 use changeflow_sql::parser::{CreateSource, SourceTables};
@@ -26,14 +28,40 @@ impl SourceConnector for DatagenConnector {
     async fn open(
         &self,
         create: &CreateSource,
-        _resume: Option<Progress>,
+        resume: SourceResume,
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
         let config = DatagenConfig::from_options(&create.name, &create.options)?;
         monitor.set_state("running");
         let scenario = SessionsScenario::new(&config.prefix, config.seed, config.experiences);
         let interval = tokio::time::interval(Duration::from_micros(1_000_000 / config.transactions_per_second));
-        Ok(Box::new(DatagenReader { config, scenario, interval, emitted: 0 }))
+        let mut reader = DatagenReader { config, scenario, interval, emitted: 0 };
+        // The data is a function of the seed: resuming regenerates what was applied already
+        // and goes on after it.
+        if let Some(progress) = resume.progress {
+            let applied =
+                progress.0.strip_prefix("transaction ").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
+                    EngineError::Connector(format!("source \"{}\": cannot resume from \"{}\"", create.name, progress.0))
+                })?;
+            while reader.emitted < applied {
+                reader.generate()?;
+            }
+        }
+        Ok(Box::new(reader))
+    }
+}
+
+impl DatagenReader {
+    /// The next transaction's changes.
+    fn generate(&mut self) -> Result<Vec<(String, ChangeBatch)>> {
+        let changes = if self.emitted == 0 {
+            self.scenario.initial()?
+        } else {
+            let per_transaction = (self.config.rate / self.config.transactions_per_second).max(1) as usize;
+            self.scenario.transaction(per_transaction)?
+        };
+        self.emitted += 1;
+        Ok(changes)
     }
 }
 
@@ -50,14 +78,10 @@ impl SourceReader for DatagenReader {
         if self.config.limit.is_some_and(|limit| self.emitted >= limit) {
             return Ok(None);
         }
-        let changes = if self.emitted == 0 {
-            self.scenario.initial()?
-        } else {
+        if self.emitted > 0 {
             self.interval.tick().await;
-            let per_transaction = (self.config.rate / self.config.transactions_per_second).max(1) as usize;
-            self.scenario.transaction(per_transaction)?
-        };
-        self.emitted += 1;
+        }
+        let changes = self.generate()?;
         let changes = changes.into_iter().map(|(relation, batch)| (relation, SourceChanges::Weighted(batch))).collect();
         Ok(Some(SourceEvent::Transaction { changes, progress: Progress(format!("transaction {}", self.emitted)) }))
     }

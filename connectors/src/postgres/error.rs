@@ -44,8 +44,9 @@ impl PgError {
     pub fn is_transient(&self) -> bool {
         match self {
             PgError::Connect { .. } => true,
-            // admin shutdown, crash shutdown, cannot connect now, connection failures
-            PgError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08"),
+            // admin shutdown, crash shutdown, cannot connect now, connection failures, and
+            // a slot still held by the walsender of a connection that just died
+            PgError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08") || code == "55006",
             PgError::Client(error) => error.is_closed() || error.as_db_error().is_none(),
             _ => false,
         }

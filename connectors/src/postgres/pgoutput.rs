@@ -72,8 +72,8 @@ pub enum LogicalMessage {
     Begin {
         final_lsn: u64,
     },
+    /// The end of the commit record: the transaction's position (its unit of progress).
     Commit {
-        commit_lsn: u64,
         end_lsn: u64,
     },
     Relation(RelationMessage),
@@ -111,10 +111,10 @@ pub fn parse_logical_message(mut message: Bytes) -> Result<LogicalMessage, PgErr
         b'C' => {
             need(body, 25)?;
             let _flags = body.get_u8();
-            let commit_lsn = body.get_u64();
+            let _commit_lsn = body.get_u64();
             let end_lsn = body.get_u64();
             let _commit_time = body.get_i64();
-            LogicalMessage::Commit { commit_lsn, end_lsn }
+            LogicalMessage::Commit { end_lsn }
         }
         b'R' => {
             need(body, 4)?;

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use changeflow_engine::Result;
 use changeflow_engine::connector::{
-    Progress, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
+    OPENING, Progress, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef, SourceResume,
 };
 use changeflow_engine::keyed::RowOp;
 use changeflow_sql::parser::CreateSource;
@@ -63,11 +63,11 @@ impl SourceConnector for PostgresConnector {
     async fn open(
         &self,
         create: &CreateSource,
-        _resume: Option<Progress>,
+        resume: SourceResume,
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
         let config = PostgresConfig::from_statement(create)?;
-        Ok(Box::new(PostgresReader::open(config, monitor).await?))
+        Ok(Box::new(PostgresReader::open(config, monitor, resume).await?))
     }
 }
 
@@ -110,9 +110,10 @@ struct PostgresReader {
     /// Inside a transaction: whether it is skipped (already applied).
     in_transaction: Option<bool>,
     pending_end: Option<u64>,
-    /// Commit LSN of the newest transaction gathered, and of the newest emitted.
-    gathered_commit: u64,
-    emitted_commit: u64,
+    /// Transactions whose commit LSN is below this are gathered already (or were applied
+    /// before a restart), and below the second one, emitted: the end LSN of the newest.
+    gathered_end: u64,
+    emitted_end: u64,
     confirmed: u64,
     positions: Arc<Positions>,
     status_timer: tokio::time::Interval,
@@ -122,12 +123,13 @@ struct PostgresReader {
 }
 
 impl PostgresReader {
-    async fn open(config: PostgresConfig, monitor: SourceMonitor) -> Result<Self, PgError> {
+    async fn open(config: PostgresConfig, monitor: SourceMonitor, resume: SourceResume) -> Result<Self, PgError> {
         let client = config.connect().await?;
         check_server(&client, &config).await?;
         let tables = describe_tables(&client, &config).await?;
-        let created_publication = ensure_publication(&client, &config, &tables).await?;
-        let result = Self::open_slot(&config, &client).await;
+        let resume = Resume::parse(&config, &resume)?;
+        let created_publication = ensure_publication(&client, &config, &tables).await? || resume.created_publication;
+        let result = Self::open_slot(&config, &client, &resume).await;
         let (connection, snapshot, created_slot, start) = match result {
             Ok(opened) => opened,
             Err(error) => {
@@ -158,8 +160,8 @@ impl PostgresReader {
             schema_warnings: Vec::new(),
             in_transaction: None,
             pending_end: None,
-            gathered_commit: start,
-            emitted_commit: start,
+            gathered_end: start,
+            emitted_end: start,
             confirmed: start,
             positions,
             status_timer: tokio::time::interval(STATUS_INTERVAL),
@@ -171,10 +173,12 @@ impl PostgresReader {
 
     /// Uses the configured slot, or creates it (exporting a snapshot when one is wanted).
     /// Returns the replication connection, the snapshot to copy, whether the slot was
-    /// created, and the position streaming starts from.
+    /// created (now, or by this source before a restart), and the position streaming
+    /// starts from.
     async fn open_slot(
         config: &PostgresConfig,
         client: &tokio_postgres::Client,
+        resume: &Resume,
     ) -> Result<(ReplicationConnection, Option<(String, u64)>, bool, u64), PgError> {
         let existing = client
             .query_opt(
@@ -184,6 +188,44 @@ impl PostgresReader {
             )
             .await?;
         let mut connection = ReplicationConnection::connect(&config.client).await?;
+        if let Some(resume_at) = resume.lsn {
+            // A restart: the slot must still hold everything after the checkpoint.
+            let Some(slot) = existing else {
+                return Err(PgError::Setup(format!(
+                    "source \"{}\": replication slot \"{}\" no longer exists, so the changes after the checkpoint \
+                     (LSN {}) cannot be read. DROP SOURCE {} and create it again to take a new snapshot",
+                    config.source,
+                    config.slot,
+                    format_lsn(resume_at),
+                    config.source
+                )));
+            };
+            let confirmed = slot.get::<_, Option<String>>(2).as_deref().and_then(parse_lsn).unwrap_or(0);
+            if confirmed > resume_at {
+                return Err(PgError::Setup(format!(
+                    "source \"{}\": replication slot \"{}\" has confirmed LSN {}, past the checkpoint's {}: the \
+                     changes between are gone (was the slot used by another consumer?). DROP SOURCE {} and create it \
+                     again to take a new snapshot",
+                    config.source,
+                    config.slot,
+                    format_lsn(confirmed),
+                    format_lsn(resume_at),
+                    config.source
+                )));
+            }
+            tracing::info!(source = %config.source, slot = %config.slot, lsn = %format_lsn(resume_at), "resuming from the checkpoint");
+            return Ok((connection, None, resume.created_slot, resume_at));
+        }
+        let existing = match existing {
+            Some(_) if resume.created_slot => {
+                // This source made the slot, but its snapshot never reached a checkpoint:
+                // start over with a new slot and snapshot.
+                tracing::info!(source = %config.source, slot = %config.slot, "the snapshot was interrupted; taking it again with a new slot");
+                drop_slot(client, &config.slot).await?;
+                None
+            }
+            other => other,
+        };
         if let Some(slot) = existing {
             let plugin: Option<String> = slot.get(0);
             let same_database: Option<bool> = slot.get(1);
@@ -253,7 +295,7 @@ impl PostgresReader {
         self.spill = None;
         self.pending_end = None;
         self.in_transaction = None;
-        self.gathered_commit = self.emitted_commit;
+        self.gathered_end = self.emitted_end;
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
@@ -314,14 +356,14 @@ impl PostgresReader {
     fn handle_message(&mut self, message: Bytes) -> Result<Option<SourceEvent>, PgError> {
         match parse_logical_message(message)? {
             LogicalMessage::Begin { final_lsn, .. } => {
-                self.in_transaction = Some(final_lsn <= self.gathered_commit);
+                self.in_transaction = Some(final_lsn < self.gathered_end);
             }
-            LogicalMessage::Commit { commit_lsn, end_lsn, .. } => {
+            LogicalMessage::Commit { end_lsn, .. } => {
                 let skipped = self.in_transaction.take().unwrap_or(true);
                 if skipped {
                     return Ok(None);
                 }
-                self.gathered_commit = commit_lsn;
+                self.gathered_end = end_lsn;
                 self.pending_end = Some(end_lsn);
                 let more_buffered = self.connection.as_ref().is_some_and(|c| c.has_buffered_message());
                 if self.spill.is_some() || !(more_buffered && self.pending.operations < COALESCE_OPERATIONS) {
@@ -420,7 +462,7 @@ impl PostgresReader {
     /// The gathered transactions as one event.
     fn emit(&mut self) -> Result<SourceEvent, PgError> {
         let end = self.pending_end.take().unwrap_or(self.confirmed);
-        self.emitted_commit = self.gathered_commit;
+        self.emitted_end = self.gathered_end;
         let changes = self.pending.take(&self.tables)?;
         let progress = Progress(format_lsn(end));
         if let Some(spill) = self.spill.take() {
@@ -488,6 +530,10 @@ impl SourceReader for PostgresReader {
         Ok(())
     }
 
+    fn upstream_state(&self) -> Option<String> {
+        Resume::upstream_state(self.created_slot, self.created_publication)
+    }
+
     async fn close(&mut self, drop_upstream: bool) -> Result<()> {
         if let Some(poller) = self.poller.take() {
             poller.abort();
@@ -501,25 +547,7 @@ impl SourceReader for PostgresReader {
         }
         let client = self.config.connect().await?;
         if self.created_slot {
-            // The walsender may take a moment to let go of the slot.
-            let mut attempts = 0;
-            loop {
-                let dropped = client
-                    .execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&self.config.slot],
-                    )
-                    .await;
-                match dropped {
-                    Ok(_) => break,
-                    Err(error) if attempts < 50 => {
-                        tracing::debug!(%error, "slot still in use");
-                        attempts += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(error) => return Err(PgError::from(error).into()),
-                }
-            }
+            drop_slot(&client, &self.config.slot).await?;
         }
         if self.created_publication {
             client
@@ -528,6 +556,68 @@ impl SourceReader for PostgresReader {
                 .map_err(PgError::from)?;
         }
         Ok(())
+    }
+}
+
+/// Drops a replication slot, waiting (up to 5 s) for a walsender to let go of it.
+async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PgError> {
+    let mut attempts = 0;
+    loop {
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match dropped {
+            Ok(_) => return Ok(()),
+            Err(error) if attempts < 50 => {
+                tracing::debug!(%error, "slot still in use");
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Where a reopened source resumes: the end LSN of the last transaction the checkpoint
+/// holds (none while the snapshot never reached one), and what it had created upstream.
+#[derive(Debug, Default)]
+struct Resume {
+    lsn: Option<u64>,
+    created_slot: bool,
+    created_publication: bool,
+}
+
+impl Resume {
+    fn parse(config: &PostgresConfig, resume: &SourceResume) -> Result<Self, PgError> {
+        let lsn = match &resume.progress {
+            Some(progress) => Some(parse_lsn(&progress.0).ok_or_else(|| {
+                PgError::Setup(format!("source \"{}\": cannot resume from position \"{}\"", config.source, progress.0))
+            })?),
+            None => None,
+        };
+        if resume.upstream.as_deref() == Some(OPENING) {
+            // The first open was interrupted: with a snapshot wanted, an existing slot can
+            // only be the one it created (a slot that was there before is refused).
+            return Ok(Self { lsn, created_slot: config.snapshot, created_publication: false });
+        }
+        let created: Vec<&str> = resume
+            .upstream
+            .as_deref()
+            .and_then(|u| u.strip_prefix("created="))
+            .map(|list| list.split(',').collect())
+            .unwrap_or_default();
+        Ok(Self { lsn, created_slot: created.contains(&"slot"), created_publication: created.contains(&"publication") })
+    }
+
+    fn upstream_state(created_slot: bool, created_publication: bool) -> Option<String> {
+        let created: Vec<&str> = [(created_slot, "slot"), (created_publication, "publication")]
+            .into_iter()
+            .filter_map(|(created, what)| created.then_some(what))
+            .collect();
+        (!created.is_empty()).then(|| format!("created={}", created.join(",")))
     }
 }
 

@@ -82,7 +82,7 @@ impl PgWireServerHandlers for Handlers {
 }
 
 /// Runs the files, then serves until SIGINT / SIGTERM; sources are stopped on the way out.
-pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptions) -> anyhow::Result<()> {
     let users = match (&options.users, std::env::var("CHANGEFLOW_USERS")) {
         (Some(path), _) => Some(Arc::new(Users::load(path)?)),
         (None, Ok(text)) if !text.trim().is_empty() => {
@@ -94,8 +94,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(auth::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let database = Arc::new(Database::new(changeflow_connectors::registry()));
-    run_files(&database, &options.files).await?;
+    let database = Arc::new(storage.open(Some("changeflow-data")).await?);
+    if let Err(error) = run_files(&database, &options.files).await {
+        database.shutdown().await;
+        return Err(error);
+    }
 
     let listener =
         TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {}", options.listen))?;

@@ -1,10 +1,13 @@
 //! Integration tests of changeflow: randomized differential tests (against DataFusion's
 //! from-scratch evaluation and against PostgreSQL), the CLI, the datagen source, the
-//! PostgreSQL source and `changeflow serve`.
+//! PostgreSQL source, `changeflow serve`, and restarts from a data directory (`kill -9`
+//! included).
 
 mod cli;
 mod datagen;
 mod differential;
+mod durability;
+mod durability_postgres;
 mod pg_cluster;
 mod postgres_oracle;
 mod postgres_source;

@@ -31,13 +31,23 @@ impl Server {
     }
 
     pub fn start_with(files: &[&Path], args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut server = Self::spawn_with(files, args, envs);
+        server.wait_until_listening();
+        server
+    }
+
+    /// Starts the process without waiting for it to listen.
+    pub fn spawn_with(files: &[&Path], args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("changeflow-serve-{}-{port}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_changeflow"));
+        command.arg("serve");
+        if !args.contains(&"--data-dir") {
+            command.arg("--in-memory");
+        }
         command
-            .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(args)
@@ -49,9 +59,7 @@ impl Server {
             command.env(key, value);
         }
         let child = command.spawn().expect("start changeflow serve");
-        let mut server = Self { child, port, metrics_port, log };
-        server.wait_until_listening();
-        server
+        Self { child, port, metrics_port, log }
     }
 
     fn wait_until_listening(&mut self) {
@@ -122,6 +130,14 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Server {
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,101 @@
+//! Durability: the data directory (`--data-dir`), which holds the journal of DDL and local
+//! writes ([`journal`]), checkpoints of the base relations and source progress
+//! ([`checkpoint`]), and a lock file that keeps a second process out.
+//!
+//! Layout: `DIR/LOCK` (the holder's pid), `DIR/journal/NNNNNNNNNN.log`,
+//! `DIR/checkpoints/checkpoint-NNNNNNNNNN.cfck`. On start the engine loads the newest readable
+//! checkpoint, replays the journal segments after it, and resumes each source from the
+//! checkpoint's progress (see `restore`).
+
+mod checkpoint;
+mod checkpointer;
+mod definitions;
+mod ipc;
+mod journal;
+mod restore;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use checkpointer::CheckpointStats;
+pub(crate) use checkpointer::Checkpointer;
+pub(crate) use definitions::{Definition, created_object, difference};
+pub(crate) use journal::Journal;
+pub use restore::RestoreReport;
+
+use crate::error::{EngineError, Result};
+
+/// Where state is kept, and how often checkpoints are taken.
+#[derive(Debug, Clone)]
+pub struct DurabilityOptions {
+    pub data_dir: PathBuf,
+    /// A checkpoint is taken this often when anything changed.
+    pub checkpoint_interval: Duration,
+    /// ... or as soon as this many epochs were applied since the last one.
+    pub checkpoint_epochs: u64,
+}
+
+impl DurabilityOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), checkpoint_interval: Duration::from_secs(10), checkpoint_epochs: 10_000 }
+    }
+}
+
+/// An open, locked data directory.
+#[derive(Debug)]
+pub(crate) struct DataDir {
+    root: PathBuf,
+    /// Holds the lock for as long as the directory is open.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates (when needed) and locks the directory; refused while another process has it.
+    pub(crate) fn open(root: &Path) -> Result<Self> {
+        let failed = |what: &str, error: std::io::Error| {
+            EngineError::Durability(format!("{what} data directory {}: {error}", root.display()))
+        };
+        fs::create_dir_all(root).map_err(|e| failed("creating", e))?;
+        let path = root.join("LOCK");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| failed("opening the lock file of", e))?;
+        if let Err(error) = lock.try_lock() {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            return Err(match error {
+                fs::TryLockError::WouldBlock => EngineError::Durability(format!(
+                    "data directory {} is in use by another changeflow process (pid {}, lock file {}); stop it, or \
+                     give this one another --data-dir",
+                    root.display(),
+                    holder.trim(),
+                    path.display()
+                )),
+                fs::TryLockError::Error(error) => failed("locking", error),
+            });
+        }
+        lock.set_len(0)
+            .and_then(|_| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .and_then(|_| lock.sync_all())
+            .map_err(|e| failed("writing the lock file of", e))?;
+        Ok(Self { root: root.to_path_buf(), _lock: lock })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+
+    pub(crate) fn checkpoint_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+}

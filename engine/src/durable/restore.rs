@@ -1,0 +1,290 @@
+//! The engine's side of durability: recording definitions and local commits in the journal,
+//! capturing a checkpoint, and rebuilding the engine on start (the newest readable
+//! checkpoint, then the journal after it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use changeflow_sql::RelationKind;
+use rustc_hash::FxHashMap;
+use serde_json::{Value, json};
+
+use super::DataDir;
+use super::checkpoint::{self, Checkpoint};
+use super::definitions::{Definition, created_object};
+use super::ipc::{decode_change, encode_change};
+use super::journal::{self, Journal, Record};
+use crate::change::ChangeBatch;
+use crate::connector::{Progress, SourceRelationDef, SourceResume};
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+
+/// What a restart restored, for the log and for `SHOW`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    /// The checkpoint loaded, if any.
+    pub checkpoint: Option<String>,
+    /// Rows of base relations loaded from it.
+    pub rows: u64,
+    /// Journal records replayed after it.
+    pub journal_records: usize,
+    pub elapsed: Duration,
+    /// The loaded checkpoint's first journal segment and source progress.
+    pub(crate) loaded: Option<(u64, BTreeMap<String, Progress>)>,
+}
+
+fn json_bytes(value: &Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| EngineError::Internal(format!("encoding JSON: {e}")))
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| EngineError::Durability(format!("a journal record is not JSON: {e}")))
+}
+
+impl Engine {
+    /// Records that the statement being executed created `name` (in the journal too, unless
+    /// this is a replay). A journal failure undoes the creation.
+    pub(crate) fn defined(&mut self, name: &str, relations: Vec<SourceRelationDef>) -> Result<()> {
+        self.generation += 1;
+        let definition = Definition { name: name.to_string(), sql: self.statement_text.clone(), relations };
+        if !self.replaying
+            && let Some(journal) = self.journal.as_mut()
+        {
+            let appended = definition.to_json().and_then(|json| journal.append(&Record::Ddl(json_bytes(&json)?)));
+            if let Err(error) = appended {
+                self.forget_object(name);
+                return Err(error);
+            }
+        }
+        self.definitions.push(definition);
+        Ok(())
+    }
+
+    /// Records that `name` was dropped, by the statement `sql`.
+    pub(crate) fn undefined(&mut self, name: &str, sql: String) -> Result<()> {
+        self.generation += 1;
+        self.definitions.retain(|d| d.name != name);
+        self.restored.remove(name);
+        if !self.replaying
+            && let Some(journal) = self.journal.as_mut()
+        {
+            journal.append(&Record::Ddl(json_bytes(&json!({ "name": name, "sql": sql }))?))?;
+        }
+        Ok(())
+    }
+
+    /// Removes an object that was just created (its definition could not be recorded).
+    fn forget_object(&mut self, name: &str) {
+        if self.catalog.source(name).is_some() {
+            let _ = self.catalog.drop_source(name).map(|source| {
+                for relation in &source.relations {
+                    self.stores.remove(relation);
+                }
+            });
+            self.sources.remove(name);
+        } else if let Some(kind) = self.catalog.relation(name).map(|r| r.kind) {
+            let _ = self.catalog.drop_relation(name, kind);
+            self.stores.remove(name);
+            self.views.retain(|v| v.name != name);
+        }
+    }
+
+    /// Records what a source created upstream, to hand back when it is reopened.
+    pub(crate) fn source_opened(&mut self, source: &str, upstream: Option<String>) -> Result<()> {
+        self.generation += 1;
+        if let Some(status) = self.sources.get_mut(source) {
+            status.upstream = upstream.clone();
+        }
+        if !self.replaying
+            && let Some(journal) = self.journal.as_mut()
+        {
+            journal.append(&Record::SourceOpened(json_bytes(&json!({ "source": source, "upstream": upstream }))?))?;
+        }
+        Ok(())
+    }
+
+    /// Where a source resumes after a restart.
+    pub(crate) fn source_resume(&self, source: &str) -> SourceResume {
+        self.sources
+            .get(source)
+            .map(|s| SourceResume { progress: s.progress.clone().map(Progress), upstream: s.upstream.clone() })
+            .unwrap_or_default()
+    }
+
+    /// Applies committed changes to local tables as one epoch, after writing them to the
+    /// journal (the stores hold them already; a journal failure takes them back out).
+    pub(crate) fn commit_local(&mut self, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        if !self.replaying
+            && let Some(journal) = self.journal.as_mut()
+        {
+            let appended = changes
+                .iter()
+                .filter(|(_, change)| !change.is_empty())
+                .map(|(name, change)| Ok((name.clone(), encode_change(change)?)))
+                .collect::<Result<Vec<_>>>()
+                .and_then(|tables| if tables.is_empty() { Ok(()) } else { journal.append(&Record::Commit(tables)) });
+            if let Err(error) = appended {
+                for (relation, change) in changes.into_iter().rev() {
+                    if let Some(store) = self.stores.get_mut(&relation) {
+                        store.apply(&change.negate())?;
+                    }
+                }
+                return Err(error);
+            }
+        }
+        self.run_epoch(changes)
+    }
+
+    /// The state to checkpoint, taken at one epoch: the journal continues in a new segment,
+    /// which the checkpoint names as where replay starts.
+    pub(crate) fn capture_checkpoint(&mut self) -> Result<Checkpoint> {
+        let journal_from = match self.journal.as_mut() {
+            Some(journal) => journal.rotate()?,
+            None => 0,
+        };
+        let mut relations = Vec::new();
+        for relation in self.catalog.relations() {
+            if matches!(relation.kind, RelationKind::Table | RelationKind::SourceRelation) {
+                relations.push((relation.name.clone(), self.committed_snapshot(&relation.name)?));
+            }
+        }
+        let sources = self.sources.keys().map(|name| (name.clone(), self.source_resume(name))).collect();
+        Ok(Checkpoint { epoch: self.epoch, journal_from, definitions: self.definitions.clone(), sources, relations })
+    }
+
+    /// Rebuilds the engine from a data directory, then journals into a new segment.
+    pub(crate) async fn restore(&mut self, dir: &DataDir) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let loaded = checkpoint::load_newest(&dir.checkpoint_dir())?;
+        let journal_dir = dir.journal_dir();
+        let journal_from = match &loaded {
+            Some((_, checkpoint)) => checkpoint.journal_from,
+            None => match journal::segments(&journal_dir)?.first() {
+                Some(first) if *first != 1 => {
+                    return Err(EngineError::Durability(format!(
+                        "{} has no checkpoint, and its journal starts at segment {first}: the state before it is \
+                         gone. Restore the data directory from a backup, or move it away to start empty",
+                        dir.root().display()
+                    )));
+                }
+                _ => 1,
+            },
+        };
+        let records = journal::read_from(&journal_dir, journal_from)?;
+        self.replaying = true;
+        let result = self.replay(loaded.as_ref().map(|(_, c)| c), &records).await;
+        self.replaying = false;
+        let rows = result?;
+        self.restored = self
+            .definitions
+            .iter()
+            .filter_map(|d| {
+                let statement = changeflow_sql::parse_sql(&d.sql).ok()?.into_iter().next()?;
+                created_object(&statement.statement)
+            })
+            .collect::<FxHashMap<_, _>>();
+        self.journal = Some(Journal::create(&journal_dir)?);
+        let loaded_progress = loaded.as_ref().map(|(_, checkpoint)| {
+            let progress = checkpoint
+                .sources
+                .iter()
+                .filter_map(|(name, resume)| Some((name.clone(), resume.progress.clone()?)))
+                .collect();
+            (checkpoint.journal_from, progress)
+        });
+        Ok(RestoreReport {
+            loaded: loaded_progress,
+            checkpoint: loaded.map(|(file, _)| file.path.display().to_string()),
+            rows,
+            journal_records: records.len(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn replay(&mut self, checkpoint: Option<&Checkpoint>, records: &[Record]) -> Result<u64> {
+        let mut rows = 0;
+        if let Some(checkpoint) = checkpoint {
+            for definition in &checkpoint.definitions {
+                self.replay_definition(definition).await?;
+            }
+            let mut changes = Vec::with_capacity(checkpoint.relations.len());
+            for (name, batch) in &checkpoint.relations {
+                let store = self.stores.get_mut(name).ok_or_else(|| {
+                    EngineError::Durability(format!(
+                        "the checkpoint holds rows of \"{name}\", which it does not define"
+                    ))
+                })?;
+                let change = ChangeBatch::inserts(batch.clone()).with_schema(Arc::clone(store.schema()))?;
+                rows += change.len() as u64;
+                store.apply(&change)?;
+                changes.push((name.clone(), change));
+            }
+            self.epoch = checkpoint.epoch;
+            self.run_epoch(changes)?;
+            for (name, resume) in &checkpoint.sources {
+                if let Some(status) = self.sources.get_mut(name) {
+                    status.progress = resume.progress.as_ref().map(|p| p.0.clone());
+                    status.upstream = resume.upstream.clone();
+                }
+            }
+        }
+        for record in records {
+            match record {
+                Record::Ddl(json) => self.replay_definition(&Definition::from_json(&parse_json(json)?)?).await?,
+                Record::Commit(tables) => {
+                    let mut changes = Vec::with_capacity(tables.len());
+                    for (name, bytes) in tables {
+                        let store = self.stores.get_mut(name).ok_or_else(|| {
+                            EngineError::Durability(format!(
+                                "the journal writes to \"{name}\", which it does not define"
+                            ))
+                        })?;
+                        let change = decode_change(bytes, &Arc::clone(store.schema()))?;
+                        store.apply(&change)?;
+                        changes.push((name.clone(), change));
+                    }
+                    self.commit_local(changes)?;
+                }
+                Record::SourceOpened(json) => {
+                    let value = parse_json(json)?;
+                    let source = value.get("source").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let upstream = value.get("upstream").and_then(Value::as_str).map(str::to_string);
+                    self.source_opened(&source, upstream)?;
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Executes a stored definition again (a source's relations come from it, not upstream).
+    async fn replay_definition(&mut self, definition: &Definition) -> Result<()> {
+        let failed = |error: EngineError| {
+            EngineError::Durability(format!("replaying `{}` from the data directory: {error}", definition.sql))
+        };
+        let statements = changeflow_sql::parse_sql(&definition.sql).map_err(|e| failed(e.into()))?;
+        self.replay_relations = Some(definition.relations.clone());
+        for statement in &statements {
+            let result = self.execute(statement).await;
+            if let Err(error) = result {
+                self.replay_relations = None;
+                return Err(failed(error));
+            }
+        }
+        self.replay_relations = None;
+        Ok(())
+    }
+
+    /// The CREATE SOURCE statements of the live sources, in creation order.
+    pub(crate) fn stored_sources(&self) -> Result<Vec<changeflow_sql::parser::CreateSource>> {
+        let mut sources = Vec::new();
+        for definition in &self.definitions {
+            for statement in changeflow_sql::parse_sql(&definition.sql)? {
+                if let changeflow_sql::parser::Statement::CreateSource(create) = statement.statement {
+                    sources.push(create);
+                }
+            }
+        }
+        Ok(sources)
+    }
+}
