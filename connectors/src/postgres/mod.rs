@@ -1,7 +1,8 @@
 //! The POSTGRES source: a consistent snapshot, then logical replication (pgoutput) from a
 //! replication slot. `config` reads the options, `upstream` checks the server and tables,
 //! `protocol` speaks the replication protocol, `pgoutput` decodes its messages, `types` and
-//! `decode` turn text values into Arrow, `snapshot` copies the tables, `transaction` gathers
+//! `decode` turn text values into Arrow, `slot` finds, creates and drops the slot and
+//! keeps what a restart resumes from, `snapshot` copies the tables, `transaction` gathers
 //! each upstream transaction, `spill` writes large ones to disk, and `source` runs it all.
 
 mod config;
@@ -9,6 +10,7 @@ mod decode;
 mod error;
 mod pgoutput;
 mod protocol;
+mod slot;
 mod snapshot;
 mod source;
 mod spill;

@@ -143,6 +143,33 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
         labeled(&mut out, name, kind, help, "view", views(value));
     }
 
+    if let Some(checkpoints) = database.checkpoint_stats() {
+        let series: [(&str, &str, &str, String); 4] = [
+            ("changeflow_checkpoints_total", "counter", "Checkpoints written.", checkpoints.checkpoints.to_string()),
+            (
+                "changeflow_checkpoint_bytes",
+                "gauge",
+                "Size of the last checkpoint.",
+                checkpoints.last_bytes.to_string(),
+            ),
+            (
+                "changeflow_checkpoint_duration_seconds",
+                "gauge",
+                "Time the last checkpoint took (capture, write, fsync).",
+                checkpoints.last_duration.as_secs_f64().to_string(),
+            ),
+            (
+                "changeflow_checkpoint_epoch",
+                "gauge",
+                "Epoch of the last checkpoint.",
+                checkpoints.last_epoch.to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     family(&mut out, "changeflow_connections", "gauge", "Open client connections.");
     let _ = writeln!(out, "changeflow_connections {}", metrics.connections_open.load(Ordering::Relaxed));
     family(&mut out, "changeflow_connections_total", "counter", "Client connections accepted.");

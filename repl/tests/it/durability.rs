@@ -189,6 +189,21 @@ async fn restarts_lock_replay_definitions_and_fall_back_from_a_damaged_checkpoin
     let mut server = start(&[&pipeline], &dir);
     let client = server.client().await;
     client.batch_execute("INSERT INTO items VALUES (1, 1, 10), (2, 1, 20)").await.expect("insert");
+    // A checkpoint follows within the interval, and /metrics reports it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = server.http_get("/metrics");
+        let written = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("changeflow_checkpoints_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if written >= 1 && metrics.contains("changeflow_checkpoint_bytes ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 20 s:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A second process on the same directory is refused, naming the holder.
     let stderr = serve_fails(&[&pipeline], &dir);
@@ -249,4 +264,47 @@ async fn restarts_lock_replay_definitions_and_fall_back_from_a_damaged_checkpoin
 /// The pid in the data directory's lock file.
 fn server_pid(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("LOCK")).expect("lock file").trim().to_string()
+}
+
+/// The counts of the datagen relations and the state of the source, once it finished.
+async fn datagen_state(database: &changeflow_engine::Database) -> (Vec<String>, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sources = crate::support::execute(database, "SHOW SOURCES").await.expect("show");
+        let state = crate::support::output_rows(&sources[0])[0][3].clone().unwrap_or_default();
+        if state == "finished" {
+            let counts = crate::support::execute(
+                database,
+                "SELECT (SELECT count(*) FROM g_sessions) AS s, (SELECT count(*) FROM g_orders) AS o, (SELECT sum(sold) FROM g_sessions) AS sold",
+            )
+            .await
+            .expect("counts");
+            return (crate::support::normalize_rows(crate::support::output_rows(&counts[0])), state);
+        }
+        assert!(Instant::now() < deadline, "datagen did not finish: {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagen_source_resumes_after_its_checkpointed_transactions() {
+    use changeflow_engine::{Database, DurabilityOptions};
+    let dir = data_dir("datagen");
+    let open = || Database::open(changeflow_connectors::registry(), DurabilityOptions::new(&dir));
+    let (database, _) = open().await.expect("open");
+    crate::support::execute_ok(
+        &database,
+        "CREATE SOURCE g FROM DATAGEN WITH (scenario = 'sessions', rate = '2000', tps = '100', limit = '30', prefix = 'g_')",
+    )
+    .await;
+    let before = datagen_state(&database).await;
+    database.shutdown().await;
+    drop(database);
+    // Reopened: the relations come from the checkpoint, and the generator continues after
+    // the 30 transactions it had applied (none left), instead of inserting them again.
+    let (database, report) = open().await.expect("reopen");
+    assert!(report.checkpoint.is_some(), "the clean stop wrote a checkpoint");
+    assert_eq!(datagen_state(&database).await, before);
+    database.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
