@@ -1,4 +1,5 @@
-//! Maps the system name in `CREATE SOURCE ... FROM NAME` to its connector.
+//! Maps the system name in `CREATE SOURCE ... FROM NAME` and `CREATE SINK ... INTO NAME` to
+//! its connector.
 
 use std::sync::Arc;
 
@@ -10,5 +11,6 @@ pub fn registry() -> ConnectorRegistry {
     registry.register_source("datagen", Arc::new(crate::datagen::DatagenConnector));
     #[cfg(feature = "postgres")]
     registry.register_source("postgres", Arc::new(crate::postgres::PostgresConnector));
+    registry.register_sink("file", Arc::new(crate::file::FileSinkConnector));
     registry
 }

@@ -14,11 +14,13 @@
 //! SOURCE) it also removes what `open` created upstream, and nothing it did not create.
 //! Readers report their state for `SHOW SOURCES` through the [`SourceMonitor`] they are given.
 //!
-//! A sink receives whole epochs in order: `begin_epoch`, any number of `write_batch`, then
-//! `barrier`, which flushes (and makes durable when `is_checkpoint`). `abort` drops an
-//! unfinished epoch. A sink that needs keys (upserts) says so in its documentation.
+//! A sink: [`SinkConnector::validate`] checks its options against the relation it delivers;
+//! [`SinkConnector::open`] prepares the target and returns a writer, which receives whole
+//! epochs in order ([`SinkWriter::write_epoch`]) and, at each checkpoint, makes them durable
+//! and reports a position ([`SinkWriter::flush`]); a restart reopens it at that position and
+//! delivers what came after it again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -189,18 +191,87 @@ pub trait SourceReader: Send {
     }
 }
 
-#[async_trait]
-pub trait SinkWriter: Send {
-    async fn begin_epoch(&mut self, epoch: u64) -> Result<()>;
-    async fn write_batch(&mut self, changes: &ChangeBatch) -> Result<()>;
-    async fn barrier(&mut self, is_checkpoint: bool) -> Result<()>;
-    async fn abort(&mut self) -> Result<()>;
+/// One epoch of a relation's changes, as a sink receives it.
+#[derive(Debug, Clone)]
+pub struct SinkEpoch {
+    pub epoch: u64,
+    /// The consolidated change (rows with weights +1 / -1).
+    pub change: ChangeBatch,
+    /// The relation's contents when the sink started (delivered as reads, op `r`).
+    pub snapshot: bool,
+    /// The source whose transaction made the epoch, and its position; `None` for writes
+    /// to local tables.
+    pub origin: Option<(String, Progress)>,
+    /// For a dead-letter sink: why each row could not be delivered where it was going.
+    pub errors: Option<Vec<String>>,
 }
 
-/// Connectors by the name used in `CREATE SOURCE ... FROM NAME`.
+/// A change the target refused (a constraint, a value it cannot store): the row of the
+/// epoch's change, and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub row: usize,
+    pub error: String,
+}
+
+/// Why delivering an epoch failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkFailure {
+    /// Retrying may help (the target is unreachable, restarting, overloaded).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help; the message says what is wrong.
+    #[error("{0}")]
+    Fatal(String),
+    /// The target refused some of the epoch's rows and `write_epoch` was told not to
+    /// deliver the rest without them: nothing of the epoch was delivered.
+    #[error("{}", .0.first().map(|r| r.error.as_str()).unwrap_or("rows were rejected"))]
+    Rejected(Vec<Rejected>),
+}
+
+/// What a sink writes: the relation, its schema and key (for pairing updates and upserts).
+#[derive(Debug, Clone)]
+pub struct SinkTarget {
+    pub sink: String,
+    pub relation: String,
+    pub schema: SchemaRef,
+    /// Column indexes of the key (empty when the relation has none).
+    pub key: Vec<usize>,
+}
+
+#[async_trait]
+pub trait SinkConnector: Send + Sync {
+    /// Checks the options against the relation; touches nothing outside (`changeflow check`
+    /// and CREATE SINK run it before anything starts).
+    fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()>;
+
+    /// Connects and prepares the target; `resume` is the position [`SinkWriter::flush`]
+    /// returned at the checkpoint being restored (output after it is to be written again).
+    async fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        target: &SinkTarget,
+        resume: Option<String>,
+    ) -> Result<Box<dyn SinkWriter>>;
+}
+
+#[async_trait]
+pub trait SinkWriter: Send {
+    /// Delivers one epoch. With `skip_rejected`, rows the target refuses are left out and
+    /// returned (the rest is delivered); without it, a refused row fails the whole epoch
+    /// with [`SinkFailure::Rejected`] and nothing of it is delivered.
+    async fn write_epoch(&mut self, epoch: &SinkEpoch, skip_rejected: bool) -> Result<Vec<Rejected>, SinkFailure>;
+
+    /// Makes everything written so far durable; returns the position to resume from.
+    async fn flush(&mut self) -> Result<Option<String>, SinkFailure>;
+}
+
+/// Connectors by the name used in `CREATE SOURCE ... FROM NAME` and `CREATE SINK ... INTO
+/// NAME`.
 #[derive(Default, Clone)]
 pub struct ConnectorRegistry {
     sources: HashMap<String, Arc<dyn SourceConnector>>,
+    sinks: HashMap<String, Arc<dyn SinkConnector>>,
 }
 
 impl ConnectorRegistry {
@@ -214,6 +285,20 @@ impl ConnectorRegistry {
 
     pub fn source_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.sources.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn register_sink(&mut self, name: &str, connector: Arc<dyn SinkConnector>) {
+        self.sinks.insert(name.to_ascii_lowercase(), connector);
+    }
+
+    pub fn sink(&self, name: &str) -> Option<Arc<dyn SinkConnector>> {
+        self.sinks.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    pub fn sink_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.sinks.keys().cloned().collect();
         names.sort();
         names
     }

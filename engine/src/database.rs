@@ -26,6 +26,8 @@ pub struct Database {
     /// With a data directory: checkpoints, and the progress sources may confirm upstream.
     checkpointer: Option<Arc<Checkpointer>>,
     background: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Delivery tasks of the sinks.
+    sink_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running source: its task, and the signal that stops it (true: drop upstream state).
@@ -47,6 +49,7 @@ impl Database {
             source_tasks: std::sync::Mutex::new(HashMap::new()),
             checkpointer: None,
             background: std::sync::Mutex::new(None),
+            sink_tasks: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -69,6 +72,7 @@ impl Database {
                 database.engine.lock().await.source_failed(&create.name, &error.to_string());
             }
         }
+        database.start_sinks(None).await?;
         let handle = tokio::spawn(Arc::clone(&checkpointer).run(Arc::clone(&database.engine)));
         if let Ok(mut background) = database.background.lock() {
             *background = Some(handle);
@@ -121,6 +125,11 @@ impl Database {
                 task.stop(true).await;
             }
         }
+        if let Statement::CreateSink(create) = &statement.statement
+            && mode == Mode::Execute
+        {
+            self.start_sinks(Some(&create.name)).await?;
+        }
         if let Statement::CreateSource(create) = &statement.statement
             && mode == Mode::Execute
         {
@@ -149,7 +158,10 @@ impl Database {
                 let schema = engine.subscription_schema(relation)?;
                 Ok(crate::Description { columns: Some(schema), parameters: Vec::new() })
             }
-            Statement::CreateSource(_) | Statement::DropSource { .. } => Ok(crate::Description::default()),
+            Statement::CreateSource(_)
+            | Statement::DropSource { .. }
+            | Statement::CreateSink(_)
+            | Statement::DropSink { .. } => Ok(crate::Description::default()),
         }
     }
 
@@ -171,9 +183,31 @@ impl Database {
         for task in tasks {
             task.stop(false).await;
         }
+        // Sinks deliver what they have waiting (a sink that keeps failing gets 30 s).
+        let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while backlog.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Err(error) = self.checkpoint().await {
             tracing::error!(%error, "the checkpoint at shutdown failed");
         }
+        if let Ok(mut handles) = self.sink_tasks.lock() {
+            for handle in handles.drain(..) {
+                handle.abort();
+            }
+        }
+    }
+
+    /// Starts the delivery tasks of sinks not yet running (one, or all).
+    async fn start_sinks(&self, only: Option<&str>) -> Result<()> {
+        let tasks = self.engine.lock().await.sink_tasks(only)?;
+        let mut handles = self.sink_tasks.lock().map_err(|_| EngineError::Internal("sink tasks poisoned".into()))?;
+        handles.retain(|h| !h.is_finished());
+        for task in tasks {
+            handles.push(tokio::spawn(task.run()));
+        }
+        Ok(())
     }
 
     fn tasks(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, SourceTask>>> {
@@ -202,7 +236,9 @@ impl Database {
         }
         let (stop, stopped) = oneshot::channel();
         let confirm = self.checkpointer.as_ref().map(|c| c.confirmable());
-        let handle = tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm));
+        let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
+        let handle =
+            tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm, backlog));
         self.tasks()?.insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
         Ok(())
     }
@@ -242,8 +278,16 @@ async fn run_source(
     mut reader: Box<dyn SourceReader>,
     mut stopped: oneshot::Receiver<bool>,
     mut confirm: Option<watch::Receiver<BTreeMap<String, Progress>>>,
+    sink_backlog: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let drop_upstream = loop {
+        // Backpressure: while sinks have much waiting, read nothing more.
+        while sink_backlog.load(std::sync::atomic::Ordering::Relaxed) > crate::sink::BACKLOG_LIMIT {
+            if stopped.is_terminated() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Some(confirmable) = confirm.as_mut()
             && confirmable.has_changed().unwrap_or(false)
         {
@@ -263,11 +307,15 @@ async fn run_source(
         let (applied, count, progress) = match event {
             Ok(Some(SourceEvent::Transaction { changes, progress })) => {
                 let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
-                (guard.apply_source_changes(changes), count, progress)
+                guard.epoch_origin = Some((name.clone(), progress.clone()));
+                let applied = guard.apply_source_changes(changes);
+                guard.epoch_origin = None;
+                (applied, count, progress)
             }
             Ok(Some(SourceEvent::LargeTransaction { mut parts, progress })) => {
                 // The engine stays locked across the parts: no query sees part of it.
                 guard.open_epoch();
+                guard.epoch_origin = Some((name.clone(), progress.clone()));
                 let mut count = 0;
                 let applied = loop {
                     match parts.next_part().await {
@@ -281,6 +329,7 @@ async fn run_source(
                         Err(error) => break Err(error),
                     }
                 };
+                guard.epoch_origin = None;
                 (applied, count, progress)
             }
             Ok(Some(SourceEvent::ColumnsDropped { relation, columns })) => {
@@ -344,6 +393,11 @@ fn finish_transaction(engine: &mut Engine, name: &str, applied: Result<()>, coun
 
 impl Drop for Database {
     fn drop(&mut self) {
+        if let Ok(mut handles) = self.sink_tasks.lock() {
+            for handle in handles.drain(..) {
+                handle.abort();
+            }
+        }
         if let Some(handle) = self.background.lock().ok().and_then(|mut b| b.take()) {
             handle.abort();
         }

@@ -95,6 +95,18 @@ pub struct Engine {
     pub(crate) statement_text: String,
     /// Counts changes to definitions and sources' upstream state (for checkpoints).
     pub(crate) generation: u64,
+    /// Sinks by name, with their queues.
+    pub(crate) sinks: BTreeMap<String, crate::sink::SinkHandle>,
+    /// Sinks whose task runs.
+    pub(crate) started_sinks: rustc_hash::FxHashSet<String>,
+    /// Epochs waiting in every sink's queue (sources pause when it is high).
+    pub(crate) sink_backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set while a restore loads a checkpoint's contents: already delivered, not sent again.
+    pub(crate) sinks_muted: bool,
+    /// Sink positions of the checkpoint being restored.
+    pub(crate) replay_sink_positions: BTreeMap<String, String>,
+    /// The source transaction being applied, and its position (sinks report it).
+    pub(crate) epoch_origin: Option<(String, crate::connector::Progress)>,
 }
 
 impl Engine {
@@ -123,6 +135,12 @@ impl Engine {
             replay_relations: None,
             statement_text: String::new(),
             generation: 0,
+            sinks: BTreeMap::new(),
+            started_sinks: rustc_hash::FxHashSet::default(),
+            sink_backlog: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            sinks_muted: false,
+            replay_sink_positions: BTreeMap::new(),
+            epoch_origin: None,
         }
     }
 
@@ -160,6 +178,8 @@ impl Engine {
             Statement::Sql(sql) => self.execute_sql(sql).await,
             Statement::CreateSource(create) => self.create_source(create).await,
             Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
+            Statement::CreateSink(create) => self.create_sink(create),
+            Statement::DropSink { name, if_exists } => self.drop_sink(name, *if_exists),
             Statement::Show(kind) => self.show(*kind),
             Statement::ExplainView(create) => self.explain_view(create),
             Statement::Subscribe { relation, .. } => {
@@ -371,6 +391,7 @@ impl Engine {
                 }
             }
         }
+        self.deliver_to_sinks(&epoch);
         if !self.subscribers.is_empty() {
             for (relation, change) in &epoch {
                 self.publish(relation, change);
@@ -420,6 +441,7 @@ impl Engine {
 fn create_tag(statement: &Statement) -> &'static str {
     match statement {
         Statement::CreateSource(_) => "CREATE SOURCE",
+        Statement::CreateSink(_) => "CREATE SINK",
         Statement::Sql(sql) => match sql.as_ref() {
             ast::Statement::CreateView(view) if view.materialized => "CREATE MATERIALIZED VIEW",
             ast::Statement::CreateView(_) => "CREATE VIEW",

@@ -406,6 +406,41 @@ impl Engine {
                     rows,
                 )
             }
+            ShowKind::Sinks => {
+                let rows = self
+                    .sink_reports()
+                    .into_iter()
+                    .map(|(name, relation, connector, report)| {
+                        vec![
+                            Some(name),
+                            Some(relation),
+                            Some(connector),
+                            Some(report.state),
+                            Some(report.delivered_epoch.to_string()),
+                            Some(self.epoch.saturating_sub(report.delivered_epoch).to_string()),
+                            Some(report.rows.to_string()),
+                            Some(report.retries.to_string()),
+                            Some(report.skipped.to_string()),
+                            Some(report.dead_letters.to_string()),
+                        ]
+                    })
+                    .collect();
+                table_output(
+                    &[
+                        "name",
+                        "relation",
+                        "connector",
+                        "state",
+                        "delivered_epoch",
+                        "lag_epochs",
+                        "rows",
+                        "retries",
+                        "skipped",
+                        "dead_letters",
+                    ],
+                    rows,
+                )
+            }
         }
     }
 

@@ -28,6 +28,7 @@ pub mod keyed;
 pub mod operator;
 pub mod rows;
 mod session;
+pub mod sink;
 pub mod stats;
 pub mod store;
 pub mod subscribe;

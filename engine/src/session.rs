@@ -48,7 +48,10 @@ fn access(statement: &ParsedStatement) -> Access {
             _ => Access::Write,
         },
         Statement::Show(_) | Statement::ExplainView(_) | Statement::Subscribe { .. } => Access::Read,
-        Statement::CreateSource(_) | Statement::DropSource { .. } => Access::Write,
+        Statement::CreateSource(_)
+        | Statement::DropSource { .. }
+        | Statement::CreateSink(_)
+        | Statement::DropSink { .. } => Access::Write,
     }
 }
 

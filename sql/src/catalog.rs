@@ -60,11 +60,20 @@ pub struct SourceDef {
     pub relations: Vec<String>,
 }
 
+/// A sink: the relation it delivers and where to.
+#[derive(Debug, Clone)]
+pub struct SinkDef {
+    pub name: String,
+    pub relation: String,
+    pub connector: String,
+}
+
 /// All named objects. Names are case-folded like PostgreSQL: unquoted identifiers are lower case.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     relations: BTreeMap<String, Relation>,
     sources: BTreeMap<String, SourceDef>,
+    sinks: BTreeMap<String, SinkDef>,
 }
 
 impl Catalog {
@@ -88,7 +97,15 @@ impl Catalog {
         self.sources.values()
     }
 
-    /// Refuses a name already used by a relation or a source.
+    pub fn sink(&self, name: &str) -> Option<&SinkDef> {
+        self.sinks.get(name)
+    }
+
+    pub fn sinks(&self) -> impl Iterator<Item = &SinkDef> {
+        self.sinks.values()
+    }
+
+    /// Refuses a name already used by a relation, a source or a sink.
     pub fn check_name_free(&self, name: &str) -> Result<()> {
         if let Some(existing) = self.relations.get(name) {
             return Err(SqlError::Catalog(format!("{} \"{name}\" already exists", existing.kind.describe())));
@@ -96,7 +113,27 @@ impl Catalog {
         if self.sources.contains_key(name) {
             return Err(SqlError::Catalog(format!("source \"{name}\" already exists")));
         }
+        if self.sinks.contains_key(name) {
+            return Err(SqlError::Catalog(format!("sink \"{name}\" already exists")));
+        }
         Ok(())
+    }
+
+    pub fn add_sink(&mut self, sink: SinkDef) -> Result<()> {
+        self.check_name_free(&sink.name)?;
+        let relation = self.require_relation(&sink.relation)?;
+        if !relation.kind.is_stored() {
+            return Err(SqlError::Catalog(format!(
+                "\"{}\" is a view (computed when read); a sink needs a table, materialized view or source relation",
+                sink.relation
+            )));
+        }
+        self.sinks.insert(sink.name.clone(), sink);
+        Ok(())
+    }
+
+    pub fn drop_sink(&mut self, name: &str) -> Result<SinkDef> {
+        self.sinks.remove(name).ok_or_else(|| SqlError::Catalog(format!("sink \"{name}\" does not exist")))
     }
 
     pub fn add_relation(&mut self, relation: Relation) -> Result<()> {
@@ -125,6 +162,11 @@ impl Catalog {
         self.relations.values().filter(|r| r.dependencies.iter().any(|d| d == name)).map(|r| r.name.clone()).collect()
     }
 
+    /// Names of sinks that deliver `name`.
+    pub fn sinks_of(&self, name: &str) -> Vec<String> {
+        self.sinks.values().filter(|s| s.relation == name).map(|s| s.name.clone()).collect()
+    }
+
     /// Removes a relation of the expected kind, refusing while something depends on it.
     pub fn drop_relation(&mut self, name: &str, expected: RelationKind) -> Result<Relation> {
         let relation = self.require_relation(name)?;
@@ -141,6 +183,15 @@ impl Catalog {
     }
 
     fn refuse_if_depended_on(&self, name: &str) -> Result<()> {
+        let sinks = self.sinks_of(name);
+        if !sinks.is_empty() {
+            return Err(SqlError::Catalog(format!(
+                "cannot drop \"{name}\": sink{} {} deliver{} it; DROP SINK first",
+                if sinks.len() == 1 { "" } else { "s" },
+                sinks.join(", "),
+                if sinks.len() == 1 { "s" } else { "" },
+            )));
+        }
         let dependents = self.dependents(name);
         if dependents.is_empty() {
             return Ok(());

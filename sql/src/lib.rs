@@ -19,9 +19,10 @@ pub mod names;
 pub mod parser;
 pub mod plan;
 pub mod planner;
+pub mod sink_statement;
 pub mod system_catalog;
 
-pub use catalog::{Catalog, Relation, RelationKind, SourceDef};
+pub use catalog::{Catalog, Relation, RelationKind, SinkDef, SourceDef};
 pub use context::{PlanContext, RelationData, new_session_state};
 pub use error::{Position, Result, SqlError};
 pub use parser::{ParsedStatement, ShowKind, Statement, parse_sql, split_statements};

@@ -44,6 +44,11 @@ pub enum Statement {
         relation: String,
         snapshot: bool,
     },
+    CreateSink(crate::sink_statement::CreateSink),
+    DropSink {
+        name: String,
+        if_exists: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,7 @@ pub enum ShowKind {
     Views,
     MaterializedViews,
     Sources,
+    Sinks,
 }
 
 /// `CREATE SOURCE name FROM CONNECTOR WITH (key = 'value', ...)`.
@@ -190,6 +196,8 @@ fn parse_one(text: &str) -> Result<Statement> {
     match (word(0), word(1)) {
         ("CREATE", "SOURCE") => return parse_create_source(text),
         ("DROP", "SOURCE") => return parse_drop_source(text),
+        ("CREATE", "SINK") => return crate::sink_statement::parse_create_sink(text),
+        ("DROP", "SINK") => return crate::sink_statement::parse_drop_sink(text),
         ("SHOW", _) => return parse_show(text, &words),
         ("SUBSCRIBE", _) => return parse_subscribe(text),
         ("EXPLAIN", "CREATE") => {
@@ -268,13 +276,13 @@ fn leading_words(text: &str, n: usize) -> Vec<String> {
 }
 
 /// A small cursor over the tokens of one of changeflow's own statements.
-struct Cursor {
+pub(crate) struct Cursor {
     tokens: Vec<TokenWithSpan>,
     index: usize,
 }
 
 impl Cursor {
-    fn new(text: &str) -> Result<Self> {
+    pub(crate) fn new(text: &str) -> Result<Self> {
         let dialect = PostgreSqlDialect {};
         let tokens = Tokenizer::new(&dialect, text)
             .tokenize_with_location()
@@ -299,18 +307,18 @@ impl Cursor {
         Ok(Self { tokens, index: 0 })
     }
 
-    fn peek(&self) -> &Token {
+    pub(crate) fn peek(&self) -> &Token {
         self.tokens.get(self.index).map(|t| &t.token).unwrap_or(&Token::EOF)
     }
 
-    fn position(&self) -> Option<Position> {
+    pub(crate) fn position(&self) -> Option<Position> {
         self.tokens
             .get(self.index)
             .or_else(|| self.tokens.last())
             .map(|t| Position { line: t.span.start.line, column: t.span.start.column })
     }
 
-    fn error<T>(&self, expected: &str) -> Result<T> {
+    pub(crate) fn error<T>(&self, expected: &str) -> Result<T> {
         let found = match self.peek() {
             Token::EOF => "end of statement".to_string(),
             other => format!("'{other}'"),
@@ -318,7 +326,7 @@ impl Cursor {
         Err(SqlError::Syntax { message: format!("expected {expected}, found {found}"), position: self.position() })
     }
 
-    fn next(&mut self) -> Token {
+    pub(crate) fn next(&mut self) -> Token {
         let token = self.peek().clone();
         self.index += 1;
         token
@@ -328,7 +336,7 @@ impl Cursor {
         matches!(self.peek(), Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
     }
 
-    fn accept_word(&mut self, word: &str) -> bool {
+    pub(crate) fn accept_word(&mut self, word: &str) -> bool {
         let found = self.is_word(word);
         if found {
             self.index += 1;
@@ -336,11 +344,11 @@ impl Cursor {
         found
     }
 
-    fn expect_word(&mut self, word: &str) -> Result<()> {
+    pub(crate) fn expect_word(&mut self, word: &str) -> Result<()> {
         if self.accept_word(word) { Ok(()) } else { self.error(word) }
     }
 
-    fn accept_token(&mut self, token: &Token) -> bool {
+    pub(crate) fn accept_token(&mut self, token: &Token) -> bool {
         let found = self.peek() == token;
         if found {
             self.index += 1;
@@ -348,12 +356,12 @@ impl Cursor {
         found
     }
 
-    fn expect_token(&mut self, token: &Token) -> Result<()> {
+    pub(crate) fn expect_token(&mut self, token: &Token) -> Result<()> {
         if self.accept_token(token) { Ok(()) } else { self.error(&format!("'{token}'")) }
     }
 
     /// An identifier; unquoted ones are folded to lower case as PostgreSQL does.
-    fn identifier(&mut self, what: &str) -> Result<String> {
+    pub(crate) fn identifier(&mut self, what: &str) -> Result<String> {
         match self.peek().clone() {
             Token::Word(w) => {
                 self.index += 1;
@@ -363,7 +371,7 @@ impl Cursor {
         }
     }
 
-    fn expect_end(&mut self) -> Result<()> {
+    pub(crate) fn expect_end(&mut self) -> Result<()> {
         match self.peek() {
             Token::EOF | Token::SemiColon => Ok(()),
             _ => self.error("end of statement"),
@@ -393,7 +401,7 @@ fn parse_create_source(text: &str) -> Result<Statement> {
 
 /// `FOR ALL TABLES` or `FOR TABLES (schema.table [AS name], ...)`, if present.
 /// `WITH (key = value, ...)`, if present: values are quoted strings, numbers or words.
-fn parse_with_options(cursor: &mut Cursor) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_with_options(cursor: &mut Cursor) -> Result<BTreeMap<String, String>> {
     let mut options = BTreeMap::new();
     if cursor.accept_word("WITH") {
         cursor.expect_token(&Token::LParen)?;
@@ -502,11 +510,12 @@ fn parse_show(text: &str, words: &[String]) -> Result<Statement> {
         Some("TABLES") => ShowKind::Tables,
         Some("VIEWS") => ShowKind::Views,
         Some("SOURCES") => ShowKind::Sources,
+        Some("SINKS") => ShowKind::Sinks,
         Some("MATERIALIZED") if words.get(2).map(String::as_str) == Some("VIEWS") => ShowKind::MaterializedViews,
         _ => {
             let mut cursor = Cursor::new(text)?;
             cursor.next();
-            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS or SOURCES after SHOW");
+            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS, SOURCES or SINKS after SHOW");
         }
     };
     let expected = if kind == ShowKind::MaterializedViews { 3 } else { 2 };

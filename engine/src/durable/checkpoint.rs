@@ -38,6 +38,8 @@ pub(crate) struct Checkpoint {
     pub journal_from: u64,
     pub definitions: Vec<Definition>,
     pub sources: BTreeMap<String, SourceResume>,
+    /// Each sink's position when everything up to this checkpoint was delivered.
+    pub sinks: BTreeMap<String, String>,
     /// Contents of the base relations.
     pub relations: Vec<(String, RecordBatch)>,
 }
@@ -69,6 +71,7 @@ impl Checkpoint {
             "journal_from": self.journal_from,
             "definitions": self.definitions.iter().map(Definition::to_json).collect::<Result<Vec<_>>>()?,
             "sources": sources,
+            "sinks": self.sinks,
             "relations": self.relations.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
         }))
     }
@@ -127,6 +130,13 @@ impl Checkpoint {
                 SourceResume { progress: text("progress").map(Progress), upstream: text("upstream") },
             );
         }
+        let sinks = manifest
+            .get("sinks")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, position)| Some((name.clone(), position.as_str()?.to_string())))
+            .collect();
         let names: Vec<String> = manifest
             .get("relations")
             .and_then(Value::as_array)
@@ -140,7 +150,14 @@ impl Checkpoint {
             let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
             relations.push((name, batch));
         }
-        Ok(Self { epoch: number("epoch")?, journal_from: number("journal_from")?, definitions, sources, relations })
+        Ok(Self {
+            epoch: number("epoch")?,
+            journal_from: number("journal_from")?,
+            definitions,
+            sources,
+            sinks,
+            relations,
+        })
     }
 }
 
@@ -265,6 +282,7 @@ mod tests {
                 relations: vec![],
             }],
             sources,
+            sinks: BTreeMap::new(),
             relations: vec![("t".into(), batch)],
         }
     }

@@ -78,6 +78,11 @@ pub(crate) fn created_object(statement: &Statement) -> Option<(String, String)> 
             canonical.if_not_exists = false;
             Some((create.name.clone(), format!("{canonical:?}")))
         }
+        Statement::CreateSink(create) => {
+            let mut canonical = create.clone();
+            canonical.if_not_exists = false;
+            Some((create.name.clone(), format!("{canonical:?}")))
+        }
         Statement::Sql(sql) => match sql.as_ref() {
             ast::Statement::CreateTable(create) => {
                 let mut canonical = create.clone();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use changeflow_sql::RelationKind;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use super::DataDir;
 use super::checkpoint::{self, Checkpoint};
@@ -137,8 +138,9 @@ impl Engine {
     }
 
     /// The state to checkpoint, taken at one epoch: the journal continues in a new segment,
-    /// which the checkpoint names as where replay starts.
-    pub(crate) fn capture_checkpoint(&mut self) -> Result<Checkpoint> {
+    /// which the checkpoint names as where replay starts. Each sink is asked for its
+    /// position once it has delivered everything up to here.
+    pub(crate) fn capture_checkpoint(&mut self) -> Result<(Checkpoint, Vec<(String, oneshot::Receiver<String>)>)> {
         let journal_from = match self.journal.as_mut() {
             Some(journal) => journal.rotate()?,
             None => 0,
@@ -150,7 +152,15 @@ impl Engine {
             }
         }
         let sources = self.sources.keys().map(|name| (name.clone(), self.source_resume(name))).collect();
-        Ok(Checkpoint { epoch: self.epoch, journal_from, definitions: self.definitions.clone(), sources, relations })
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            journal_from,
+            definitions: self.definitions.clone(),
+            sources,
+            sinks: BTreeMap::new(),
+            relations,
+        };
+        Ok((checkpoint, self.sink_barriers()))
     }
 
     /// Rebuilds the engine from a data directory, then journals into a new segment.
@@ -205,9 +215,12 @@ impl Engine {
     async fn replay(&mut self, checkpoint: Option<&Checkpoint>, records: &[Record]) -> Result<u64> {
         let mut rows = 0;
         if let Some(checkpoint) = checkpoint {
+            // Sinks in the checkpoint resume from their positions there (no new snapshot).
+            self.replay_sink_positions = checkpoint.sinks.clone();
             for definition in &checkpoint.definitions {
                 self.replay_definition(definition).await?;
             }
+            self.replay_sink_positions.clear();
             let mut changes = Vec::with_capacity(checkpoint.relations.len());
             for (name, batch) in &checkpoint.relations {
                 let store = self.stores.get_mut(name).ok_or_else(|| {
@@ -221,7 +234,16 @@ impl Engine {
                 changes.push((name.clone(), change));
             }
             self.epoch = checkpoint.epoch;
-            self.run_epoch(changes)?;
+            // What the checkpoint holds was delivered to the sinks before it was taken.
+            self.sinks_muted = true;
+            let loaded = self.run_epoch(changes);
+            self.sinks_muted = false;
+            loaded?;
+            for handle in self.sinks.values() {
+                if let Ok(mut report) = handle.report.lock() {
+                    report.delivered_epoch = self.epoch;
+                }
+            }
             for (name, resume) in &checkpoint.sources {
                 if let Some(status) = self.sources.get_mut(name) {
                     status.progress = resume.progress.as_ref().map(|p| p.0.clone());
