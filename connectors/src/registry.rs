@@ -11,6 +11,8 @@ pub fn registry() -> ConnectorRegistry {
     registry.register_source("datagen", Arc::new(crate::datagen::DatagenConnector));
     #[cfg(feature = "postgres")]
     registry.register_source("postgres", Arc::new(crate::postgres::PostgresConnector));
+    #[cfg(feature = "postgres")]
+    registry.register_sink("postgres", Arc::new(crate::postgres::PostgresSinkConnector));
     registry.register_sink("file", Arc::new(crate::file::FileSinkConnector));
     registry
 }

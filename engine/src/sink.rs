@@ -25,6 +25,9 @@ use crate::operator::EpochChanges;
 pub(crate) const BACKLOG_LIMIT: usize = 1_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Each sink's answer to a checkpoint barrier: its position once flushed.
+pub(crate) type SinkBarriers = Vec<(String, oneshot::Receiver<String>)>;
+
 pub(crate) enum SinkItem {
     Epoch(SinkEpoch),
     /// A checkpoint: flush, then answer with the position to resume from.
@@ -242,7 +245,7 @@ impl Engine {
 
     /// Asks every sink to flush at this point of the epoch order; each answers with its
     /// position once everything before is delivered.
-    pub(crate) fn sink_barriers(&self) -> Vec<(String, oneshot::Receiver<String>)> {
+    pub(crate) fn sink_barriers(&self) -> SinkBarriers {
         self.sinks
             .iter()
             .map(|(name, handle)| {

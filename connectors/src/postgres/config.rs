@@ -11,8 +11,8 @@ use super::error::PgError;
 const DEFAULT_RETAINED_WAL_WARNING: u64 = 1 << 30;
 /// Default size of the parts a large transaction is spilled to disk in.
 const DEFAULT_SPILL_AFTER_OPERATIONS: usize = 200_000;
-const OPTIONS: [&str; 6] =
-    ["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes", "spill_after_operations"];
+const OPTIONS: [&str; 7] =
+    ["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes", "spill_after_operations", "append_only"];
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -26,6 +26,10 @@ pub struct PostgresConfig {
     pub retained_wal_warning: u64,
     /// A transaction is spilled to disk in parts of this many operations.
     pub spill_after_operations: usize,
+    /// Relations that only grow (outbox tables): inserts are kept even when the row is
+    /// deleted in the same transaction, deletes and truncates are ignored, an update adds
+    /// the new row. `None` in the list means every relation.
+    pub append_only: Option<Vec<String>>,
 }
 
 impl PostgresConfig {
@@ -71,6 +75,12 @@ impl PostgresConfig {
         if matches!(create.tables, SourceTables::Unspecified) {
             return Err(bad("say which tables to capture: FOR TABLES (schema.table, ...) or FOR ALL TABLES".into()));
         }
+        let append_only = match create.options.get("append_only").map(|v| v.trim().to_ascii_lowercase()) {
+            None => Some(Vec::new()),
+            Some(all) if all == "true" => None,
+            Some(none) if none == "false" => Some(Vec::new()),
+            Some(list) => Some(list.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect()),
+        };
         Ok(Self {
             source,
             client,
@@ -81,7 +91,13 @@ impl PostgresConfig {
             tables: create.tables.clone(),
             retained_wal_warning,
             spill_after_operations,
+            append_only,
         })
+    }
+
+    /// Whether a relation of this source only grows (see `append_only`).
+    pub fn is_append_only(&self, relation: &str) -> bool {
+        self.append_only.as_ref().is_none_or(|list| list.iter().any(|r| r == relation))
     }
 
     /// A client connection to the database (snapshot and catalog queries).
@@ -106,7 +122,7 @@ impl PostgresConfig {
 }
 
 /// The connection string without its password.
-fn redact(config: &tokio_postgres::Config) -> String {
+pub(super) fn redact(config: &tokio_postgres::Config) -> String {
     use tokio_postgres::config::Host;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),

@@ -4,12 +4,14 @@
 //! `decode` turn text values into Arrow, `slot` finds, creates and drops the slot and
 //! keeps what a restart resumes from, `snapshot` copies the tables, `transaction` gathers
 //! each upstream transaction, `spill` writes large ones to disk, and `source` runs it all.
+//! `sink` writes a relation's changes into a PostgreSQL table.
 
 mod config;
 mod decode;
 mod error;
 mod pgoutput;
 mod protocol;
+mod sink;
 mod slot;
 mod snapshot;
 mod source;
@@ -19,4 +21,5 @@ mod types;
 mod upstream;
 
 pub use error::PgError;
+pub use sink::PostgresSinkConnector;
 pub use source::PostgresConnector;

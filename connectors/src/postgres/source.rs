@@ -307,6 +307,14 @@ impl PostgresReader {
                     self.pending.push_op(index, table, RowOp::Insert(row));
                 }
             }
+            LogicalMessage::Update { relation, new, .. } if self.append_only(relation) => {
+                if let Some(index) = self.captured(relation) {
+                    let table = &self.tables[index];
+                    let row = self.pending.push_tuple(index, table, &new)?;
+                    self.pending.push_op(index, table, RowOp::Insert(row));
+                }
+            }
+            LogicalMessage::Delete { relation, .. } if self.append_only(relation) => {}
             LogicalMessage::Update { relation, old, new } => {
                 if let Some(index) = self.captured(relation) {
                     let table = &self.tables[index];
@@ -333,6 +341,9 @@ impl PostgresReader {
             }
             LogicalMessage::Truncate { relations } => {
                 for relation in relations {
+                    if self.append_only(relation) {
+                        continue;
+                    }
                     if let Some(index) = self.captured(relation) {
                         self.pending.push_op(index, &self.tables[index], RowOp::Truncate);
                     }
@@ -356,6 +367,11 @@ impl PostgresReader {
         spill.write_part(part)?;
         tracing::debug!(source = %self.config.source, operations = spill.operations(), "spilled part of a large transaction");
         Ok(())
+    }
+
+    /// Whether a relation oid is an append-only relation of this source.
+    fn append_only(&self, oid: u32) -> bool {
+        self.by_oid.get(&oid).is_some_and(|&i| self.config.is_append_only(&self.tables[i].upstream.relation))
     }
 
     /// The captured table of a relation oid, within a transaction that is not skipped.

@@ -205,6 +205,8 @@ async fn describe_table(
         client.query(&key_columns("indisreplident"), &[&oid]).await?.iter().map(|r| r.get(0)).collect();
     let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&wanted.table));
     let key_names = match identity.as_str() {
+        // Only inserts count: rows need no identity, and the relation no key.
+        _ if config.is_append_only(wanted.relation_name()) => Vec::new(),
         "n" => {
             return Err(PgError::Setup(format!(
                 "source \"{}\": table {shown} has REPLICA IDENTITY NOTHING, so PostgreSQL does not say which row an \

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use changeflow_sql::RelationKind;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use super::DataDir;
 use super::checkpoint::{self, Checkpoint};
@@ -140,7 +139,7 @@ impl Engine {
     /// The state to checkpoint, taken at one epoch: the journal continues in a new segment,
     /// which the checkpoint names as where replay starts. Each sink is asked for its
     /// position once it has delivered everything up to here.
-    pub(crate) fn capture_checkpoint(&mut self) -> Result<(Checkpoint, Vec<(String, oneshot::Receiver<String>)>)> {
+    pub(crate) fn capture_checkpoint(&mut self) -> Result<(Checkpoint, crate::sink::SinkBarriers)> {
         let journal_from = match self.journal.as_mut() {
             Some(journal) => journal.rotate()?,
             None => 0,

@@ -64,7 +64,7 @@ pub fn command(source: &StatementText) -> Result<Command, PgWireError> {
         "RESET" => return Ok(Command::Acknowledge("RESET")),
         "DISCARD" => return Ok(Command::Acknowledge("DISCARD ALL")),
         "DEALLOCATE" => return Ok(Command::Acknowledge("DEALLOCATE")),
-        "SHOW" if !matches!(second, "TABLES" | "VIEWS" | "MATERIALIZED" | "SOURCES") => {
+        "SHOW" if !matches!(second, "TABLES" | "VIEWS" | "MATERIALIZED" | "SOURCES" | "SINKS") => {
             let name = text[4..].trim().trim_end_matches(';').trim().to_ascii_lowercase();
             return Ok(Command::ShowVariable(name));
         }

@@ -16,7 +16,7 @@ use crate::serve_server::{Server, sql_file};
 use crate::support::{PostgresCluster, postgres_rows};
 use crate::workload::{SCHEMA, VIEWS, Workload};
 
-fn parse_lsn(text: &str) -> Option<u64> {
+pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
     Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
@@ -30,7 +30,7 @@ async fn connect(config: &str) -> Option<tokio_postgres::Client> {
 }
 
 /// Random workload transactions until stopped, reconnecting while PostgreSQL restarts.
-async fn write_continuously(config: String, seed: u64, stop: Arc<AtomicBool>) -> u64 {
+pub async fn write_continuously(config: String, seed: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut workload = Workload::new(seed);
     let mut client: Option<tokio_postgres::Client> = None;
     let mut committed = 0;
@@ -53,7 +53,7 @@ async fn write_continuously(config: String, seed: u64, stop: Arc<AtomicBool>) ->
 }
 
 /// The end of the last WAL record before an insert position (see postgres_source.rs).
-fn wal_end(insert_lsn: u64) -> u64 {
+pub fn wal_end(insert_lsn: u64) -> u64 {
     let offset = insert_lsn % 8192;
     if offset <= 40 { insert_lsn - offset } else { insert_lsn }
 }

@@ -13,5 +13,6 @@ mod postgres_oracle;
 mod postgres_source;
 mod serve;
 mod serve_server;
+mod sinks;
 mod support;
 mod workload;

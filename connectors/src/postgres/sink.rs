@@ -1,0 +1,432 @@
+//! The POSTGRES sink: `CREATE SINK s FROM relation INTO POSTGRES WITH (url = '...', table =
+//! '...', [columns = 'a, b'], [create_table = 'true'])`. Each epoch is one transaction that
+//! deletes the keys whose rows went away, upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`)
+//! the new rows, and records the sink's progress in `changeflow_sink_progress` (the epoch,
+//! and the source position it came from). After a restart, epochs whose source position is
+//! at or below the recorded one are not applied again. Rows the target refuses (a
+//! constraint, a value out of range) are found one by one under savepoints and follow the
+//! sink's ON ERROR policy; a lost connection is retried.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use changeflow_engine::connector::{Rejected, SinkConnector, SinkEpoch, SinkFailure, SinkTarget, SinkWriter};
+use changeflow_engine::error::{EngineError, Result};
+use datafusion::arrow::array::{Array, BinaryArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::array_value_to_string;
+
+use super::config::{quote_ident, redact};
+use crate::format::events;
+
+const PROGRESS_TABLE: &str = "changeflow_sink_progress";
+
+pub struct PostgresSinkConnector;
+
+#[derive(Clone)]
+struct SinkConfig {
+    client: tokio_postgres::Config,
+    display_url: String,
+    /// The target table, quoted (possibly schema-qualified).
+    table: String,
+    /// Columns written (indexes into the relation), and which of them are the key.
+    columns: Vec<usize>,
+    key: Vec<usize>,
+    create_table: bool,
+}
+
+fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<SinkConfig> {
+    let bad = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
+    const KNOWN: [&str; 4] = ["url", "table", "columns", "create_table"];
+    if let Some(unknown) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(bad(format!("unknown option '{unknown}' for INTO POSTGRES; known: key, {}", KNOWN.join(", "))));
+    }
+    let url = options.get("url").ok_or_else(|| bad("INTO POSTGRES needs url = 'postgres://...'".into()))?;
+    let mut client = tokio_postgres::Config::from_str(url)
+        .map_err(|e| bad(format!("url is not a PostgreSQL connection string: {e}")))?;
+    client.application_name("changeflow sink");
+    let table = options.get("table").ok_or_else(|| bad("INTO POSTGRES needs table = '<table>'".into()))?;
+    let table = table.split('.').map(|part| quote_ident(part.trim())).collect::<Vec<_>>().join(".");
+    if target.key.is_empty() {
+        return Err(bad(format!("\"{}\" has no key to upsert by; give key = '<column, ...>'", target.relation)));
+    }
+    let columns = match options.get("columns") {
+        None => (0..target.schema.fields().len()).collect(),
+        Some(list) => {
+            list.split(',')
+                .map(|c| {
+                    let name = c.trim().to_ascii_lowercase();
+                    target.schema.index_of(&name).map_err(|_| {
+                        bad(format!("columns names '{name}', which \"{}\" does not have", target.relation))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    if let Some(missing) = target.key.iter().find(|k| !columns.contains(k)) {
+        return Err(bad(format!("columns must include the key column '{}'", target.schema.field(*missing).name())));
+    }
+    let create_table = match options.get("create_table").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad(format!("create_table is 'true' or 'false', not '{other}'"))),
+    };
+    Ok(SinkConfig { display_url: redact(&client), client, table, columns, key: target.key.clone(), create_table })
+}
+
+/// The PostgreSQL type of a column created with `create_table = 'true'`.
+fn postgres_type(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Date32 => "date".into(),
+        DataType::Time64(_) => "time".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Interval(_) => "interval".into(),
+        DataType::Binary => "bytea".into(),
+        DataType::List(item) => format!("{}[]", postgres_type(item.data_type())),
+        _ => "text".into(),
+    }
+}
+
+/// A failure of the target: retried when the connection or server went away, a refusal of
+/// the data (classes 22 and 23) otherwise, else fatal.
+fn classify(error: &tokio_postgres::Error, what: &str) -> SinkFailure {
+    match error.as_db_error() {
+        None => SinkFailure::Transient(format!("{what}: {error}")),
+        Some(db) => {
+            let code = db.code().code();
+            let message = format!("{what}: {} (SQLSTATE {code})", db.message());
+            if code.starts_with("08")
+                || code.starts_with("57")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+            {
+                SinkFailure::Transient(message)
+            } else {
+                SinkFailure::Fatal(message)
+            }
+        }
+    }
+}
+
+fn refused(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
+}
+
+#[async_trait]
+impl SinkConnector for PostgresSinkConnector {
+    fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
+        config(options, target).map(|_| ())
+    }
+
+    async fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        target: &SinkTarget,
+        _resume: Option<String>,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let config = config(options, target)?;
+        let writer = PostgresSinkWriter::open(config, target.clone())
+            .await
+            .map_err(|e| EngineError::Connector(e.to_string()))?;
+        Ok(Box::new(writer))
+    }
+}
+
+struct PostgresSinkWriter {
+    plan: Plan,
+    client: Option<tokio_postgres::Client>,
+    /// The source position of the newest epoch applied (from the progress row).
+    applied: Option<(String, u64)>,
+}
+
+/// What the statements are built from.
+struct Plan {
+    config: SinkConfig,
+    target: SinkTarget,
+    /// The target's type of each written column, for casts.
+    types: Vec<String>,
+}
+
+fn lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+impl PostgresSinkWriter {
+    async fn open(config: SinkConfig, target: SinkTarget) -> Result<Self, SinkFailure> {
+        let mut writer = Self { plan: Plan { config, target, types: Vec::new() }, client: None, applied: None };
+        writer.connect().await?;
+        Ok(writer)
+    }
+
+    /// Connects, prepares the table and reads the progress row.
+    async fn connect(&mut self) -> Result<&tokio_postgres::Client, SinkFailure> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return self.client.as_ref().ok_or_else(|| SinkFailure::Fatal("no connection".into()));
+        }
+        let (client, connection) = self.plan.config.client.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            SinkFailure::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.plan.config.display_url))
+        })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let names: Vec<String> =
+            self.plan.config.columns.iter().map(|&i| self.plan.target.schema.field(i).name().clone()).collect();
+        if self.plan.config.create_table {
+            let columns: Vec<String> = self
+                .plan
+                .config
+                .columns
+                .iter()
+                .map(|&i| {
+                    let field = self.plan.target.schema.field(i);
+                    format!("{} {}", quote_ident(field.name()), postgres_type(field.data_type()))
+                })
+                .collect();
+            let key: Vec<String> =
+                self.plan.config.key.iter().map(|&i| quote_ident(self.plan.target.schema.field(i).name())).collect();
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
+                self.plan.config.table,
+                columns.join(", "),
+                key.join(", ")
+            );
+            client.batch_execute(&sql).await.map_err(|e| classify(&e, "creating the target table"))?;
+        }
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&self.plan.config.table],
+            )
+            .await
+            .map_err(|e| classify(&e, "reading the target table"))?;
+        if rows.is_empty() {
+            return Err(SinkFailure::Fatal(format!(
+                "table {} does not exist in {}; create it, or set create_table = 'true'",
+                self.plan.config.table, self.plan.config.display_url
+            )));
+        }
+        let types: BTreeMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.plan.types = names
+            .iter()
+            .map(|name| {
+                types.get(name).cloned().ok_or_else(|| {
+                    SinkFailure::Fatal(format!("table {} has no column \"{name}\"", self.plan.config.table))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (sink text PRIMARY KEY, epoch bigint NOT NULL, \
+                 source text, position text, updated_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .map_err(|e| classify(&e, "creating the progress table"))?;
+        let progress = client
+            .query_opt(
+                &format!("SELECT source, position FROM {PROGRESS_TABLE} WHERE sink = $1"),
+                &[&self.plan.target.sink],
+            )
+            .await
+            .map_err(|e| classify(&e, "reading the progress row"))?;
+        self.applied = progress.and_then(|row| {
+            let source: Option<String> = row.get(0);
+            let position: Option<String> = row.get(1);
+            Some((source?, lsn(&position?)?))
+        });
+        self.client = Some(client);
+        self.client.as_ref().ok_or_else(|| SinkFailure::Fatal("no connection".into()))
+    }
+}
+
+impl Plan {
+    /// Each written column's values of the given rows, as PostgreSQL text.
+    fn text_columns(&self, epoch: &SinkEpoch, rows: &[usize], columns: &[usize]) -> Vec<Vec<Option<String>>> {
+        columns
+            .iter()
+            .map(|&c| {
+                let array = epoch.change.data.column(c);
+                rows.iter()
+                    .map(|&r| {
+                        if array.is_null(r) {
+                            return None;
+                        }
+                        if let Some(binary) = array.as_any().downcast_ref::<BinaryArray>() {
+                            let hex: String = binary.value(r).iter().map(|b| format!("{b:02x}")).collect();
+                            return Some(format!("\\x{hex}"));
+                        }
+                        array_value_to_string(array.as_ref(), r).ok()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn names(&self, columns: &[usize]) -> Vec<String> {
+        columns.iter().map(|&i| quote_ident(self.target.schema.field(i).name())).collect()
+    }
+
+    fn type_of(&self, column: usize) -> &str {
+        let at = self.config.columns.iter().position(|&c| c == column).unwrap_or(0);
+        &self.types[at]
+    }
+
+    /// `SELECT a::type, b::type FROM unnest($1::text[], $2::text[]) AS u(a, b)`.
+    fn unnest(&self, columns: &[usize], first_parameter: usize) -> String {
+        let names = self.names(columns);
+        let casts: Vec<String> =
+            columns.iter().zip(&names).map(|(&c, n)| format!("{n}::{}", self.type_of(c))).collect();
+        let parameters: Vec<String> = (0..columns.len()).map(|i| format!("${}::text[]", first_parameter + i)).collect();
+        format!("SELECT {} FROM unnest({}) AS u({})", casts.join(", "), parameters.join(", "), names.join(", "))
+    }
+
+    fn delete_sql(&self) -> String {
+        let key = self.names(&self.config.key);
+        format!(
+            "DELETE FROM {} WHERE ({}) IN ({})",
+            self.config.table,
+            key.join(", "),
+            self.unnest(&self.config.key, 1)
+        )
+    }
+
+    fn upsert_sql(&self) -> String {
+        let names = self.names(&self.config.columns);
+        let key = self.names(&self.config.key);
+        let updates: Vec<String> =
+            names.iter().filter(|n| !key.contains(n)).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+        let action =
+            if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        format!(
+            "INSERT INTO {} ({}) {} ON CONFLICT ({}) DO {action}",
+            self.config.table,
+            names.join(", "),
+            self.unnest(&self.config.columns, 1),
+            key.join(", ")
+        )
+    }
+
+    /// Runs the deletes and upserts of the given rows.
+    async fn apply(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        epoch: &SinkEpoch,
+        deletes: &[usize],
+        upserts: &[usize],
+    ) -> Result<(), tokio_postgres::Error> {
+        if !deletes.is_empty() {
+            let values = self.text_columns(epoch, deletes, &self.config.key);
+            let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            transaction.execute(&self.delete_sql(), &parameters).await?;
+        }
+        if !upserts.is_empty() {
+            let values = self.text_columns(epoch, upserts, &self.config.columns);
+            let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            transaction.execute(&self.upsert_sql(), &parameters).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SinkWriter for PostgresSinkWriter {
+    async fn write_epoch(&mut self, epoch: &SinkEpoch, skip_rejected: bool) -> Result<Vec<Rejected>, SinkFailure> {
+        let origin = epoch.origin.as_ref().and_then(|(source, progress)| Some((source.clone(), lsn(&progress.0)?)));
+        if let (Some((source, position)), Some((applied_source, applied))) = (&origin, &self.applied)
+            && source == applied_source
+            && position <= applied
+        {
+            // Applied before a restart (the progress row says so).
+            return Ok(Vec::new());
+        }
+        // The final state of each key in the epoch: deleted, or this row.
+        let mut last: BTreeMap<Vec<Option<String>>, (usize, bool)> = BTreeMap::new();
+        for event in events(epoch, &self.plan.target.key) {
+            let row = event.row();
+            let key: Vec<Option<String>> = self
+                .plan
+                .text_columns(epoch, &[row], &self.plan.config.key)
+                .into_iter()
+                .map(|mut v| v.remove(0))
+                .collect();
+            last.insert(key, (row, event.after.is_some()));
+        }
+        let deletes: Vec<usize> = last.values().filter(|(_, upsert)| !upsert).map(|(r, _)| *r).collect();
+        let upserts: Vec<usize> = last.values().filter(|(_, upsert)| *upsert).map(|(r, _)| *r).collect();
+        self.connect().await?;
+        let progress_sql = format!(
+            "INSERT INTO {PROGRESS_TABLE} (sink, epoch, source, position) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, source = EXCLUDED.source, \
+             position = EXCLUDED.position, updated_at = now()"
+        );
+        let epoch_number = epoch.epoch as i64;
+        let source = epoch.origin.as_ref().map(|(s, _)| s.clone());
+        let position = epoch.origin.as_ref().map(|(_, p)| p.0.clone());
+        let client = self.client.as_mut().ok_or_else(|| SinkFailure::Transient("not connected".into()))?;
+        let transaction = client.transaction().await.map_err(|e| classify(&e, "starting a transaction"))?;
+        let this = &self.plan;
+        let mut rejected = Vec::new();
+        if let Err(error) = this.apply(&transaction, epoch, &deletes, &upserts).await {
+            if !refused(&error) {
+                return Err(classify(&error, "writing an epoch"));
+            }
+            // Find the refused rows one by one, each under a savepoint.
+            let _ = transaction.rollback().await;
+            let client = self.client.as_mut().ok_or_else(|| SinkFailure::Transient("not connected".into()))?;
+            let mut transaction = client.transaction().await.map_err(|e| classify(&e, "starting a transaction"))?;
+            for (row, upsert) in deletes.iter().map(|r| (*r, false)).chain(upserts.iter().map(|r| (*r, true))) {
+                let savepoint = transaction.savepoint("row").await.map_err(|e| classify(&e, "a savepoint"))?;
+                let (d, u) = if upsert { (vec![], vec![row]) } else { (vec![row], vec![]) };
+                match this.apply(&savepoint, epoch, &d, &u).await {
+                    Ok(()) => savepoint.commit().await.map_err(|e| classify(&e, "releasing a savepoint"))?,
+                    Err(error) if refused(&error) => {
+                        let _ = savepoint.rollback().await;
+                        let message = error.as_db_error().map_or(error.to_string(), |db| {
+                            format!("{} (SQLSTATE {})", db.message(), db.code().code())
+                        });
+                        rejected
+                            .push(Rejected { row, error: format!("{} refused the row: {message}", this.config.table) });
+                    }
+                    Err(error) => return Err(classify(&error, "writing a row")),
+                }
+            }
+            if !skip_rejected {
+                let _ = transaction.rollback().await;
+                return Err(SinkFailure::Rejected(rejected));
+            }
+            transaction
+                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position])
+                .await
+                .map_err(|e| classify(&e, "recording progress"))?;
+            transaction.commit().await.map_err(|e| classify(&e, "committing"))?;
+        } else {
+            transaction
+                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position])
+                .await
+                .map_err(|e| classify(&e, "recording progress"))?;
+            transaction.commit().await.map_err(|e| classify(&e, "committing"))?;
+        }
+        if let Some(origin) = origin {
+            self.applied = Some(origin);
+        }
+        Ok(rejected)
+    }
+
+    async fn flush(&mut self) -> Result<Option<String>, SinkFailure> {
+        // Every epoch is committed as it is written.
+        Ok(None)
+    }
+}
