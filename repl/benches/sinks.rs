@@ -108,7 +108,8 @@ async fn main() {
     assert!(status.success(), "\\copy failed");
     let theirs = started.elapsed();
     let database = Database::new(changeflow_connectors::registry());
-    execute(&database, "CREATE TABLE source_rows (id bigint PRIMARY KEY, v int, label text, price numeric(10,2))").await;
+    execute(&database, "CREATE TABLE source_rows (id bigint PRIMARY KEY, v int, label text, price numeric(10,2))")
+        .await;
     let mut inserted = 0;
     while inserted < rows {
         let values: Vec<String> = (inserted + 1..=(inserted + 10_000).min(rows))

@@ -117,3 +117,27 @@ fn the_main_example_runs() {
     // After the transaction: session 3 is sold out and session 4 is cancelled.
     assert!(stdout.ends_with("city,open_sessions,seats_left\nLisbon,2,35\nOslo,0,0\n"), "{stdout}");
 }
+
+#[test]
+fn check_validates_sinks_without_writing_anything() {
+    let out = std::env::temp_dir().join(format!("changeflow-cli-{}-never-written.jsonl", std::process::id()));
+    let file = temp_sql(
+        "sinks.sql",
+        &format!(
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT);\n\
+             CREATE SINK ok FROM t INTO FILE WITH (path = '{out}', format = 'debezium-json');\n\
+             CREATE SINK bad FROM t INTO FILE WITH (path = '{out}', format = 'avro');\n\
+             CREATE SINK nowhere FROM t INTO KAFKA WITH (topic = 'x');\n\
+             DROP TABLE t;\n",
+            out = out.display()
+        ),
+    );
+    let output = changeflow().arg("check").arg(&file).output().expect("check");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let name = file.display().to_string();
+    assert!(stderr.contains(&format!("{name}:3:1: sink \"bad\": unknown format 'avro'")), "{stderr}");
+    assert!(stderr.contains(&format!("{name}:4:1: unknown sink system \"kafka\"")), "{stderr}");
+    assert!(stderr.contains(&format!("{name}:5:1: cannot drop \"t\": sink ok delivers it")), "{stderr}");
+    assert!(!out.exists(), "check wrote the sink's file");
+}
