@@ -87,9 +87,9 @@ pub enum SourceEvent {
     /// One upstream transaction (or several whole ones): changes per relation, and the
     /// position after it.
     Transaction { changes: Vec<(String, SourceChanges)>, progress: Progress },
-    /// A transaction too large to hold in memory: its parts are read (from disk) and
-    /// applied one after another within one epoch.
-    LargeTransaction { parts: Box<dyn TransactionParts>, progress: Progress },
+    /// A transaction too large to hold in memory (or the initial snapshot, `snapshot`): its
+    /// parts are read one after another and applied within one epoch.
+    LargeTransaction { parts: Box<dyn TransactionParts>, progress: Progress, snapshot: bool },
     /// The upstream position moved without changes to the captured relations.
     Progress(Progress),
     /// Columns of a relation were dropped upstream: later changes carry NULL in them, and

@@ -312,10 +312,11 @@ async fn run_source(
                 guard.epoch_origin = None;
                 (applied, count, progress)
             }
-            Ok(Some(SourceEvent::LargeTransaction { mut parts, progress })) => {
+            Ok(Some(SourceEvent::LargeTransaction { mut parts, progress, snapshot })) => {
                 // The engine stays locked across the parts: no query sees part of it.
                 guard.open_epoch();
                 guard.epoch_origin = Some((name.clone(), progress.clone()));
+                guard.epoch_is_snapshot = snapshot;
                 let mut count = 0;
                 let applied = loop {
                     match parts.next_part().await {
@@ -330,6 +331,7 @@ async fn run_source(
                     }
                 };
                 guard.epoch_origin = None;
+                guard.epoch_is_snapshot = false;
                 (applied, count, progress)
             }
             Ok(Some(SourceEvent::ColumnsDropped { relation, columns })) => {

@@ -107,6 +107,8 @@ pub struct Engine {
     pub(crate) replay_sink_positions: BTreeMap<String, String>,
     /// The source transaction being applied, and its position (sinks report it).
     pub(crate) epoch_origin: Option<(String, crate::connector::Progress)>,
+    /// Set while a source's initial snapshot is applied (its rows are reads, op `r`).
+    pub(crate) epoch_is_snapshot: bool,
 }
 
 impl Engine {
@@ -141,6 +143,7 @@ impl Engine {
             sinks_muted: false,
             replay_sink_positions: BTreeMap::new(),
             epoch_origin: None,
+            epoch_is_snapshot: false,
         }
     }
 
@@ -353,8 +356,23 @@ impl Engine {
         if epoch.is_empty() {
             return Ok(());
         }
+        if self.catalog.streams().next().is_some() {
+            let changed: Vec<String> = epoch.keys().cloned().collect();
+            for relation in changed {
+                self.add_stream_events(&mut epoch, &relation)?;
+            }
+        }
         let mut failed: Vec<String> = Vec::new();
-        for view in &mut self.views {
+        let mut streams_of_views: Vec<String> = Vec::new();
+        let has_streams = self.catalog.streams().next().is_some();
+        for index in 0..self.views.len() {
+            // A view's stream is computed before the views after it step.
+            if has_streams {
+                for name in streams_of_views.drain(..) {
+                    self.add_stream_events(&mut epoch, &name)?;
+                }
+            }
+            let view = &mut self.views[index];
             if view.error.is_some() {
                 continue;
             }
@@ -383,6 +401,7 @@ impl Engine {
                     store.apply(&out)?;
                     view.last_apply = started.elapsed();
                     epoch.insert(view.name.clone(), out);
+                    streams_of_views.push(view.name.clone());
                 }
                 Err(error) => {
                     tracing::error!(view = %view.name, %error, "maintaining a materialized view failed");
@@ -390,6 +409,9 @@ impl Engine {
                     failed.push(view.name.clone());
                 }
             }
+        }
+        for name in streams_of_views {
+            self.add_stream_events(&mut epoch, &name)?;
         }
         self.deliver_to_sinks(&epoch);
         if !self.subscribers.is_empty() {

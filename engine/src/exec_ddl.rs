@@ -47,7 +47,9 @@ impl Engine {
             return Ok(Output::Command(tag.into()));
         }
         self.catalog.check_name_free(&name)?;
-        let dependencies = self.dependencies(statement)?;
+        let streams = self.ensure_change_streams(statement)?;
+        let mut dependencies = self.dependencies(statement)?;
+        dependencies.extend(streams);
         let context = PlanContext::for_planning(&self.catalog, &self.state);
         let (schema, dataflow) = if view.materialized {
             let planned = plan_view(&context, &view.query)?;
@@ -87,6 +89,10 @@ impl Engine {
                 // Initial load: the inputs' current contents, inserted.
                 let mut changes: EpochChanges = FxHashMap::default();
                 for input in &inputs {
+                    if changeflow_sql::change_stream::base_of(input).is_some() {
+                        // A change stream has no past: the view starts empty on that side.
+                        continue;
+                    }
                     let source =
                         self.stores.get(input).ok_or_else(|| EngineError::Internal(format!("no store for {input}")))?;
                     if let Some(error) = self.view_error(input) {
@@ -123,6 +129,10 @@ impl Engine {
         let mut names: Vec<String> = Vec::new();
         for table in tables {
             let name = table.table().to_string();
+            if name == "changes" && self.catalog.relation(&name).is_none() {
+                // The changes(...) table function, whose streams are counted apart.
+                continue;
+            }
             self.catalog.require_relation(&name)?;
             if !names.contains(&name) {
                 names.push(name);
@@ -155,6 +165,7 @@ impl Engine {
             self.end_subscriptions(&name, &format!("\"{name}\" was dropped"));
             self.undefined(&name, format!("{tag} {}", quote_name(&name)))?;
         }
+        self.catalog.prune_streams();
         Ok(Output::Command(tag.into()))
     }
 
@@ -231,6 +242,7 @@ impl Engine {
             return Err(EngineError::Internal("EXPLAIN of a non-view".into()));
         };
         let name = object_name(&view.name)?;
+        self.ensure_change_streams(statement)?;
         let context = PlanContext::for_planning(&self.catalog, &self.state);
         let planned = plan_view(&context, &view.query)?;
         // Building the operators checks what only the engine knows (e.g. aggregate types).

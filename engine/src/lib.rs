@@ -15,11 +15,13 @@
 //! without one, state lives in memory.
 
 pub mod change;
+mod change_stream;
 pub mod connector;
 mod database;
 pub mod durable;
 mod engine;
 pub mod error;
+pub mod events;
 mod exec_ddl;
 mod exec_dml;
 mod exec_query;

@@ -138,7 +138,12 @@ impl Engine {
             return Ok(Output::Command("CREATE SINK".into()));
         }
         let connector = self.sink_connector(&create.connector)?;
+        if let Some(base) = changeflow_sql::change_stream::base_of(&create.relation) {
+            let stream = changeflow_sql::change_stream::stream_relation(&self.catalog, base)?;
+            self.catalog.add_stream(stream);
+        }
         let relation = self.catalog.require_relation(&create.relation)?.clone();
+        let is_stream = relation.kind == changeflow_sql::RelationKind::ChangeStream;
         let key = match create.options.get("key") {
             Some(columns) => columns
                 .split(',')
@@ -183,7 +188,7 @@ impl Engine {
         // Restored from a checkpoint: the writer resumes after it, and the epochs replayed
         // since follow. Otherwise the sink starts with the relation's contents.
         let resume = self.replay_sink_positions.remove(&create.name);
-        if resume.is_none() && self.mode == crate::Mode::Execute {
+        if resume.is_none() && self.mode == crate::Mode::Execute && !is_stream {
             let contents = self.committed_snapshot(&relation.name)?;
             queue.push(SinkItem::Epoch(SinkEpoch {
                 epoch: self.epoch,
@@ -211,6 +216,7 @@ impl Engine {
         if let Some(handle) = self.sinks.remove(name) {
             handle.queue.close();
         }
+        self.catalog.prune_streams();
         self.undefined(name, format!("DROP SINK \"{}\"", name.replace('"', "\"\"")))?;
         Ok(Output::Command("DROP SINK".into()))
     }
@@ -235,7 +241,7 @@ impl Engine {
                 handle.queue.push(SinkItem::Epoch(SinkEpoch {
                     epoch: self.epoch,
                     change: change.clone(),
-                    snapshot: false,
+                    snapshot: self.epoch_is_snapshot,
                     origin: self.epoch_origin.clone(),
                     errors: None,
                 }));

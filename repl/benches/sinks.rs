@@ -1,8 +1,9 @@
 //! Benchmarks of sinks against a real PostgreSQL started in a temp dir.
 //!
 //! - *file*: N row changes from a POSTGRES source (100-row upstream transactions, read from a
-//!   slot created before them) into a FILE sink in `debezium-json`, until the file has every
-//!   event; beside `pg_recvlogical` draining the same WAL (pgoutput) to /dev/null.
+//!   slot created before them) through `changes(items)` into a FILE sink in `debezium-json`,
+//!   until the file has every event; beside `pg_recvlogical` draining the same WAL
+//!   (pgoutput) to /dev/null.
 //! - *postgres*: N rows of a local table into a POSTGRES sink (`create_table`), until the
 //!   target has them all; beside `psql \copy` of the same rows (CSV) into a table.
 //!
@@ -70,7 +71,7 @@ async fn main() {
         &format!(
             "CREATE SOURCE s FROM POSTGRES WITH (url = '{}', slot = 'cf_slot', publication = 'bench', snapshot = 'never') \
              FOR TABLES (items);
-             CREATE SINK out FROM items INTO FILE WITH (path = '{}', format = 'debezium-json')",
+             CREATE SINK out FROM changes(items) INTO FILE WITH (path = '{}', format = 'debezium-json')",
             cluster.url(),
             output.display()
         ),
@@ -82,7 +83,7 @@ async fn main() {
     drop(database);
     let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1000.0;
     println!(
-        "file sink, debezium-json, {rows} changes in 100-row transactions: changeflow {:.1} k events/s ({:.2} s) | pg_recvlogical to /dev/null {:.1} k changes/s ({:.2} s) | ratio {:.2}",
+        "changes(...) to a file sink, debezium-json, {rows} changes in 100-row transactions: changeflow {:.1} k events/s ({:.2} s) | pg_recvlogical to /dev/null {:.1} k changes/s ({:.2} s) | ratio {:.2}",
         rate(ours),
         ours.as_secs_f64(),
         rate(theirs),

@@ -18,6 +18,8 @@ pub enum RelationKind {
     MaterializedView,
     /// A relation fed by a source (read-only for DML).
     SourceRelation,
+    /// `changes(relation)`: the events of a relation, appended as they happen; not stored.
+    ChangeStream,
 }
 
 impl RelationKind {
@@ -27,6 +29,7 @@ impl RelationKind {
             RelationKind::View => "view",
             RelationKind::MaterializedView => "materialized view",
             RelationKind::SourceRelation => "source relation",
+            RelationKind::ChangeStream => "change stream",
         }
     }
 
@@ -74,11 +77,36 @@ pub struct Catalog {
     relations: BTreeMap<String, Relation>,
     sources: BTreeMap<String, SourceDef>,
     sinks: BTreeMap<String, SinkDef>,
+    /// `changes(x)` streams in use, by name (kept apart: they are not listed as relations).
+    streams: BTreeMap<String, Relation>,
 }
 
 impl Catalog {
     pub fn relation(&self, name: &str) -> Option<&Relation> {
-        self.relations.get(name)
+        self.relations.get(name).or_else(|| self.streams.get(name))
+    }
+
+    /// The `changes(...)` streams in use.
+    pub fn streams(&self) -> impl Iterator<Item = &Relation> {
+        self.streams.values()
+    }
+
+    /// Forgets the streams no view or sink reads any more.
+    pub fn prune_streams(&mut self) {
+        let unused: Vec<String> = self
+            .streams
+            .keys()
+            .filter(|name| self.dependents(name).is_empty() && self.sinks_of(name).is_empty())
+            .cloned()
+            .collect();
+        for name in unused {
+            self.streams.remove(&name);
+        }
+    }
+
+    /// Registers `changes(base)` (once).
+    pub fn add_stream(&mut self, stream: Relation) {
+        self.streams.entry(stream.name.clone()).or_insert(stream);
     }
 
     pub fn require_relation(&self, name: &str) -> Result<&Relation> {
@@ -179,11 +207,16 @@ impl Catalog {
             )));
         }
         self.refuse_if_depended_on(name)?;
+        // Its change stream goes with it (nothing uses it, or the check above refused).
+        self.streams.remove(&crate::change_stream::stream_name(name));
         self.relations.remove(name).ok_or_else(|| SqlError::Catalog(format!("relation \"{name}\" does not exist")))
     }
 
     fn refuse_if_depended_on(&self, name: &str) -> Result<()> {
-        let sinks = self.sinks_of(name);
+        // What reads its changes(...) stream depends on it too.
+        let stream = crate::change_stream::stream_name(name);
+        let mut sinks = self.sinks_of(name);
+        sinks.extend(self.sinks_of(&stream));
         if !sinks.is_empty() {
             return Err(SqlError::Catalog(format!(
                 "cannot drop \"{name}\": sink{} {} deliver{} it; DROP SINK first",
@@ -192,7 +225,13 @@ impl Catalog {
                 if sinks.len() == 1 { "s" } else { "" },
             )));
         }
-        let dependents = self.dependents(name);
+        let mut dependents = self.dependents(name);
+        for dependent in self.dependents(&stream) {
+            if !dependents.contains(&dependent) {
+                dependents.push(dependent);
+            }
+        }
+        dependents.sort();
         if dependents.is_empty() {
             return Ok(());
         }
@@ -216,6 +255,7 @@ impl Catalog {
             self.sources.remove(name).ok_or_else(|| SqlError::Catalog(format!("source \"{name}\" does not exist")))?;
         for relation in &source.relations {
             self.relations.remove(relation);
+            self.streams.remove(&crate::change_stream::stream_name(relation));
         }
         Ok(source)
     }

@@ -16,7 +16,9 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::planner::{ExprPlanner, TypePlanner};
-use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF};
+use datafusion::logical_expr::{
+    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, LogicalPlanBuilder, ScalarUDF, TableSource, WindowUDF,
+};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::planner::{ContextProvider, ParserOptions, SqlToRel};
 use datafusion::sql::sqlparser::ast;
@@ -158,6 +160,42 @@ impl ContextProvider for PlanContext<'_> {
                 None => Ok(provider_as_source(Arc::new(EmptyTable::new(Arc::clone(&relation.schema))))),
             },
         }
+    }
+
+    /// `changes(relation)`: the relation's change stream, which the engine registers before
+    /// planning a view or sink over it. Ad-hoc queries cannot read it (nothing is stored).
+    fn get_table_function_source(&self, name: &str, args: Vec<Expr>) -> DFResult<Arc<dyn TableSource>> {
+        if !name.eq_ignore_ascii_case("changes") {
+            return Err(DataFusionError::Plan(format!("table function {name}(...) does not exist")));
+        }
+        let base = match args.as_slice() {
+            [Expr::Column(column)] => column.name.clone(),
+            [Expr::Literal(datafusion::common::ScalarValue::Utf8(Some(name)), _)] => name.clone(),
+            _ => {
+                return Err(DataFusionError::Plan(
+                    "changes(...) takes one relation name, as in changes(orders)".into(),
+                ));
+            }
+        };
+        let stream = crate::change_stream::stream_name(&base);
+        if self.data.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "{stream} is a stream of change events and keeps no rows to query; read it in CREATE MATERIALIZED \
+                 VIEW ... AS SELECT ... FROM {stream}, or deliver it with CREATE SINK ... FROM {stream}"
+            )));
+        }
+        let relation = match self.catalog.relation(&stream) {
+            Some(relation) => relation.clone(),
+            None => crate::change_stream::stream_relation(self.catalog, &base)
+                .map_err(|e| DataFusionError::Plan(e.to_string()))?,
+        };
+        let plan = LogicalPlanBuilder::scan(
+            stream.as_str(),
+            provider_as_source(Arc::new(EmptyTable::new(Arc::clone(&relation.schema)))),
+            None,
+        )?
+        .build()?;
+        Ok(Arc::new(ViewSource { plan, schema: relation.schema }))
     }
 
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {

@@ -11,6 +11,7 @@
 //! - [`system_catalog`] answers `pg_catalog` queries (psql's `\d`, drivers) from the catalog.
 
 pub mod catalog;
+pub mod change_stream;
 pub mod context;
 pub mod ddl;
 pub mod error;

@@ -46,7 +46,12 @@ pub(crate) fn parse_create_sink(text: &str) -> Result<Statement> {
     };
     let name = cursor.identifier("a sink name")?;
     cursor.expect_word("FROM")?;
-    let relation = cursor.identifier("a relation (table, materialized view or source relation)")?;
+    let mut relation = cursor.identifier("a relation (table, materialized view or source relation)")?;
+    if relation == "changes" && cursor.accept_token(&Token::LParen) {
+        let base = cursor.identifier("the relation whose changes the sink delivers")?;
+        cursor.expect_token(&Token::RParen)?;
+        relation = crate::change_stream::stream_name(&base);
+    }
     cursor.expect_word("INTO")?;
     let connector = cursor.identifier("a sink system such as FILE or POSTGRES")?.to_ascii_lowercase();
     let options = parse_with_options(&mut cursor)?;
@@ -108,6 +113,8 @@ mod tests {
         assert_eq!(sink.connector, "file");
         assert_eq!(sink.options["format"], "json");
         assert_eq!(sink.on_error, OnError::Fail);
+        let sink = create("CREATE SINK out FROM changes(orders) INTO FILE WITH (path = 'x')");
+        assert_eq!(sink.relation, "changes(orders)");
         let sink = create("CREATE SINK out FROM t INTO POSTGRES WITH (url = 'u', table = 't') ON ERROR SKIP");
         assert_eq!(sink.on_error, OnError::Skip);
         let sink =

@@ -257,7 +257,7 @@ pub fn information_schema_table(catalog: &Catalog, name: &str) -> DFResult<Optio
             texts(relations.iter().map(|_| "public")),
             texts(relations.iter().map(|(_, r)| r.name.as_str())),
             texts(relations.iter().map(|(_, r)| match r.kind {
-                RelationKind::View | RelationKind::MaterializedView => "VIEW",
+                RelationKind::View | RelationKind::MaterializedView | RelationKind::ChangeStream => "VIEW",
                 RelationKind::Table | RelationKind::SourceRelation => "BASE TABLE",
             })),
         ],
@@ -338,7 +338,7 @@ pub fn table(catalog: &Catalog, name: &str) -> DFResult<Option<Arc<dyn TableProv
             let n = relations.len();
             let kind = |k: RelationKind| match k {
                 RelationKind::Table | RelationKind::SourceRelation => "r",
-                RelationKind::View => "v",
+                RelationKind::View | RelationKind::ChangeStream => "v",
                 RelationKind::MaterializedView => "m",
             };
             vec![

@@ -5,7 +5,6 @@
 //! `transaction-json` (one message per epoch listing its changes). Each message is one line
 //! of JSON text, fields in column order. Messages for a dead-letter sink carry `__error`.
 
-mod events;
 mod value;
 
 use std::collections::BTreeMap;
@@ -15,8 +14,8 @@ use changeflow_engine::connector::{SinkEpoch, SinkTarget};
 use changeflow_engine::error::{EngineError, Result};
 use serde_json::Value;
 
-pub use events::{Event, events};
-pub use value::{ValueOptions, json_value};
+pub use changeflow_engine::events::{Event, events};
+pub use value::{ValueOptions, json_text, json_value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -99,6 +98,12 @@ pub fn take_encoder(options: &mut BTreeMap<String, String>, target: &SinkTarget,
     Ok(Encoder { kind, values: ValueOptions { decimals_as_numbers, json_columns }, target: target.clone() })
 }
 
+/// Whether the sink delivers a `changes(...)` stream (its rows are events already).
+fn is_change_stream(target: &SinkTarget) -> bool {
+    let names: Vec<&str> = target.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    changeflow_sql::change_stream::base_of(&target.relation).is_some() && names == ["op", "before", "after", "source"]
+}
+
 /// Writes a JSON object with fields in the given order (values already JSON text).
 fn object(fields: &[(&str, String)]) -> String {
     let mut out = String::from("{");
@@ -137,9 +142,7 @@ impl Encoder {
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| {
-                (f.name().as_str(), json_value(data.column(i).as_ref(), row, f.name(), &self.values).to_string())
-            })
+            .map(|(i, f)| (f.name().as_str(), json_text(data.column(i).as_ref(), row, f.name(), &self.values)))
             .collect();
         object(&fields)
     }
@@ -174,10 +177,12 @@ impl Encoder {
             ("ts_ms", ts_ms.to_string()),
             ("snapshot", text(if epoch.snapshot { "true" } else { "false" })),
             ("db", text(db)),
+            ("sequence", "null".into()),
             ("schema", text("public")),
             ("table", text(&self.target.relation)),
             ("txId", "null".into()),
             ("lsn", lsn.map_or("null".into(), |l| l.to_string())),
+            ("xmin", "null".into()),
             ("epoch", epoch.epoch.to_string()),
         ])
     }
@@ -189,6 +194,9 @@ impl Encoder {
     /// The messages of one epoch, in order.
     pub fn encode(&self, epoch: &SinkEpoch) -> Vec<Message> {
         let ts_ms = now_ms();
+        if self.kind == Kind::Debezium && is_change_stream(&self.target) {
+            return self.encode_stream(epoch, ts_ms);
+        }
         let events = events(epoch, &self.target.key);
         let row_or_null = |row: Option<usize>| row.map_or("null".to_string(), |r| self.row(epoch, r));
         let op = |e: &Event| Value::String(e.op.to_string()).to_string();
@@ -224,6 +232,27 @@ impl Encoder {
                 })
                 .collect(),
         }
+    }
+
+    /// Debezium envelopes of `changes(...)` rows: their own `op`, `before` and `after`.
+    fn encode_stream(&self, epoch: &SinkEpoch, ts_ms: u64) -> Vec<Message> {
+        let data = &epoch.change.data;
+        let column = |i: usize, row: usize| json_text(data.column(i).as_ref(), row, "", &self.values);
+        (0..data.num_rows())
+            .flat_map(|row| std::iter::repeat_n(row, epoch.change.weights[row].max(0) as usize))
+            .map(|row| {
+                let mut fields = vec![
+                    ("before", column(1, row)),
+                    ("after", column(2, row)),
+                    ("source", self.source(epoch, ts_ms)),
+                    ("op", column(0, row)),
+                    ("ts_ms", ts_ms.to_string()),
+                    ("transaction", "null".into()),
+                ];
+                fields.extend(self.error(epoch, row).map(|error| ("__error", error)));
+                Message { key: None, body: object(&fields), row }
+            })
+            .collect()
     }
 
     /// The message of one event (`None` when the format makes none of it).

@@ -1,6 +1,7 @@
 //! One Arrow value as JSON, faithfully: integers and floats as numbers, decimals as strings
 //! (or numbers when asked), timestamps in ISO 8601 with their zone (UTC: `Z`), dates and
-//! times in ISO 8601, bytea as base64, JSON columns embedded as JSON, lists as arrays.
+//! times in ISO 8601, bytea as base64, JSON columns embedded as JSON, lists as arrays,
+//! structs (the `before` / `after` of `changes(...)`) as objects.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -22,6 +23,25 @@ pub struct ValueOptions {
 
 fn float(value: f64) -> Value {
     Number::from_f64(value).map(Value::Number).unwrap_or_else(|| Value::String(value.to_string()))
+}
+
+/// The value at `row` of `array` as JSON text; structs keep their fields in order.
+pub fn json_text(array: &dyn Array, row: usize, column: &str, options: &ValueOptions) -> String {
+    if let DataType::Struct(fields) = array.data_type()
+        && !array.is_null(row)
+    {
+        let parts = array.as_struct();
+        let inner: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let name = Value::String(field.name().clone()).to_string();
+                format!("{name}:{}", json_text(parts.column(i).as_ref(), row, field.name(), options))
+            })
+            .collect();
+        return format!("{{{}}}", inner.join(","));
+    }
+    json_value(array, row, column, options).to_string()
 }
 
 /// The value at `row` of `array` (a column named `column`).
@@ -61,6 +81,14 @@ pub fn json_value(array: &dyn Array, row: usize, column: &str, options: &ValueOp
             // without zone is UTC here.
             if zone.is_some() || s.ends_with('Z') { Value::String(s) } else { Value::String(format!("{s}Z")) }
         }),
+        DataType::Struct(fields) => {
+            let parts = array.as_struct();
+            let mut object = serde_json::Map::new();
+            for (i, field) in fields.iter().enumerate() {
+                object.insert(field.name().clone(), json_value(parts.column(i).as_ref(), row, field.name(), options));
+            }
+            Some(Value::Object(object))
+        }
         DataType::List(_) => {
             let list = array.as_list::<i32>();
             let values = list.value(row);

@@ -211,7 +211,11 @@ impl PostgresReader {
         self.monitor.set_state("snapshotting");
         let upstream: Vec<_> = self.tables.iter().map(|t| t.upstream.clone()).collect();
         let parts = start_copy(&self.config, name, &upstream, &self.monitor).await?;
-        Ok(SourceEvent::LargeTransaction { parts: Box::new(parts), progress: Progress(format_lsn(consistent_point)) })
+        Ok(SourceEvent::LargeTransaction {
+            parts: Box::new(parts),
+            progress: Progress(format_lsn(consistent_point)),
+            snapshot: true,
+        })
     }
 
     /// Reads until an event is ready (or the stream needs attention).
@@ -394,7 +398,7 @@ impl PostgresReader {
                 source = %self.config.source, operations = spill.operations(),
                 "applying a large transaction spilled to disk"
             );
-            return Ok(SourceEvent::LargeTransaction { parts: Box::new(spill), progress });
+            return Ok(SourceEvent::LargeTransaction { parts: Box::new(spill), progress, snapshot: false });
         }
         Ok(if changes.is_empty() {
             SourceEvent::Progress(progress)

@@ -269,3 +269,115 @@ async fn outbox_rows_deleted_in_their_transaction_reach_a_file_once_in_commit_or
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits until a file has at least `count` lines; returns them.
+async fn wait_for_lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = lines(path);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{} has {} of {count} lines: {found:?}", path.display(), found.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn keys(value: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
+    use crate::support::execute_ok;
+    let cluster = PostgresCluster::start();
+    let client = cluster.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
+             INSERT INTO orders VALUES (1, 'new', 10.50, NULL), (2, 'new', 3.00, 'gift');",
+        )
+        .await
+        .expect("schema");
+    let dir = data_dir("formats");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = |name: &str| dir.join(name);
+    let database = changeflow_engine::Database::new(changeflow_connectors::registry());
+    execute_ok(
+        &database,
+        &format!(
+            "CREATE SOURCE core FROM POSTGRES WITH (url = '{}') FOR TABLES (public.orders);
+             CREATE SINK dbz FROM orders INTO FILE WITH (path = '{}', format = 'debezium-json');
+             CREATE SINK tx FROM orders INTO FILE WITH (path = '{}', format = 'transaction-json');
+             CREATE MATERIALIZED VIEW status_changes AS SELECT after.id AS id, before.status AS old_status,
+               after.status AS new_status, source.lsn AS lsn
+               FROM changes(orders) WHERE op = 'u' AND before.status IS DISTINCT FROM after.status;
+             CREATE SINK events FROM status_changes INTO FILE WITH (path = '{}', format = 'json');
+             CREATE SINK stream FROM changes(orders) INTO FILE WITH (path = '{}', format = 'debezium-json');",
+            cluster.url(),
+            file("dbz.jsonl").display(),
+            file("tx.jsonl").display(),
+            file("events.jsonl").display(),
+            file("stream.jsonl").display()
+        ),
+    )
+    .await;
+    // The snapshot reaches the sinks as reads.
+    let reads = wait_for_lines(&file("dbz.jsonl"), 2).await;
+    assert!(reads.iter().all(|m| m["op"] == "r" && m["source"]["snapshot"] == "true"), "{reads:?}");
+    client
+        .batch_execute(
+            "BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; UPDATE orders SET amount = 4 WHERE id = 2; COMMIT;",
+        )
+        .await
+        .expect("update");
+
+    // debezium-json: the envelope and source fields Debezium's PostgreSQL connector writes
+    // (a message recorded from it for the same change), the same before / after / op.
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::cli::manifest_dir().join("../tests/fixtures/debezium_postgres_update.json"))
+            .expect("fixture"),
+    )
+    .expect("fixture JSON");
+    let messages = wait_for_lines(&file("dbz.jsonl"), 4).await;
+    let ours = messages
+        .iter()
+        .find(|m| m["op"] == "u" && m["after"]["id"] == 1)
+        .unwrap_or_else(|| panic!("no update of order 1 in {messages:#?}"));
+    assert_eq!(keys(ours).into_iter().filter(|k| k != "__error").collect::<Vec<_>>(), keys(&recorded));
+    let mut our_source = keys(&ours["source"]);
+    our_source.retain(|k| k != "epoch");
+    assert_eq!(our_source, keys(&recorded["source"]), "source fields");
+    assert_eq!(ours["before"], recorded["before"]);
+    assert_eq!(ours["after"], recorded["after"]);
+    assert!(ours["source"]["lsn"].as_u64().is_some_and(|l| l > 0), "the upstream LSN: {ours}");
+    assert_eq!(ours["source"]["snapshot"], "false");
+
+    // transaction-json: one message for the upstream transaction, with both changes.
+    let transactions = wait_for_lines(&file("tx.jsonl"), 2).await;
+    let last = transactions.last().expect("a transaction");
+    let changes = last["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 2, "{last}");
+    assert!(changes.iter().all(|c| c["op"] == "u"), "{last}");
+    assert_eq!(last["source"]["lsn"], ours["source"]["lsn"]);
+
+    // changes(orders): only the status change is an event, with its position upstream.
+    let events = wait_for_lines(&file("events.jsonl"), 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["id"], 1);
+    assert_eq!(events[0]["old_status"], "new");
+    assert_eq!(events[0]["new_status"], "paid");
+    assert!(events[0]["lsn"].as_str().is_some_and(|l| l.contains('/')), "{events:?}");
+
+    // A sink from changes(orders) in debezium-json: the events' own envelopes.
+    let stream = lines(&file("stream.jsonl"));
+    let update =
+        stream.iter().find(|m| m["op"] == "u" && m["after"]["id"] == 1).unwrap_or_else(|| panic!("{stream:#?}"));
+    assert_eq!(update["before"], recorded["before"]);
+    assert_eq!(update["after"], recorded["after"]);
+    assert_eq!(update["source"]["lsn"], ours["source"]["lsn"]);
+    database.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

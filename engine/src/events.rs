@@ -3,7 +3,8 @@
 //! (`d`) and insertions creates (`c`), or reads (`r`) in a sink's initial snapshot. Events of
 //! one key keep together, keys in the order the change first names them.
 
-use changeflow_engine::connector::SinkEpoch;
+use crate::change::ChangeBatch;
+use crate::connector::SinkEpoch;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 
@@ -22,22 +23,27 @@ impl Event {
     }
 }
 
-/// The events of an epoch, given the key columns (possibly none).
+/// The events of a sink's epoch, given the key columns (possibly none).
 pub fn events(epoch: &SinkEpoch, key: &[usize]) -> Vec<Event> {
-    let change = &epoch.change;
+    events_of(&epoch.change, key, epoch.snapshot)
+}
+
+/// The events of a change, given the key columns (possibly none); `snapshot` makes the
+/// insertions reads.
+pub fn events_of(change: &ChangeBatch, key: &[usize], snapshot: bool) -> Vec<Event> {
     let mut out = Vec::with_capacity(change.len());
     let simple = |out: &mut Vec<Event>, row: usize, weight: i64| {
         for _ in 0..weight.unsigned_abs() {
             out.push(if weight < 0 {
                 Event { op: 'd', before: Some(row), after: None }
-            } else if epoch.snapshot {
+            } else if snapshot {
                 Event { op: 'r', before: None, after: Some(row) }
             } else {
                 Event { op: 'c', before: None, after: Some(row) }
             });
         }
     };
-    let keys = if key.is_empty() || epoch.snapshot { None } else { key_rows(&change.data, key) };
+    let keys = if key.is_empty() || snapshot { None } else { key_rows(&change.data, key) };
     let Some(keys) = keys else {
         for (row, weight) in change.weights.iter().enumerate() {
             simple(&mut out, row, *weight);
@@ -98,7 +104,6 @@ impl OrderedGroups {
 mod tests {
     use std::sync::Arc;
 
-    use changeflow_engine::ChangeBatch;
     use datafusion::arrow::array::{Int32Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
