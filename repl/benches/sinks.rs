@@ -71,7 +71,7 @@ async fn main() {
         &format!(
             "CREATE SOURCE s FROM POSTGRES WITH (url = '{}', slot = 'cf_slot', publication = 'bench', snapshot = 'never') \
              FOR TABLES (items);
-             CREATE SINK out FROM changes(items) INTO FILE WITH (path = '{}', format = 'debezium-json')",
+             CREATE SINK out FROM changes(items) INTO FILE WITH (path = '{}', format = 'debezium-json', rotate_bytes = '1000000000000')",
             cluster.url(),
             output.display()
         ),

@@ -143,6 +143,54 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
         labeled(&mut out, name, kind, help, "view", views(value));
     }
 
+    let sinks = database.engine().await.sink_reports();
+    let epoch = stats.epoch;
+    type SinkValue<'a> = Box<dyn Fn(&changeflow_engine::sink::SinkReport) -> u64 + 'a>;
+    let sink_series: [(&str, &str, &str, SinkValue); 6] = [
+        (
+            "changeflow_sink_delivered_epoch",
+            "gauge",
+            "The newest epoch a sink delivered.",
+            Box::new(|r| r.delivered_epoch),
+        ),
+        (
+            "changeflow_sink_lag_epochs",
+            "gauge",
+            "Epochs applied but not yet delivered by a sink.",
+            Box::new(|r| epoch.saturating_sub(r.delivered_epoch)),
+        ),
+        ("changeflow_sink_rows_total", "counter", "Rows a sink delivered.", Box::new(|r| r.rows)),
+        ("changeflow_sink_retries_total", "counter", "Failed attempts a sink retried.", Box::new(|r| r.retries)),
+        (
+            "changeflow_sink_skipped_total",
+            "counter",
+            "Refused rows a sink skipped (ON ERROR SKIP).",
+            Box::new(|r| r.skipped),
+        ),
+        (
+            "changeflow_sink_dead_letters_total",
+            "counter",
+            "Refused rows sent to a dead-letter sink.",
+            Box::new(|r| r.dead_letters),
+        ),
+    ];
+    for (name, kind, help, value) in sink_series {
+        let samples =
+            sinks.iter().map(|(sink, _, _, report)| (sink.as_str(), Some(value(report).to_string()))).collect();
+        labeled(&mut out, name, kind, help, "sink", samples);
+    }
+    family(&mut out, "changeflow_sink_state", "gauge", "1 for the sink's current state.");
+    for (sink, relation, connector, report) in &sinks {
+        let state = report.state.split(':').next().unwrap_or("").trim();
+        let _ = writeln!(
+            out,
+            "changeflow_sink_state{{sink=\"{}\",relation=\"{}\",connector=\"{}\",state=\"{}\"}} 1",
+            label(sink),
+            label(relation),
+            label(connector),
+            label(state)
+        );
+    }
     if let Some(checkpoints) = database.checkpoint_stats() {
         let series: [(&str, &str, &str, String); 4] = [
             ("changeflow_checkpoints_total", "counter", "Checkpoints written.", checkpoints.checkpoints.to_string()),

@@ -187,6 +187,19 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
             assert_eq!(row.get(3), Some("running"), "sink {:?} is not running", row.get(0));
         }
     }
+    let (_, metrics) = server.http_get("/metrics");
+    let dead_letters = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("changeflow_sink_dead_letters_total{sink=\"guarded\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    // Counted since this process started (the file holds those of earlier runs too).
+    assert!(dead_letters.is_some_and(|n| n > 0 && n <= letters.len() as u64), "{metrics}");
+    assert!(
+        metrics.contains(
+            "changeflow_sink_state{sink=\"replica\",relation=\"sessions\",connector=\"postgres\",state=\"running\"} 1"
+        ),
+        "{metrics}"
+    );
     let guarded = rows_in(&cluster, "replica", "SELECT count(*) FROM guarded WHERE capacity > 25").await;
     assert_eq!(guarded, vec![normalize_value(Some("0"))]);
     let _ = std::fs::remove_dir_all(&dir);
