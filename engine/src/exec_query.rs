@@ -417,7 +417,7 @@ impl Engine {
                             Some(connector),
                             Some(report.state),
                             Some(report.delivered_epoch.to_string()),
-                            Some(self.epoch.saturating_sub(report.delivered_epoch).to_string()),
+                            Some(report.lag_epochs.to_string()),
                             Some(report.rows.to_string()),
                             Some(report.retries.to_string()),
                             Some(report.skipped.to_string()),

@@ -91,6 +91,9 @@ pub struct SinkReport {
     pub retries: u64,
     pub skipped: u64,
     pub dead_letters: u64,
+    /// Epochs applied but not yet delivered (0 when nothing waits: an idle relation does
+    /// not make a sink lag).
+    pub lag_epochs: u64,
 }
 
 pub(crate) struct SinkHandle {
@@ -297,7 +300,10 @@ impl Engine {
         self.sinks
             .iter()
             .map(|(name, handle)| {
-                let report = handle.report.lock().map(|r| r.clone()).unwrap_or_default();
+                let mut report = handle.report.lock().map(|r| r.clone()).unwrap_or_default();
+                let waiting = handle.queue.items.lock().map(|items| !items.is_empty()).unwrap_or(false);
+                let working = report.state != "running" || waiting;
+                report.lag_epochs = if working { self.epoch.saturating_sub(report.delivered_epoch) } else { 0 };
                 (name.clone(), handle.target.relation.clone(), handle.create.connector.clone(), report)
             })
             .collect()

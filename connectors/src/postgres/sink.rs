@@ -3,7 +3,9 @@
 //! deletes the keys whose rows went away, upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`)
 //! the new rows, and records the sink's progress in `changeflow_sink_progress` (the epoch,
 //! and the source position it came from). After a restart, epochs whose source position is
-//! at or below the recorded one are not applied again. Rows the target refuses (a
+//! at or below the recorded one are not applied again; a sink that starts over (no
+//! checkpoint holds its position) on a table it wrote before empties it in its first
+//! transaction, as everything is delivered again. Rows the target refuses (a
 //! constraint, a value out of range) are found one by one under savepoints and follow the
 //! sink's ON ERROR policy; a lost connection is retried.
 
@@ -21,6 +23,21 @@ use super::config::{quote_ident, redact};
 use crate::format::events;
 
 const PROGRESS_TABLE: &str = "changeflow_sink_progress";
+/// Upserts of at least this many rows go through COPY into a staging table.
+const COPY_THRESHOLD: usize = 1_000;
+
+/// A value in COPY's text format: backslash, tab, newline and carriage return escaped.
+fn copy_escape(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
 
 pub struct PostgresSinkConnector;
 
@@ -132,12 +149,18 @@ impl SinkConnector for PostgresSinkConnector {
         &self,
         options: &BTreeMap<String, String>,
         target: &SinkTarget,
-        _resume: Option<String>,
+        resume: Option<String>,
     ) -> Result<Box<dyn SinkWriter>> {
         let config = config(options, target)?;
-        let writer = PostgresSinkWriter::open(config, target.clone())
+        let mut writer = PostgresSinkWriter::open(config, target.clone())
             .await
             .map_err(|e| EngineError::Connector(e.to_string()))?;
+        if resume.is_none() && writer.applied.is_some() {
+            // This sink wrote the table before, and starts over (no checkpoint holds its
+            // position): everything is delivered again, so what is there goes first.
+            writer.start_over = true;
+            writer.applied = None;
+        }
         Ok(Box::new(writer))
     }
 }
@@ -147,6 +170,8 @@ struct PostgresSinkWriter {
     client: Option<tokio_postgres::Client>,
     /// The source position of the newest epoch applied (from the progress row).
     applied: Option<(String, u64)>,
+    /// Set when the sink starts over on a table it wrote before: the first epoch empties it.
+    start_over: bool,
 }
 
 /// What the statements are built from.
@@ -157,6 +182,19 @@ struct Plan {
     types: Vec<String>,
 }
 
+/// The key of each row of an epoch's change, encoded (equal keys, equal bytes).
+fn key_rows(epoch: &SinkEpoch, key: &[usize]) -> Result<Vec<Box<[u8]>>, SinkFailure> {
+    use datafusion::arrow::row::{RowConverter, SortField};
+    let data = &epoch.change.data;
+    let fields = key.iter().map(|&i| SortField::new(data.schema().field(i).data_type().clone())).collect();
+    let encode = || -> Result<Vec<Box<[u8]>>, datafusion::arrow::error::ArrowError> {
+        let converter = RowConverter::new(fields)?;
+        let columns: Vec<_> = key.iter().map(|&i| data.column(i).clone()).collect();
+        Ok(converter.convert_columns(&columns)?.iter().map(|r| r.as_ref().into()).collect())
+    };
+    encode().map_err(|e| SinkFailure::Fatal(format!("encoding keys: {e}")))
+}
+
 fn lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
     Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
@@ -164,7 +202,8 @@ fn lsn(text: &str) -> Option<u64> {
 
 impl PostgresSinkWriter {
     async fn open(config: SinkConfig, target: SinkTarget) -> Result<Self, SinkFailure> {
-        let mut writer = Self { plan: Plan { config, target, types: Vec::new() }, client: None, applied: None };
+        let mut writer =
+            Self { plan: Plan { config, target, types: Vec::new() }, client: None, applied: None, start_over: false };
         writer.connect().await?;
         Ok(writer)
     }
@@ -331,13 +370,65 @@ impl Plan {
                 values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
             transaction.execute(&self.delete_sql(), &parameters).await?;
         }
-        if !upserts.is_empty() {
+        if upserts.len() >= COPY_THRESHOLD {
+            self.upsert_by_copy(transaction, epoch, upserts).await?;
+        } else if !upserts.is_empty() {
             let values = self.text_columns(epoch, upserts, &self.config.columns);
             let parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
             transaction.execute(&self.upsert_sql(), &parameters).await?;
         }
         Ok(())
+    }
+
+    /// Many rows: COPY them into a temporary staging table, then one upsert from it.
+    async fn upsert_by_copy(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        epoch: &SinkEpoch,
+        rows: &[usize],
+    ) -> Result<(), tokio_postgres::Error> {
+        use futures_util::SinkExt;
+        let names = self.names(&self.config.columns);
+        let key = self.names(&self.config.key);
+        transaction
+            .batch_execute(&format!(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS changeflow_stage AS SELECT {} FROM {} WITH NO DATA; \
+                 TRUNCATE changeflow_stage",
+                names.join(", "),
+                self.config.table
+            ))
+            .await?;
+        let values = self.text_columns(epoch, rows, &self.config.columns);
+        let mut text = String::with_capacity(rows.len() * 16 * names.len());
+        for row in 0..rows.len() {
+            for (c, column) in values.iter().enumerate() {
+                if c > 0 {
+                    text.push('\t');
+                }
+                match &column[row] {
+                    None => text.push_str("\\N"),
+                    Some(value) => copy_escape(value, &mut text),
+                }
+            }
+            text.push('\n');
+        }
+        let sink = transaction.copy_in(&format!("COPY changeflow_stage ({}) FROM STDIN", names.join(", "))).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(text)).await?;
+        sink.close().await?;
+        let updates: Vec<String> =
+            names.iter().filter(|n| !key.contains(n)).map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+        let action =
+            if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        transaction
+            .batch_execute(&format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM changeflow_stage ON CONFLICT ({}) DO {action}",
+                self.config.table,
+                key.join(", "),
+                cols = names.join(", ")
+            ))
+            .await
     }
 }
 
@@ -353,19 +444,18 @@ impl SinkWriter for PostgresSinkWriter {
             return Ok(Vec::new());
         }
         // The final state of each key in the epoch: deleted, or this row.
-        let mut last: BTreeMap<Vec<Option<String>>, (usize, bool)> = BTreeMap::new();
+        let keys = key_rows(epoch, &self.plan.config.key)?;
+        let mut last: std::collections::HashMap<&[u8], (usize, bool)> = std::collections::HashMap::new();
+        let mut order: Vec<&[u8]> = Vec::new();
         for event in events(epoch, &self.plan.target.key) {
-            let row = event.row();
-            let key: Vec<Option<String>> = self
-                .plan
-                .text_columns(epoch, &[row], &self.plan.config.key)
-                .into_iter()
-                .map(|mut v| v.remove(0))
-                .collect();
-            last.insert(key, (row, event.after.is_some()));
+            let key = keys[event.row()].as_ref();
+            if last.insert(key, (event.row(), event.after.is_some())).is_none() {
+                order.push(key);
+            }
         }
-        let deletes: Vec<usize> = last.values().filter(|(_, upsert)| !upsert).map(|(r, _)| *r).collect();
-        let upserts: Vec<usize> = last.values().filter(|(_, upsert)| *upsert).map(|(r, _)| *r).collect();
+        let last: Vec<(usize, bool)> = order.iter().filter_map(|k| last.get(k).copied()).collect();
+        let deletes: Vec<usize> = last.iter().filter(|(_, upsert)| !upsert).map(|(r, _)| *r).collect();
+        let upserts: Vec<usize> = last.iter().filter(|(_, upsert)| *upsert).map(|(r, _)| *r).collect();
         self.connect().await?;
         let progress_sql = format!(
             "INSERT INTO {PROGRESS_TABLE} (sink, epoch, source, position) VALUES ($1, $2, $3, $4) \
@@ -378,6 +468,12 @@ impl SinkWriter for PostgresSinkWriter {
         let client = self.client.as_mut().ok_or_else(|| SinkFailure::Transient("not connected".into()))?;
         let transaction = client.transaction().await.map_err(|e| classify(&e, "starting a transaction"))?;
         let this = &self.plan;
+        if self.start_over {
+            transaction
+                .batch_execute(&format!("DELETE FROM {}", this.config.table))
+                .await
+                .map_err(|e| classify(&e, "emptying the table to start over"))?;
+        }
         let mut rejected = Vec::new();
         if let Err(error) = this.apply(&transaction, epoch, &deletes, &upserts).await {
             if !refused(&error) {
@@ -387,6 +483,12 @@ impl SinkWriter for PostgresSinkWriter {
             let _ = transaction.rollback().await;
             let client = self.client.as_mut().ok_or_else(|| SinkFailure::Transient("not connected".into()))?;
             let mut transaction = client.transaction().await.map_err(|e| classify(&e, "starting a transaction"))?;
+            if self.start_over {
+                transaction
+                    .batch_execute(&format!("DELETE FROM {}", this.config.table))
+                    .await
+                    .map_err(|e| classify(&e, "emptying the table to start over"))?;
+            }
             for (row, upsert) in deletes.iter().map(|r| (*r, false)).chain(upserts.iter().map(|r| (*r, true))) {
                 let savepoint = transaction.savepoint("row").await.map_err(|e| classify(&e, "a savepoint"))?;
                 let (d, u) = if upsert { (vec![], vec![row]) } else { (vec![row], vec![]) };
@@ -422,11 +524,13 @@ impl SinkWriter for PostgresSinkWriter {
         if let Some(origin) = origin {
             self.applied = Some(origin);
         }
+        self.start_over = false;
         Ok(rejected)
     }
 
     async fn flush(&mut self) -> Result<Option<String>, SinkFailure> {
-        // Every epoch is committed as it is written.
-        Ok(None)
+        // Every epoch is committed as it is written; the position only says a checkpoint
+        // holds this sink (a restart resumes rather than starts over).
+        Ok(Some("committed".into()))
     }
 }

@@ -144,7 +144,6 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     }
 
     let sinks = database.engine().await.sink_reports();
-    let epoch = stats.epoch;
     type SinkValue<'a> = Box<dyn Fn(&changeflow_engine::sink::SinkReport) -> u64 + 'a>;
     let sink_series: [(&str, &str, &str, SinkValue); 6] = [
         (
@@ -157,7 +156,7 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             "changeflow_sink_lag_epochs",
             "gauge",
             "Epochs applied but not yet delivered by a sink.",
-            Box::new(|r| epoch.saturating_sub(r.delivered_epoch)),
+            Box::new(|r| r.lag_epochs),
         ),
         ("changeflow_sink_rows_total", "counter", "Rows a sink delivered.", Box::new(|r| r.rows)),
         ("changeflow_sink_retries_total", "counter", "Failed attempts a sink retried.", Box::new(|r| r.retries)),

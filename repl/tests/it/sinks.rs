@@ -105,6 +105,14 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
     let client = cluster.connect().await;
     client.batch_execute(SCHEMA).await.expect("schema");
     client.batch_execute("CREATE DATABASE replica").await.expect("replica database");
+    // Enough rows that the sinks' first epoch goes through COPY and a staging table.
+    client
+        .batch_execute(
+            "INSERT INTO sessions SELECT g, g % 8 + 1, '2026-12-02 10:00', g % 30 + 1, 0, 12.50 \
+             FROM generate_series(10000, 13000) g",
+        )
+        .await
+        .expect("bulk rows");
     let target = format!("postgres://postgres@127.0.0.1:{}/replica", cluster.port);
     connect_to(&cluster, "replica")
         .await
@@ -141,14 +149,15 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
     stop.store(true, Ordering::Relaxed);
     assert!(writer.await.expect("writer") > 50, "too few upstream transactions");
 
-    // Quiescence: the replica is the source's projection, and its progress row names the
-    // newest position (a last change to the captured table marks it).
+    // Quiescence: the replica is the source's projection, and its progress row names a
+    // position past the last change to the captured table (its commit, or a snapshot taken
+    // after it).
+    let row = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn");
+    let written = wal_end(parse_lsn(row.get::<_, &str>(0)).expect("lsn"));
     client
         .batch_execute("INSERT INTO sessions VALUES (100000, 1, '2026-12-01 10:00', 5, 0, 10.00)")
         .await
         .expect("last change");
-    let row = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn");
-    let written = wal_end(parse_lsn(row.get::<_, &str>(0)).expect("lsn"));
     let expected = postgres_rows(&client, "SELECT id, experience_id, starts_at, capacity FROM sessions").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -156,7 +165,7 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
             rows_in(&cluster, "replica", "SELECT id, experience_id, starts_at, capacity FROM session_replica").await;
         let progress =
             rows_in(&cluster, "replica", "SELECT position FROM changeflow_sink_progress WHERE sink = 'replica'").await;
-        let caught_up = progress.first().and_then(|p| parse_lsn(p)).is_some_and(|p| p >= written);
+        let caught_up = progress.first().and_then(|p| parse_lsn(p)).is_some_and(|p| p > written);
         if actual == expected && caught_up {
             break;
         }
@@ -173,6 +182,25 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
     }
 
     // Refused rows went to the dead-letter file with their error; the sink kept going.
+    let changeflow = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sinks = changeflow.simple_query("SHOW SINKS").await.expect("show sinks");
+        let lagging: Vec<String> = sinks
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) if row.get(5) != Some("0") => {
+                    Some(format!("{:?} lags {:?} epochs ({:?})", row.get(0), row.get(5), row.get(3)))
+                }
+                _ => None,
+            })
+            .collect();
+        if lagging.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sinks did not catch up: {lagging:?}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let letters = lines(&dead_letters);
     assert!(!letters.is_empty(), "no row was refused (capacities above 25 are):\n{}", server.log());
     for letter in &letters {
@@ -180,7 +208,6 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
         assert!(error.contains("guarded_capacity_check") && error.contains("23514"), "{letter}");
         assert!(letter["capacity"].as_i64().is_some_and(|c| c > 25), "{letter}");
     }
-    let changeflow = server.client().await;
     let sinks = changeflow.simple_query("SHOW SINKS").await.expect("show sinks");
     for message in &sinks {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
