@@ -22,7 +22,7 @@ pub struct Database {
     /// ROLLBACK, and by any write outside a block for its duration (see `Session`).
     pub(crate) writer: Arc<Mutex<()>>,
     registry: ConnectorRegistry,
-    source_tasks: std::sync::Mutex<HashMap<String, SourceTask>>,
+    source_tasks: Arc<std::sync::Mutex<HashMap<String, SourceTask>>>,
     /// With a data directory: checkpoints, and the progress sources may confirm upstream.
     checkpointer: Option<Arc<Checkpointer>>,
     background: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -46,7 +46,7 @@ impl Database {
             engine: Arc::new(Mutex::new(Engine::with_mode(registry.clone(), mode))),
             writer: Arc::new(Mutex::new(())),
             registry,
-            source_tasks: std::sync::Mutex::new(HashMap::new()),
+            source_tasks: Arc::new(std::sync::Mutex::new(HashMap::new())),
             checkpointer: None,
             background: std::sync::Mutex::new(None),
             sink_tasks: std::sync::Mutex::new(Vec::new()),
@@ -66,10 +66,15 @@ impl Database {
         let sources = database.engine.lock().await.stored_sources()?;
         for create in sources {
             if let Err(error) = database.start_source(&create).await {
-                // The source stays defined (its data and progress are kept); SHOW SOURCES
-                // says why it is not running.
-                tracing::error!(source = %create.name, %error, "resuming a source failed");
-                database.engine.lock().await.source_failed(&create.name, &error.to_string());
+                // The source stays defined (its data and progress are kept) and is tried
+                // again with backoff (the upstream may be down while this process starts);
+                // SHOW SOURCES says why it is not running.
+                tracing::warn!(source = %create.name, %error, "resuming a source failed; retrying");
+                database.engine.lock().await.source_retrying(&create.name, &error.to_string());
+                let retry = tokio::spawn(database.starter().retry(create));
+                if let Ok(mut handles) = database.sink_tasks.lock() {
+                    handles.push(retry);
+                }
             }
         }
         database.start_sinks(None).await?;
@@ -215,6 +220,32 @@ impl Database {
     }
 
     async fn start_source(&self, create: &CreateSource) -> Result<()> {
+        self.starter().start(create).await
+    }
+
+    fn starter(&self) -> SourceStarter {
+        SourceStarter {
+            engine: Arc::clone(&self.engine),
+            registry: self.registry.clone(),
+            checkpointer: self.checkpointer.clone(),
+            tasks: Arc::clone(&self.source_tasks),
+        }
+    }
+}
+
+/// What starting a source's reader needs, shareable with a task that retries it.
+#[derive(Clone)]
+struct SourceStarter {
+    engine: Arc<Mutex<Engine>>,
+    registry: ConnectorRegistry,
+    checkpointer: Option<Arc<Checkpointer>>,
+    tasks: Arc<std::sync::Mutex<HashMap<String, SourceTask>>>,
+}
+
+impl SourceStarter {
+    /// Opens the source's reader (resuming from its checkpointed position) and starts the
+    /// task that applies what it reads.
+    async fn start(&self, create: &CreateSource) -> Result<()> {
         let connector = self
             .registry
             .source(&create.connector)
@@ -231,7 +262,8 @@ impl Database {
         }
         let reader = connector.open(create, resume, monitor.clone()).await?;
         self.engine.lock().await.source_opened(&create.name, reader.upstream_state())?;
-        if monitor.report().state == "starting" {
+        let state = monitor.report().state;
+        if state == "starting" || state.starts_with("retrying") {
             monitor.set_state("running");
         }
         let (stop, stopped) = oneshot::channel();
@@ -239,8 +271,33 @@ impl Database {
         let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
         let handle =
             tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm, backlog));
-        self.tasks()?.insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
+        self.tasks
+            .lock()
+            .map_err(|_| EngineError::Internal("source task table poisoned".into()))?
+            .insert(create.name.clone(), SourceTask { handle, stop: Some(stop) });
         Ok(())
+    }
+
+    /// Tries to start a source until it starts or is dropped, backing off up to 30 s.
+    async fn retry(self, create: CreateSource) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(backoff).await;
+            if self.engine.lock().await.catalog.source(&create.name).is_none() {
+                return;
+            }
+            match self.start(&create).await {
+                Ok(()) => {
+                    tracing::info!(source = %create.name, "source resumed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(source = %create.name, %error, "resuming a source failed; retrying");
+                    self.engine.lock().await.source_retrying(&create.name, &error.to_string());
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 
@@ -417,6 +474,12 @@ impl Engine {
             status.transactions += transactions;
             status.changes += changes;
             status.progress = Some(progress.to_string());
+        }
+    }
+
+    pub(crate) fn source_retrying(&mut self, source: &str, error: &str) {
+        if let Some(status) = self.sources.get_mut(source) {
+            status.monitor.set_state(format!("retrying: {error}"));
         }
     }
 

@@ -2,7 +2,8 @@
 //! transactions run continuously while changeflow is killed with `kill -9` at random moments
 //! (during the initial snapshot, while streaming, while checkpoints are written) and
 //! PostgreSQL itself crashes with a transaction held open; at quiescence every view equals
-//! PostgreSQL's answer to its query, and the slot has no lag.
+//! PostgreSQL's answer to its query, and the slot has no lag. A source whose upstream is down
+//! when changeflow starts keeps retrying and resumes when it is back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,4 +192,53 @@ async fn views_from_postgres_are_exact_across_kill_9_and_a_postgres_crash() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_upstream_is_down_at_start_resumes_when_it_is_back() {
+    use changeflow_engine::{Database, DurabilityOptions};
+
+    use crate::support::{execute, execute_ok, output_rows};
+    let cluster = PostgresCluster::start();
+    let client = cluster.connect().await;
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 1)").await.expect("t");
+    let dir = data_dir("upstream-down");
+    let open = || Database::open(changeflow_connectors::registry(), DurabilityOptions::new(&dir));
+    let state = |rows: Vec<Vec<Option<String>>>| rows[0][3].clone().unwrap_or_default();
+    let (database, _) = open().await.expect("open");
+    execute_ok(&database, &format!("CREATE SOURCE up FROM POSTGRES WITH (url = '{}') FOR TABLES (t)", cluster.url()))
+        .await;
+    execute_ok(&database, "CREATE MATERIALIZED VIEW total AS SELECT sum(v) AS v FROM t").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while view_column(&database, "SELECT v FROM total").await != vec![Some("1".to_string())] {
+        assert!(Instant::now() < deadline, "the snapshot did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    database.shutdown().await;
+    drop(database);
+
+    // PostgreSQL is down while changeflow starts: the source waits, retrying.
+    drop(client);
+    cluster.stop_server("fast");
+    let (database, _) = open().await.expect("opens without its upstream");
+    let shown = output_rows(&execute(&database, "SHOW SOURCES").await.expect("show")[0]);
+    assert!(state(shown.clone()).starts_with("retrying"), "{shown:?}");
+    assert_eq!(view_column(&database, "SELECT v FROM total").await, vec![Some("1".to_string())]);
+    cluster.start_server();
+    let client = cluster.connect().await;
+    client.batch_execute("INSERT INTO t VALUES (2, 10)").await.expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while view_column(&database, "SELECT v FROM total").await != vec![Some("11".to_string())] {
+        let shown = output_rows(&execute(&database, "SHOW SOURCES").await.expect("show")[0]);
+        assert!(Instant::now() < deadline, "the source did not resume: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    database.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The first column of a query's rows, as text.
+async fn view_column(database: &changeflow_engine::Database, query: &str) -> Vec<Option<String>> {
+    let output = crate::support::execute(database, query).await.expect("query");
+    crate::support::output_rows(&output[0]).into_iter().map(|mut row| row.remove(0)).collect()
 }
