@@ -10,9 +10,11 @@
 //!
 //! Ad-hoc queries run on DataFusion over snapshots of the stored relations. Sources and sinks
 //! plug in through the traits of [`connector`]; [`Database`] runs sources as tasks that feed
-//! the engine. With a data directory ([`durable`]) DDL and local writes are journaled and
-//! checkpoints taken, so a restart (even after `kill -9`) comes back to the same state;
-//! without one, state lives in memory.
+//! the engine, and each sink ([`sink`]) as a task that delivers its relation's epochs in
+//! order; `changes(relation)` turns a relation's changes into event rows. With a data
+//! directory ([`durable`]) DDL and local writes are journaled and checkpoints taken, so a
+//! restart (even after `kill -9`) comes back to the same state; without one, state lives in
+//! memory.
 
 pub mod change;
 mod change_stream;
