@@ -85,6 +85,27 @@ impl Database {
         Ok((database, report))
     }
 
+    /// Whether a write of a startup file (see [`Database::startup_key`]) took effect in this
+    /// data directory at an earlier start (always false without a data directory).
+    pub async fn startup_applied(&self, key: &str) -> bool {
+        self.checkpointer.is_some() && self.engine.lock().await.startup_applied.contains(key)
+    }
+
+    /// Records writes of startup files as applied (nothing without a data directory).
+    pub async fn record_startup(&self, keys: Vec<String>) -> Result<()> {
+        if self.checkpointer.is_none() {
+            return Ok(());
+        }
+        self.engine.lock().await.record_startup(keys)
+    }
+
+    /// Identifies a write in a startup file: the file, the statement's text and how many
+    /// identical statements precede it there. Restarting with the same files skips what
+    /// already took effect, so seed data is inserted once.
+    pub fn startup_key(file: &str, text: &str, occurrence: usize) -> String {
+        format!("{file}#{occurrence}:{}", text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+
     /// Counts and sizes of checkpoints taken (none without a data directory).
     pub fn checkpoint_stats(&self) -> Option<crate::durable::CheckpointStats> {
         self.checkpointer.as_ref().map(|c| c.stats())

@@ -109,6 +109,8 @@ pub struct Engine {
     pub(crate) epoch_origin: Option<(String, crate::connector::Progress)>,
     /// Set while a source's initial snapshot is applied (its rows are reads, op `r`).
     pub(crate) epoch_is_snapshot: bool,
+    /// Statements of startup files already applied to the data directory.
+    pub(crate) startup_applied: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
@@ -144,6 +146,7 @@ impl Engine {
             replay_sink_positions: BTreeMap::new(),
             epoch_origin: None,
             epoch_is_snapshot: false,
+            startup_applied: std::collections::BTreeSet::new(),
         }
     }
 

@@ -40,6 +40,8 @@ pub(crate) struct Checkpoint {
     pub sources: BTreeMap<String, SourceResume>,
     /// Each sink's position when everything up to this checkpoint was delivered.
     pub sinks: BTreeMap<String, String>,
+    /// Statements of startup files that took effect (see `Database::run_startup`).
+    pub startup: Vec<String>,
     /// Contents of the base relations.
     pub relations: Vec<(String, RecordBatch)>,
 }
@@ -72,6 +74,7 @@ impl Checkpoint {
             "definitions": self.definitions.iter().map(Definition::to_json).collect::<Result<Vec<_>>>()?,
             "sources": sources,
             "sinks": self.sinks,
+            "startup": self.startup,
             "relations": self.relations.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
         }))
     }
@@ -137,6 +140,13 @@ impl Checkpoint {
             .flatten()
             .filter_map(|(name, position)| Some((name.clone(), position.as_str()?.to_string())))
             .collect();
+        let startup = manifest
+            .get("startup")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect();
         let names: Vec<String> = manifest
             .get("relations")
             .and_then(Value::as_array)
@@ -156,6 +166,7 @@ impl Checkpoint {
             definitions,
             sources,
             sinks,
+            startup,
             relations,
         })
     }
@@ -283,6 +294,7 @@ mod tests {
             }],
             sources,
             sinks: BTreeMap::new(),
+            startup: Vec::new(),
             relations: vec![("t".into(), batch)],
         }
     }

@@ -26,6 +26,8 @@ pub(crate) enum Record {
     Commit(Vec<(String, Vec<u8>)>),
     /// A source was opened upstream; what it created there (JSON).
     SourceOpened(Vec<u8>),
+    /// Statements of startup files that took effect (JSON list of their keys).
+    Startup(Vec<u8>),
 }
 
 impl Record {
@@ -34,12 +36,13 @@ impl Record {
             Record::Ddl(_) => 1,
             Record::Commit(_) => 2,
             Record::SourceOpened(_) => 3,
+            Record::Startup(_) => 4,
         }
     }
 
     fn payload(&self) -> Vec<u8> {
         match self {
-            Record::Ddl(json) | Record::SourceOpened(json) => json.clone(),
+            Record::Ddl(json) | Record::SourceOpened(json) | Record::Startup(json) => json.clone(),
             Record::Commit(tables) => {
                 let size: usize = tables.iter().map(|(n, c)| 12 + n.len() + c.len()).sum();
                 let mut out = Vec::with_capacity(4 + size);
@@ -59,6 +62,7 @@ impl Record {
         match kind {
             1 => Some(Record::Ddl(payload.to_vec())),
             3 => Some(Record::SourceOpened(payload.to_vec())),
+            4 => Some(Record::Startup(payload.to_vec())),
             2 => {
                 let mut cursor = Cursor { bytes: payload, at: 0 };
                 let count = cursor.u32()?;

@@ -104,6 +104,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Records statements of startup files as applied (journaled with a data directory).
+    pub(crate) fn record_startup(&mut self, keys: Vec<String>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.append(&Record::Startup(json_bytes(&json!(keys))?))?;
+            self.generation += 1;
+        }
+        self.startup_applied.extend(keys);
+        Ok(())
+    }
+
     /// Where a source resumes after a restart.
     pub(crate) fn source_resume(&self, source: &str) -> SourceResume {
         self.sources
@@ -157,6 +170,7 @@ impl Engine {
             definitions: self.definitions.clone(),
             sources,
             sinks: BTreeMap::new(),
+            startup: self.startup_applied.iter().cloned().collect(),
             relations,
         };
         Ok((checkpoint, self.sink_barriers()))
@@ -232,6 +246,7 @@ impl Engine {
                 store.apply(&change)?;
                 changes.push((name.clone(), change));
             }
+            self.startup_applied.extend(checkpoint.startup.iter().cloned());
             self.epoch = checkpoint.epoch;
             // What the checkpoint holds was delivered to the sinks before it was taken.
             self.sinks_muted = true;
@@ -266,6 +281,11 @@ impl Engine {
                         changes.push((name.clone(), change));
                     }
                     self.commit_local(changes)?;
+                }
+                Record::Startup(json) => {
+                    let keys: Vec<String> = serde_json::from_slice(json)
+                        .map_err(|e| EngineError::Durability(format!("a journal record is not JSON: {e}")))?;
+                    self.startup_applied.extend(keys);
                 }
                 Record::SourceOpened(json) => {
                     let value = parse_json(json)?;

@@ -186,19 +186,61 @@ async fn accept_loop(
 }
 
 /// Runs the SQL files in order, stopping at the first error (named by file, line, column).
+/// Runs the startup files. With a data directory, restarting with the same files is safe:
+/// DDL already there is a no-op, and INSERT / UPDATE / DELETE that took effect at an earlier
+/// start are skipped (recorded once committed).
 async fn run_files(database: &Arc<Database>, files: &[PathBuf]) -> anyhow::Result<()> {
+    use datafusion::sql::sqlparser::ast;
     let mut session = Session::new(Arc::clone(database));
+    let mut skipped = 0;
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let name = file.display().to_string();
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        // Writes of an open transaction block, recorded at its COMMIT.
+        let mut in_block: Vec<String> = Vec::new();
         for source in changeflow_sql::parser::split_statements(&text)
             .map_err(|e| located(file, e.position().unwrap_or_default(), &e.to_string()))?
         {
             let statement = changeflow_sql::parser::parse_statement(&source)
                 .map_err(|e| located(file, e.position().unwrap_or(source.position), &e.to_string()))?;
+            let sql = match &statement.statement {
+                changeflow_sql::parser::Statement::Sql(sql) => Some(sql.as_ref()),
+                _ => None,
+            };
+            let key = match sql {
+                Some(ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_)) => {
+                    let occurrence = seen.entry(statement.text.clone()).or_insert(0);
+                    *occurrence += 1;
+                    Some(Database::startup_key(&name, &statement.text, *occurrence))
+                }
+                _ => None,
+            };
+            if let Some(key) = &key
+                && database.startup_applied(key).await
+            {
+                skipped += 1;
+                continue;
+            }
             session.execute(&statement).await.map_err(|e| located(file, statement.position, &e.to_string()))?;
+            match (key, sql) {
+                (Some(key), _) if session.in_transaction() => in_block.push(key),
+                (Some(key), _) => database.record_startup(vec![key]).await?,
+                (None, Some(ast::Statement::Commit { .. })) => {
+                    database.record_startup(std::mem::take(&mut in_block)).await?
+                }
+                (None, Some(ast::Statement::Rollback { .. })) => in_block.clear(),
+                _ => {}
+            }
         }
     }
     session.close().await;
+    if skipped > 0 {
+        eprintln!(
+            "changeflow: {skipped} write{} of the startup files took effect at an earlier start; skipped",
+            if skipped == 1 { "" } else { "s" }
+        );
+    }
     Ok(())
 }
 

@@ -308,3 +308,29 @@ async fn a_datagen_source_resumes_after_its_checkpointed_transactions() {
     database.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_with_the_same_startup_file_applies_its_writes_once() {
+    let dir = data_dir("startup");
+    let seed = "CREATE TABLE items (id INT PRIMARY KEY, grp INT NOT NULL, qty INT NOT NULL);\n\
+                INSERT INTO items VALUES (1, 1, 10);\n\
+                BEGIN; INSERT INTO items VALUES (2, 1, 20); UPDATE items SET qty = qty + 1 WHERE id = 1; COMMIT;\n";
+    let pipeline = sql_file("durability_startup.sql", seed);
+    let server = start(&[&pipeline], &dir);
+    server.client().await.batch_execute("INSERT INTO items VALUES (3, 2, 30)").await.expect("insert");
+    server.kill();
+    // The same command again: the seed rows are not inserted twice (which would fail).
+    let server = start(&[&pipeline], &dir);
+    let expected: Items = [(1, (1, 11)), (2, (1, 20)), (3, (2, 30))].into_iter().collect();
+    assert_eq!(table(&server.client().await).await, expected, "{}", server.log());
+    assert!(server.log().contains("3 writes of the startup files took effect at an earlier start"), "{}", server.log());
+    server.kill();
+    // A write added to the file runs at the next start; the others still do not.
+    let pipeline = sql_file("durability_startup.sql", &format!("{seed}INSERT INTO items VALUES (4, 2, 40);\n"));
+    let server = start(&[&pipeline], &dir);
+    let mut expected = expected;
+    expected.insert(4, (2, 40));
+    assert_eq!(table(&server.client().await).await, expected, "{}", server.log());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
