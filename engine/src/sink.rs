@@ -171,9 +171,7 @@ impl Engine {
             schema: std::sync::Arc::clone(&relation.schema),
             key,
         };
-        let mut options = create.options.clone();
-        options.remove("key");
-        connector.validate(&options, &target)?;
+        connector.validate(&writer_options(create), &target)?;
         if let OnError::DeadLetter { connector: name, options } = &create.on_error {
             self.sink_connector(name)?.validate(options, &target)?;
         }
@@ -310,6 +308,13 @@ impl Engine {
     }
 }
 
+/// The options a sink's connector sees: all but `key`, which the engine reads.
+fn writer_options(create: &CreateSink) -> BTreeMap<String, String> {
+    let mut options = create.options.clone();
+    options.remove("key");
+    options
+}
+
 /// The positions of a sink's writers, as one string for the checkpoint.
 fn position_text(main: Option<String>, dead_letter: Option<String>) -> String {
     serde_json::json!({ "main": main, "dead_letter": dead_letter }).to_string()
@@ -327,11 +332,7 @@ impl SinkTask {
     /// Opens the writers, then delivers until the sink is dropped or fails.
     pub(crate) async fn run(self) {
         let (main_position, dead_position) = parse_position(&self.resume);
-        let options = {
-            let mut options = self.create.options.clone();
-            options.remove("key");
-            options
-        };
+        let options = writer_options(&self.create);
         let Some(mut writer) = self.open(&self.connector, &options, main_position).await else { return };
         let mut dead_letter = None;
         if let (Some(connector), OnError::DeadLetter { options, .. }) = (&self.dead_letter, &self.create.on_error) {

@@ -56,7 +56,12 @@ pub fn arrow_type(sql_type: &ast::DataType) -> Result<DataType> {
 
 /// The SQL name of an Arrow type, as `SHOW` and error messages print it.
 pub fn sql_type_name(data_type: &DataType) -> String {
-    match data_type {
+    postgres_type_name(data_type).unwrap_or_else(|| data_type.to_string())
+}
+
+/// The PostgreSQL type that holds an Arrow type, when there is one.
+pub fn postgres_type_name(data_type: &DataType) -> Option<String> {
+    Some(match data_type {
         DataType::Boolean => "boolean".into(),
         DataType::Int16 => "smallint".into(),
         DataType::Int32 => "integer".into(),
@@ -68,8 +73,12 @@ pub fn sql_type_name(data_type: &DataType) -> String {
         DataType::Date32 => "date".into(),
         DataType::Timestamp(_, None) => "timestamp".into(),
         DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
-        other => other.to_string(),
-    }
+        DataType::Binary => "bytea".into(),
+        DataType::Time64(_) => "time".into(),
+        DataType::Interval(_) => "interval".into(),
+        DataType::List(item) => format!("{}[]", postgres_type_name(item.data_type())?),
+        _ => return None,
+    })
 }
 
 /// Builds the catalog entry of a `CREATE TABLE` statement.

@@ -371,6 +371,25 @@ impl Cursor {
         }
     }
 
+    /// `IF NOT EXISTS`, if present.
+    pub(crate) fn accept_if_not_exists(&mut self) -> Result<bool> {
+        if !self.accept_word("IF") {
+            return Ok(false);
+        }
+        self.expect_word("NOT")?;
+        self.expect_word("EXISTS")?;
+        Ok(true)
+    }
+
+    /// `IF EXISTS`, if present.
+    pub(crate) fn accept_if_exists(&mut self) -> Result<bool> {
+        if !self.accept_word("IF") {
+            return Ok(false);
+        }
+        self.expect_word("EXISTS")?;
+        Ok(true)
+    }
+
     pub(crate) fn expect_end(&mut self) -> Result<()> {
         match self.peek() {
             Token::EOF | Token::SemiColon => Ok(()),
@@ -383,13 +402,7 @@ fn parse_create_source(text: &str) -> Result<Statement> {
     let mut cursor = Cursor::new(text)?;
     cursor.expect_word("CREATE")?;
     cursor.expect_word("SOURCE")?;
-    let if_not_exists = if cursor.accept_word("IF") {
-        cursor.expect_word("NOT")?;
-        cursor.expect_word("EXISTS")?;
-        true
-    } else {
-        false
-    };
+    let if_not_exists = cursor.accept_if_not_exists()?;
     let name = cursor.identifier("a source name")?;
     cursor.expect_word("FROM")?;
     let connector = cursor.identifier("a connector name such as DATAGEN")?.to_ascii_lowercase();
@@ -494,12 +507,7 @@ fn parse_drop_source(text: &str) -> Result<Statement> {
     let mut cursor = Cursor::new(text)?;
     cursor.expect_word("DROP")?;
     cursor.expect_word("SOURCE")?;
-    let if_exists = if cursor.accept_word("IF") {
-        cursor.expect_word("EXISTS")?;
-        true
-    } else {
-        false
-    };
+    let if_exists = cursor.accept_if_exists()?;
     let name = cursor.identifier("a source name")?;
     cursor.expect_end()?;
     Ok(Statement::DropSource { name, if_exists })

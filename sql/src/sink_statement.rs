@@ -37,13 +37,7 @@ pub(crate) fn parse_create_sink(text: &str) -> Result<Statement> {
     let mut cursor = Cursor::new(text)?;
     cursor.expect_word("CREATE")?;
     cursor.expect_word("SINK")?;
-    let if_not_exists = if cursor.accept_word("IF") {
-        cursor.expect_word("NOT")?;
-        cursor.expect_word("EXISTS")?;
-        true
-    } else {
-        false
-    };
+    let if_not_exists = cursor.accept_if_not_exists()?;
     let name = cursor.identifier("a sink name")?;
     cursor.expect_word("FROM")?;
     let mut relation = cursor.identifier("a relation (table, materialized view or source relation)")?;
@@ -82,12 +76,7 @@ pub(crate) fn parse_drop_sink(text: &str) -> Result<Statement> {
     let mut cursor = Cursor::new(text)?;
     cursor.expect_word("DROP")?;
     cursor.expect_word("SINK")?;
-    let if_exists = if cursor.accept_word("IF") {
-        cursor.expect_word("EXISTS")?;
-        true
-    } else {
-        false
-    };
+    let if_exists = cursor.accept_if_exists()?;
     let name = cursor.identifier("a sink name")?;
     cursor.expect_end()?;
     Ok(Statement::DropSink { name, if_exists })

@@ -92,25 +92,10 @@ fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<Sin
     Ok(SinkConfig { display_url: redact(&client), client, table, columns, key: target.key.clone(), create_table })
 }
 
-/// The PostgreSQL type of a column created with `create_table = 'true'`.
+/// The PostgreSQL type of a column created with `create_table = 'true'` (text for what has
+/// no counterpart).
 fn postgres_type(data_type: &DataType) -> String {
-    match data_type {
-        DataType::Boolean => "boolean".into(),
-        DataType::Int16 => "smallint".into(),
-        DataType::Int32 => "integer".into(),
-        DataType::Int64 => "bigint".into(),
-        DataType::Float32 => "real".into(),
-        DataType::Float64 => "double precision".into(),
-        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
-        DataType::Date32 => "date".into(),
-        DataType::Time64(_) => "time".into(),
-        DataType::Timestamp(_, None) => "timestamp".into(),
-        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
-        DataType::Interval(_) => "interval".into(),
-        DataType::Binary => "bytea".into(),
-        DataType::List(item) => format!("{}[]", postgres_type(item.data_type())),
-        _ => "text".into(),
-    }
+    changeflow_sql::ddl::postgres_type_name(data_type).unwrap_or_else(|| "text".into())
 }
 
 /// A failure of the target: retried when the connection or server went away, a refusal of
@@ -209,9 +194,9 @@ impl PostgresSinkWriter {
     }
 
     /// Connects, prepares the table and reads the progress row.
-    async fn connect(&mut self) -> Result<&tokio_postgres::Client, SinkFailure> {
+    async fn connect(&mut self) -> Result<(), SinkFailure> {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
-            return self.client.as_ref().ok_or_else(|| SinkFailure::Fatal("no connection".into()));
+            return Ok(());
         }
         let (client, connection) = self.plan.config.client.connect(tokio_postgres::NoTls).await.map_err(|e| {
             SinkFailure::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.plan.config.display_url))
@@ -285,7 +270,7 @@ impl PostgresSinkWriter {
             Some((source?, lsn(&position?)?))
         });
         self.client = Some(client);
-        self.client.as_ref().ok_or_else(|| SinkFailure::Fatal("no connection".into()))
+        Ok(())
     }
 }
 

@@ -49,9 +49,8 @@ fn serve_fails(files: &[&Path], dir: &Path) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // It fails while opening the data directory, before it listens: nothing to wait for.
     let output = child.wait_with_output().expect("wait");
-    assert!(Instant::now() < deadline, "took too long to fail");
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(!output.status.success(), "expected a failure at start, got success:\n{stderr}");
     stderr
