@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::key_index::KeyIndex;
+use crate::key_index::{EntryTooLarge, KeyIndex};
 use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
@@ -207,6 +207,17 @@ impl RelationStore {
         let insertions = change.weights.iter().filter(|w| **w > 0).count();
         // A relation with a primary key keeps its rows in the key index only.
         if let Some(keys) = &encoded.keys {
+            // Checked before anything changes, so a refused change leaves the store whole.
+            for (index, weight) in change.weights.iter().enumerate() {
+                let size = keys.get(index).len() + rows.get(index).len();
+                if *weight > 0 && !KeyIndex::fits(size) {
+                    return Err(EngineError::Constraint(format!(
+                        "relation \"{}\": {}",
+                        self.name,
+                        EntryTooLarge(size)
+                    )));
+                }
+            }
             self.keys.reserve(insertions);
             // Retractions first: an update retracts and inserts the same key.
             for (index, weight) in change.weights.iter().enumerate() {
@@ -216,7 +227,9 @@ impl RelationStore {
             }
             for (index, weight) in change.weights.iter().enumerate() {
                 if *weight > 0 {
-                    self.keys.insert(keys.get(index), rows.get(index));
+                    self.keys
+                        .insert(keys.get(index), rows.get(index))
+                        .map_err(|e| EngineError::Internal(format!("relation \"{}\": {e}", self.name)))?;
                 }
             }
         } else {
