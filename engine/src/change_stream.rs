@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::sql::sqlparser::ast;
 
 use crate::change::ChangeBatch;
+use crate::connector::Origin;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::events::events_of;
@@ -43,9 +44,8 @@ impl Engine {
             Some(store) if !store.primary_key().is_empty() => store.primary_key().to_vec(),
             _ => self.catalog.relation(relation).map(|r| r.primary_key.clone()).unwrap_or_default(),
         };
-        let origin = self.epoch_origin.as_ref().map(|(_, progress)| progress.0.clone());
-        let events =
-            stream_rows(&definition.schema, relation, change, &key, origin.as_deref(), self.epoch_is_snapshot)?;
+        let origin = self.epoch_origin.as_ref();
+        let events = stream_rows(&definition.schema, relation, change, &key, origin, self.epoch_is_snapshot)?;
         if !events.is_empty() {
             epoch.insert(stream, events);
         }
@@ -70,9 +70,11 @@ fn stream_rows(
     relation: &str,
     change: &ChangeBatch,
     key: &[usize],
-    lsn: Option<&str>,
+    origin: Option<&Origin>,
     snapshot: bool,
 ) -> Result<ChangeBatch> {
+    let lsn = origin.map(|o| o.progress.0.as_str());
+    let transaction = origin.and_then(|o| o.transaction);
     let events = events_of(change, key, snapshot);
     let n = events.len();
     let ops: Vec<String> = events.iter().map(|e| e.op.to_string()).collect();
@@ -80,8 +82,8 @@ fn stream_rows(
     let after: Vec<Option<usize>> = events.iter().map(|e| e.after).collect();
     let source_columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![lsn; n])),
-        Arc::new(Int64Array::new_null(n)),
-        Arc::new(TimestampMicrosecondArray::new_null(n).with_timezone("UTC")),
+        Arc::new(Int64Array::from(vec![transaction.map(|t| t.id); n])),
+        Arc::new(TimestampMicrosecondArray::from(vec![transaction.map(|t| t.commit_micros); n]).with_timezone("UTC")),
         Arc::new(StringArray::from(vec![relation; n])),
         Arc::new(BooleanArray::from(vec![snapshot; n])),
     ];

@@ -21,6 +21,7 @@
 //! delivers what came after it again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -82,14 +83,38 @@ impl SourceChanges {
     }
 }
 
+/// The upstream transaction an event holds, when it holds exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTransaction {
+    /// The upstream's transaction id (PostgreSQL's xid).
+    pub id: i64,
+    /// When it committed upstream, in microseconds since the Unix epoch.
+    pub commit_micros: i64,
+}
+
+/// Where an epoch came from: the source, its position after the epoch, and the upstream
+/// transaction when the epoch is exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub source: String,
+    pub progress: Progress,
+    pub transaction: Option<UpstreamTransaction>,
+}
+
 #[derive(Debug)]
 pub enum SourceEvent {
-    /// One upstream transaction (or several whole ones): changes per relation, and the
-    /// position after it.
-    Transaction { changes: Vec<(String, SourceChanges)>, progress: Progress },
+    /// One upstream transaction (or several whole ones, coalesced unless
+    /// [`SourceMonitor::per_transaction`] asks otherwise): changes per relation, the position
+    /// after it, and the transaction when there is exactly one.
+    Transaction { changes: Vec<(String, SourceChanges)>, progress: Progress, transaction: Option<UpstreamTransaction> },
     /// A transaction too large to hold in memory (or the initial snapshot, `snapshot`): its
     /// parts are read one after another and applied within one epoch.
-    LargeTransaction { parts: Box<dyn TransactionParts>, progress: Progress, snapshot: bool },
+    LargeTransaction {
+        parts: Box<dyn TransactionParts>,
+        progress: Progress,
+        snapshot: bool,
+        transaction: Option<UpstreamTransaction>,
+    },
     /// The upstream position moved without changes to the captured relations.
     Progress(Progress),
     /// Columns of a relation were dropped upstream: later changes carry NULL in them, and
@@ -123,33 +148,50 @@ pub struct SourceReport {
     pub retained_bytes: Option<u64>,
 }
 
-/// A shared handle through which a reader reports its state.
+/// A shared handle through which a reader reports its state, and learns whether each
+/// upstream transaction must be an epoch of its own.
 #[derive(Debug, Clone, Default)]
-pub struct SourceMonitor(Arc<Mutex<SourceReport>>);
+pub struct SourceMonitor {
+    report: Arc<Mutex<SourceReport>>,
+    per_transaction: Arc<AtomicBool>,
+}
 
 impl SourceMonitor {
+    /// Whether something reads this source's events transaction by transaction (a
+    /// `changes(...)` stream or a sink downstream of its relations): readers then emit each
+    /// upstream transaction as its own event, with its id and commit time, instead of
+    /// coalescing several into one.
+    pub fn per_transaction(&self) -> bool {
+        self.per_transaction.load(Ordering::Relaxed)
+    }
+
+    /// Set by the engine when streams and sinks are created or dropped.
+    pub fn set_per_transaction(&self, per_transaction: bool) {
+        self.per_transaction.store(per_transaction, Ordering::Relaxed);
+    }
+
     pub fn set_state(&self, state: impl Into<String>) {
-        if let Ok(mut report) = self.0.lock() {
+        if let Ok(mut report) = self.report.lock() {
             report.state = state.into();
         }
     }
 
     pub fn set_detail(&self, detail: impl Into<String>) {
-        if let Ok(mut report) = self.0.lock() {
+        if let Ok(mut report) = self.report.lock() {
             report.detail = detail.into();
         }
     }
 
     /// Records how far behind the upstream the source is, and what it makes it retain.
     pub fn set_lag(&self, lag_bytes: u64, retained_bytes: u64) {
-        if let Ok(mut report) = self.0.lock() {
+        if let Ok(mut report) = self.report.lock() {
             report.lag_bytes = Some(lag_bytes);
             report.retained_bytes = Some(retained_bytes);
         }
     }
 
     pub fn report(&self) -> SourceReport {
-        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -199,9 +241,9 @@ pub struct SinkEpoch {
     pub change: ChangeBatch,
     /// The relation's contents when the sink started (delivered as reads, op `r`).
     pub snapshot: bool,
-    /// The source whose transaction made the epoch, and its position; `None` for writes
-    /// to local tables.
-    pub origin: Option<(String, Progress)>,
+    /// The source whose transaction made the epoch, its position and the upstream
+    /// transaction; `None` for writes to local tables.
+    pub origin: Option<Origin>,
     /// For a dead-letter sink: why each row could not be delivered where it was going.
     pub errors: Option<Vec<String>>,
 }

@@ -11,7 +11,7 @@ use changeflow_sql::parser::{CreateSource, ParsedStatement, Statement};
 use tokio::sync::{Mutex, MutexGuard, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::connector::{ConnectorRegistry, OPENING, Progress, SourceEvent, SourceReader, SourceResume};
+use crate::connector::{ConnectorRegistry, OPENING, Origin, Progress, SourceEvent, SourceReader, SourceResume};
 use crate::durable::{Checkpointer, DurabilityOptions, RestoreReport};
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
@@ -383,17 +383,17 @@ async fn run_source(
         };
         let mut guard = engine.lock().await;
         let (applied, count, progress) = match event {
-            Ok(Some(SourceEvent::Transaction { changes, progress })) => {
+            Ok(Some(SourceEvent::Transaction { changes, progress, transaction })) => {
                 let count: usize = changes.iter().map(|(_, c)| c.len()).sum();
-                guard.epoch_origin = Some((name.clone(), progress.clone()));
+                guard.epoch_origin = Some(Origin { source: name.clone(), progress: progress.clone(), transaction });
                 let applied = guard.apply_source_changes(changes);
                 guard.epoch_origin = None;
                 (applied, count, progress)
             }
-            Ok(Some(SourceEvent::LargeTransaction { mut parts, progress, snapshot })) => {
+            Ok(Some(SourceEvent::LargeTransaction { mut parts, progress, snapshot, transaction })) => {
                 // The engine stays locked across the parts: no query sees part of it.
                 guard.open_epoch();
-                guard.epoch_origin = Some((name.clone(), progress.clone()));
+                guard.epoch_origin = Some(Origin { source: name.clone(), progress: progress.clone(), transaction });
                 guard.epoch_is_snapshot = snapshot;
                 let mut count = 0;
                 let applied = loop {

@@ -105,8 +105,9 @@ pub struct Engine {
     pub(crate) sinks_muted: bool,
     /// Sink positions of the checkpoint being restored.
     pub(crate) replay_sink_positions: BTreeMap<String, String>,
-    /// The source transaction being applied, and its position (sinks report it).
-    pub(crate) epoch_origin: Option<(String, crate::connector::Progress)>,
+    /// The source transaction being applied: source, position, upstream transaction (sinks
+    /// and `changes(...)` report it).
+    pub(crate) epoch_origin: Option<crate::connector::Origin>,
     /// Set while a source's initial snapshot is applied (its rows are reads, op `r`).
     pub(crate) epoch_is_snapshot: bool,
     /// Statements of startup files already applied to the data directory.
@@ -180,6 +181,15 @@ impl Engine {
             .into());
         }
         self.statement_text = statement.text.clone();
+        let generation = self.generation;
+        let output = self.dispatch(statement).await;
+        if self.generation != generation {
+            self.refresh_transaction_epochs();
+        }
+        output
+    }
+
+    async fn dispatch(&mut self, statement: &ParsedStatement) -> Result<Output> {
         match &statement.statement {
             Statement::Sql(sql) => self.execute_sql(sql).await,
             Statement::CreateSource(create) => self.create_source(create).await,
@@ -197,6 +207,20 @@ impl Engine {
                     )),
                 }
             }
+        }
+    }
+
+    /// Sources whose relations feed a `changes(...)` stream or a sink (directly or through
+    /// views) emit each upstream transaction as an epoch of its own, so events name their
+    /// transaction; the others keep coalescing small transactions.
+    pub(crate) fn refresh_transaction_epochs(&self) {
+        let roots =
+            self.catalog.streams().map(|s| s.name.clone()).chain(self.catalog.sinks().map(|s| s.relation.clone()));
+        let watched = self.catalog.inputs_of(roots);
+        for (name, status) in &self.sources {
+            let per_transaction =
+                self.catalog.source(name).is_some_and(|source| source.relations.iter().any(|r| watched.contains(r)));
+            status.monitor.set_per_transaction(per_transaction);
         }
     }
 

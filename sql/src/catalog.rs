@@ -190,6 +190,20 @@ impl Catalog {
         self.relations.values().filter(|r| r.dependencies.iter().any(|d| d == name)).map(|r| r.name.clone()).collect()
     }
 
+    /// The relations `names` read, directly or through views and streams, themselves
+    /// included.
+    pub fn inputs_of(&self, names: impl IntoIterator<Item = String>) -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        let mut waiting: Vec<String> = names.into_iter().collect();
+        while let Some(name) = waiting.pop() {
+            if let Some(relation) = self.relation(&name) {
+                waiting.extend(relation.dependencies.iter().filter(|d| !found.contains(*d)).cloned());
+            }
+            found.insert(name);
+        }
+        found
+    }
+
     /// Names of sinks that deliver `name`.
     pub fn sinks_of(&self, name: &str) -> Vec<String> {
         self.sinks.values().filter(|s| s.relation == name).map(|s| s.name.clone()).collect()

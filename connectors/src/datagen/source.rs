@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use changeflow_engine::ChangeBatch;
 use changeflow_engine::connector::{
-    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef, SourceResume,
+    Progress, SourceChanges, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef,
+    SourceResume, UpstreamTransaction,
 };
 use changeflow_engine::error::{EngineError, Result};
 use changeflow_sql::parser::{CreateSource, SourceTables};
@@ -83,7 +84,15 @@ impl SourceReader for DatagenReader {
         }
         let changes = self.generate()?;
         let changes = changes.into_iter().map(|(relation, batch)| (relation, SourceChanges::Weighted(batch))).collect();
-        Ok(Some(SourceEvent::Transaction { changes, progress: Progress(format!("transaction {}", self.emitted)) }))
+        // Each generated transaction is one upstream transaction, numbered from 1.
+        let commit_micros =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let transaction = UpstreamTransaction { id: self.emitted as i64, commit_micros };
+        Ok(Some(SourceEvent::Transaction {
+            changes,
+            progress: Progress(format!("transaction {}", self.emitted)),
+            transaction: Some(transaction),
+        }))
     }
 
     async fn commit(&mut self, _upto: &Progress) -> Result<()> {

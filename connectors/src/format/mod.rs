@@ -166,21 +166,23 @@ impl Encoder {
 
     fn source(&self, epoch: &SinkEpoch, ts_ms: u64) -> String {
         let (db, lsn) = match &epoch.origin {
-            Some((source, progress)) => (source.as_str(), lsn_number(&progress.0)),
+            Some(origin) => (origin.source.as_str(), lsn_number(&origin.progress.0)),
             None => ("changeflow", None),
         };
+        let transaction = epoch.origin.as_ref().and_then(|o| o.transaction);
         let text = |s: &str| Value::String(s.to_string()).to_string();
         object(&[
             ("version", text(env!("CARGO_PKG_VERSION"))),
             ("connector", text("changeflow")),
             ("name", text(&self.target.sink)),
-            ("ts_ms", ts_ms.to_string()),
+            // Debezium's source.ts_ms is when the change was made upstream.
+            ("ts_ms", transaction.map_or(ts_ms, |t| (t.commit_micros / 1000).max(0) as u64).to_string()),
             ("snapshot", text(if epoch.snapshot { "true" } else { "false" })),
             ("db", text(db)),
             ("sequence", "null".into()),
             ("schema", text("public")),
             ("table", text(&self.target.relation)),
-            ("txId", "null".into()),
+            ("txId", transaction.map_or("null".into(), |t| t.id.to_string())),
             ("lsn", lsn.map_or("null".into(), |l| l.to_string())),
             ("xmin", "null".into()),
             ("epoch", epoch.epoch.to_string()),

@@ -68,9 +68,15 @@ pub enum OldTuple {
     Full,
 }
 
+/// PostgreSQL's timestamps count from 2000-01-01; this many microseconds after the Unix epoch.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
 pub enum LogicalMessage {
     Begin {
         final_lsn: u64,
+        /// Commit time, microseconds since the Unix epoch.
+        commit_micros: i64,
+        xid: u32,
     },
     /// The end of the commit record: the transaction's position (its unit of progress).
     Commit {
@@ -104,9 +110,9 @@ pub fn parse_logical_message(mut message: Bytes) -> Result<LogicalMessage, PgErr
         b'B' => {
             need(body, 20)?;
             let final_lsn = body.get_u64();
-            let _commit_time = body.get_i64();
-            let _xid = body.get_u32();
-            LogicalMessage::Begin { final_lsn }
+            let commit_time = body.get_i64();
+            let xid = body.get_u32();
+            LogicalMessage::Begin { final_lsn, commit_micros: commit_time.saturating_add(POSTGRES_EPOCH_MICROS), xid }
         }
         b'C' => {
             need(body, 25)?;

@@ -420,7 +420,7 @@ impl Plan {
 #[async_trait]
 impl SinkWriter for PostgresSinkWriter {
     async fn write_epoch(&mut self, epoch: &SinkEpoch, skip_rejected: bool) -> Result<Vec<Rejected>, SinkFailure> {
-        let origin = epoch.origin.as_ref().and_then(|(source, progress)| Some((source.clone(), lsn(&progress.0)?)));
+        let origin = epoch.origin.as_ref().and_then(|o| Some((o.source.clone(), lsn(&o.progress.0)?)));
         if let (Some((source, position)), Some((applied_source, applied))) = (&origin, &self.applied)
             && source == applied_source
             && position <= applied
@@ -448,8 +448,8 @@ impl SinkWriter for PostgresSinkWriter {
              position = EXCLUDED.position, updated_at = now()"
         );
         let epoch_number = epoch.epoch as i64;
-        let source = epoch.origin.as_ref().map(|(s, _)| s.clone());
-        let position = epoch.origin.as_ref().map(|(_, p)| p.0.clone());
+        let source = epoch.origin.as_ref().map(|o| o.source.clone());
+        let position = epoch.origin.as_ref().map(|o| o.progress.0.clone());
         let client = self.client.as_mut().ok_or_else(|| SinkFailure::Transient("not connected".into()))?;
         let transaction = client.transaction().await.map_err(|e| classify(&e, "starting a transaction"))?;
         let this = &self.plan;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use changeflow_engine::Result;
 use changeflow_engine::connector::{
     Progress, SourceConnector, SourceEvent, SourceMonitor, SourceReader, SourceRelationDef, SourceResume,
+    UpstreamTransaction,
 };
 use changeflow_engine::keyed::RowOp;
 use changeflow_sql::parser::CreateSource;
@@ -111,6 +112,11 @@ struct PostgresReader {
     /// Inside a transaction: whether it is skipped (already applied).
     in_transaction: Option<bool>,
     pending_end: Option<u64>,
+    /// The transaction being read (from its Begin message).
+    current_transaction: Option<UpstreamTransaction>,
+    /// Transactions gathered since the last event, and the newest of them.
+    gathered_transactions: usize,
+    last_transaction: Option<UpstreamTransaction>,
     /// Transactions whose commit LSN is below this are gathered already (or were applied
     /// before a restart), and below the second one, emitted: the end LSN of the newest.
     gathered_end: u64,
@@ -161,6 +167,9 @@ impl PostgresReader {
             schema_warnings: Vec::new(),
             in_transaction: None,
             pending_end: None,
+            current_transaction: None,
+            gathered_transactions: 0,
+            last_transaction: None,
             gathered_end: start,
             emitted_end: start,
             confirmed: start,
@@ -202,6 +211,9 @@ impl PostgresReader {
         self.spill = None;
         self.pending_end = None;
         self.in_transaction = None;
+        self.current_transaction = None;
+        self.gathered_transactions = 0;
+        self.last_transaction = None;
         self.gathered_end = self.emitted_end;
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -215,6 +227,7 @@ impl PostgresReader {
             parts: Box::new(parts),
             progress: Progress(format_lsn(consistent_point)),
             snapshot: true,
+            transaction: None,
         })
     }
 
@@ -266,18 +279,24 @@ impl PostgresReader {
 
     fn handle_message(&mut self, message: Bytes) -> Result<Option<SourceEvent>, PgError> {
         match parse_logical_message(message)? {
-            LogicalMessage::Begin { final_lsn, .. } => {
+            LogicalMessage::Begin { final_lsn, commit_micros, xid } => {
                 self.in_transaction = Some(final_lsn < self.gathered_end);
+                self.current_transaction = Some(UpstreamTransaction { id: i64::from(xid), commit_micros });
             }
             LogicalMessage::Commit { end_lsn, .. } => {
                 let skipped = self.in_transaction.take().unwrap_or(true);
+                let transaction = self.current_transaction.take();
                 if skipped {
                     return Ok(None);
                 }
                 self.gathered_end = end_lsn;
                 self.pending_end = Some(end_lsn);
+                self.gathered_transactions += 1;
+                self.last_transaction = transaction;
                 let more_buffered = self.connection.as_ref().is_some_and(|c| c.has_buffered_message());
-                if self.spill.is_some() || !(more_buffered && self.pending.operations < COALESCE_OPERATIONS) {
+                let coalesce =
+                    more_buffered && self.pending.operations < COALESCE_OPERATIONS && !self.monitor.per_transaction();
+                if self.spill.is_some() || !coalesce {
                     return self.emit().map(Some);
                 }
             }
@@ -392,18 +411,27 @@ impl PostgresReader {
         self.emitted_end = self.gathered_end;
         let changes = self.pending.take(&self.tables)?;
         let progress = Progress(format_lsn(end));
+        // Events of exactly one transaction say which one.
+        let transaction = if self.gathered_transactions == 1 { self.last_transaction } else { None };
+        self.gathered_transactions = 0;
+        self.last_transaction = None;
         if let Some(spill) = self.spill.take() {
             let spill = spill.finish(changes);
             tracing::info!(
                 source = %self.config.source, operations = spill.operations(),
                 "applying a large transaction spilled to disk"
             );
-            return Ok(SourceEvent::LargeTransaction { parts: Box::new(spill), progress, snapshot: false });
+            return Ok(SourceEvent::LargeTransaction {
+                parts: Box::new(spill),
+                progress,
+                snapshot: false,
+                transaction,
+            });
         }
         Ok(if changes.is_empty() {
             SourceEvent::Progress(progress)
         } else {
-            SourceEvent::Transaction { changes, progress }
+            SourceEvent::Transaction { changes, progress, transaction }
         })
     }
 

@@ -333,7 +333,7 @@ fn keys(value: &serde_json::Value) -> Vec<String> {
 async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     use crate::support::execute_ok;
     let cluster = PostgresCluster::start();
-    let client = cluster.connect().await;
+    let mut client = cluster.connect().await;
     client
         .batch_execute(
             "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2), note text);
@@ -352,7 +352,8 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
              CREATE SINK dbz FROM orders INTO FILE WITH (path = '{}', format = 'debezium-json');
              CREATE SINK tx FROM orders INTO FILE WITH (path = '{}', format = 'transaction-json');
              CREATE MATERIALIZED VIEW status_changes AS SELECT after.id AS id, before.status AS old_status,
-               after.status AS new_status, source.lsn AS lsn
+               after.status AS new_status, source.lsn AS lsn, source.tx_id AS tx_id,
+               extract(epoch FROM source.commit_ts) AS committed
                FROM changes(orders) WHERE op = 'u' AND before.status IS DISTINCT FROM after.status;
              CREATE SINK events FROM status_changes INTO FILE WITH (path = '{}', format = 'json');
              CREATE SINK stream FROM changes(orders) INTO FILE WITH (path = '{}', format = 'debezium-json');",
@@ -367,12 +368,20 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     // The snapshot reaches the sinks as reads.
     let reads = wait_for_lines(&file("dbz.jsonl"), 2).await;
     assert!(reads.iter().all(|m| m["op"] == "r" && m["source"]["snapshot"] == "true"), "{reads:?}");
-    client
-        .batch_execute(
-            "BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; UPDATE orders SET amount = 4 WHERE id = 2; COMMIT;",
-        )
+    // The transaction's id and commit time, as PostgreSQL knows them.
+    let transaction = client.transaction().await.expect("begin");
+    transaction
+        .batch_execute("UPDATE orders SET status = 'paid' WHERE id = 1; UPDATE orders SET amount = 4 WHERE id = 2")
         .await
         .expect("update");
+    let row = transaction
+        .query_one("SELECT txid_current()::bigint, floor(extract(epoch FROM now()) * 1000)::bigint", &[])
+        .await
+        .expect("xid");
+    let (xid, started_ms): (i64, i64) = (row.get(0), row.get(1));
+    transaction.commit().await.expect("commit");
+    let committed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
 
     // debezium-json: the envelope and source fields Debezium's PostgreSQL connector writes
     // (a message recorded from it for the same change), the same before / after / op.
@@ -394,6 +403,12 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     assert_eq!(ours["after"], recorded["after"]);
     assert!(ours["source"]["lsn"].as_u64().is_some_and(|l| l > 0), "the upstream LSN: {ours}");
     assert_eq!(ours["source"]["snapshot"], "false");
+    assert_eq!(ours["source"]["txId"], xid, "the upstream transaction id: {ours}");
+    let commit_ms = ours["source"]["ts_ms"].as_i64().expect("source.ts_ms");
+    assert!(
+        (started_ms..=committed_ms).contains(&commit_ms),
+        "commit time {commit_ms} in {started_ms}..={committed_ms}"
+    );
 
     // transaction-json: one message for the upstream transaction, with both changes.
     let transactions = wait_for_lines(&file("tx.jsonl"), 2).await;
@@ -410,6 +425,9 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     assert_eq!(events[0]["old_status"], "new");
     assert_eq!(events[0]["new_status"], "paid");
     assert!(events[0]["lsn"].as_str().is_some_and(|l| l.contains('/')), "{events:?}");
+    assert_eq!(events[0]["tx_id"], xid, "{events:?}");
+    let committed = events[0]["committed"].as_f64().expect("commit_ts");
+    assert!((committed * 1000.0 - commit_ms as f64).abs() < 1.0, "commit_ts {committed} is source.ts_ms {commit_ms}");
 
     // A sink from changes(orders) in debezium-json: the events' own envelopes.
     let stream = lines(&file("stream.jsonl"));
@@ -418,6 +436,23 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     assert_eq!(update["before"], recorded["before"]);
     assert_eq!(update["after"], recorded["after"]);
     assert_eq!(update["source"]["lsn"], ours["source"]["lsn"]);
+    assert_eq!(update["source"]["txId"], xid);
+
+    // Transactions committed back to back stay apart: one message per upstream transaction,
+    // each with its own id, even when they reach the source together.
+    client
+        .batch_execute(
+            "BEGIN; UPDATE orders SET note = 'first' WHERE id = 2; COMMIT;
+             BEGIN; UPDATE orders SET note = 'second' WHERE id = 2; COMMIT;",
+        )
+        .await
+        .expect("two transactions");
+    let transactions = wait_for_lines(&file("tx.jsonl"), 4).await;
+    let notes: Vec<&serde_json::Value> = transactions[2..].iter().map(|t| &t["changes"][0]["after"]["note"]).collect();
+    assert_eq!(notes, ["first", "second"], "{transactions:#?}");
+    assert!(transactions[2..].iter().all(|t| t["changes"].as_array().map(Vec::len) == Some(1)), "{transactions:#?}");
+    let ids: Vec<i64> = transactions[1..].iter().map(|t| t["source"]["txId"].as_i64().expect("txId")).collect();
+    assert!(ids[0] == xid && ids[0] < ids[1] && ids[1] < ids[2], "transaction ids {ids:?}");
     database.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
