@@ -1,6 +1,6 @@
 //! Benchmarks of incremental view maintenance (run by hand, results in BENCHMARKS.md):
 //!
-//!   cargo bench -p changeflow-engine --bench incremental [-- quick]
+//!   cargo bench -p changeflow-engine --bench incremental [-- quick] [calendar | join+agg] [ROWS]
 //!
 //! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
 //!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
@@ -251,13 +251,24 @@ async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `calendar` or `join+agg` runs one view; a number runs one table size.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let view_filter = args.iter().find(|a| *a == "calendar" || *a == "join+agg").cloned();
+    let size_filter: Option<usize> = args.iter().find_map(|a| a.parse().ok());
+    let runs = |name: &str, size: usize| {
+        view_filter.as_deref().is_none_or(|v| v == name) && size_filter.is_none_or(|s| s == size)
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         for size in [10_000, 100_000, 1_000_000] {
-            bench_view(size, CALENDAR, "calendar", quick).await;
+            if runs("calendar", size) {
+                bench_view(size, CALENDAR, "calendar", quick).await;
+            }
         }
         for size in [100_000, 1_000_000] {
-            bench_view(size, CITY, "join+agg", quick).await;
+            if runs("join+agg", size) {
+                bench_view(size, CITY, "join+agg", quick).await;
+            }
         }
     });
 }

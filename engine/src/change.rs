@@ -17,6 +17,9 @@ use crate::rows::RowCodec;
 pub struct ChangeBatch {
     pub data: RecordBatch,
     pub weights: Vec<i64>,
+    /// Known to be consolidated (no two equal rows, no zero weight): consolidating it again
+    /// is free.
+    consolidated: bool,
 }
 
 impl ChangeBatch {
@@ -28,23 +31,23 @@ impl ChangeBatch {
                 weights.len()
             )));
         }
-        Ok(Self { data, weights })
+        Ok(Self { data, weights, consolidated: false })
     }
 
     pub fn empty(schema: SchemaRef) -> Self {
-        Self { data: RecordBatch::new_empty(schema), weights: Vec::new() }
+        Self { data: RecordBatch::new_empty(schema), weights: Vec::new(), consolidated: true }
     }
 
     /// Every row of `data` inserted once.
     pub fn inserts(data: RecordBatch) -> Self {
         let weights = vec![1; data.num_rows()];
-        Self { data, weights }
+        Self { data, weights, consolidated: false }
     }
 
     /// Every row of `data` retracted once.
     pub fn retractions(data: RecordBatch) -> Self {
         let weights = vec![-1; data.num_rows()];
-        Self { data, weights }
+        Self { data, weights, consolidated: false }
     }
 
     pub fn len(&self) -> usize {
@@ -77,7 +80,7 @@ impl ChangeBatch {
             columns,
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(self.data.num_rows())),
         )?;
-        Ok(Self { data, weights: self.weights })
+        Ok(Self { data, weights: self.weights, consolidated: self.consolidated })
     }
 
     /// Concatenates batches of one schema.
@@ -89,7 +92,7 @@ impl ChangeBatch {
             many => {
                 let data = concat_batches(schema, many.iter().map(|b| &b.data))?;
                 let weights = many.iter().flat_map(|b| b.weights.iter().copied()).collect();
-                Ok(Self { data, weights })
+                Ok(Self { data, weights, consolidated: false })
             }
         }
     }
@@ -99,12 +102,13 @@ impl ChangeBatch {
     pub fn consolidate(&self) -> Result<Self> {
         // Without retractions nothing cancels: equal rows may stay apart (the multiset is
         // the same), which saves encoding and hashing large inserts such as snapshots.
-        if self.weights.iter().all(|w| *w > 0) {
+        if self.consolidated || self.weights.iter().all(|w| *w > 0) {
             return Ok(self.clone());
         }
         let codec = RowCodec::for_schema(&self.data.schema())?;
         let rows = codec.encode(self.data.columns())?;
-        let mut positions: FxHashMap<&[u8], usize> = FxHashMap::default();
+        let mut positions: FxHashMap<&[u8], usize> =
+            FxHashMap::with_capacity_and_hasher(self.len(), Default::default());
         let mut order: Vec<(u32, i64)> = Vec::with_capacity(self.len());
         for (i, weight) in self.weights.iter().enumerate() {
             let row = rows.row(i);
@@ -118,10 +122,10 @@ impl ChangeBatch {
         }
         order.retain(|(_, w)| *w != 0);
         if order.len() == self.len() {
-            return Ok(self.clone());
+            return Ok(Self { consolidated: true, ..self.clone() });
         }
         let indices = UInt32Array::from_iter_values(order.iter().map(|(i, _)| *i));
         let data = take_record_batch(&self.data, &indices)?;
-        Ok(Self { data, weights: order.into_iter().map(|(_, w)| w).collect() })
+        Ok(Self { data, weights: order.into_iter().map(|(_, w)| w).collect(), consolidated: true })
     }
 }

@@ -315,7 +315,7 @@ impl Engine {
         }
         let change = change.with_schema(Arc::clone(&relation.schema))?;
         let store = self.stores.get_mut(table).ok_or_else(|| EngineError::Internal(format!("no store for {table}")))?;
-        store.check_and_apply(&change)?;
+        let change = store.check_and_apply(&change)?;
         self.submit(vec![(table.to_string(), change)])
     }
 
@@ -352,9 +352,9 @@ impl Engine {
             };
             resolved.push((relation, change));
         }
-        for (relation, change) in &resolved {
-            if let Some(store) = self.stores.get_mut(relation) {
-                store.apply(change)?;
+        for (relation, change) in &mut resolved {
+            if let Some(store) = self.stores.get_mut(relation.as_str()) {
+                *change = store.apply(change)?;
             }
         }
         self.step_views(resolved)

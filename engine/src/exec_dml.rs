@@ -86,7 +86,7 @@ impl Engine {
             other => return Err(SqlError::Unsupported(format!("{other} is not supported")).into()),
         };
         let store = self.stores.get_mut(&name).ok_or_else(|| EngineError::Internal(format!("no store for {name}")))?;
-        store.check_and_apply(&change)?;
+        let change = store.check_and_apply(&change)?;
         self.submit(vec![(name, change)])?;
         Ok(Output::Command(tag))
     }

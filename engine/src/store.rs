@@ -93,16 +93,17 @@ impl RelationStore {
 
     /// Checks a write to a table (NOT NULL columns, existing rows for retractions, primary
     /// key uniqueness) and applies it only if it passes, encoding its rows once. A refused
-    /// write changes nothing; the error names the violated constraint.
-    pub fn check_and_apply(&mut self, change: &ChangeBatch) -> Result<()> {
+    /// write changes nothing; the error names the violated constraint. Returns the change
+    /// as applied (consolidated when it had to be).
+    pub fn check_and_apply(&mut self, change: &ChangeBatch) -> Result<ChangeBatch> {
         if change.is_empty() {
-            return Ok(());
+            return Ok(change.clone());
         }
-        let consolidated = self.consolidated(change)?;
-        let change = consolidated.as_ref().unwrap_or(change);
-        let encoded = self.encode(change)?;
-        self.check_encoded(change, &encoded)?;
-        self.apply_encoded(change, &encoded)
+        let change = self.consolidated(change)?;
+        let encoded = self.encode(&change)?;
+        self.check_encoded(&change, &encoded)?;
+        self.apply_encoded(&change, &encoded)?;
+        Ok(change)
     }
 
     fn encode(&self, change: &ChangeBatch) -> Result<EncodedChange> {
@@ -135,11 +136,15 @@ impl RelationStore {
             }
         }
         let rows = &encoded.rows;
-        let mut row_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
+        let mut row_changes: FxHashMap<&[u8], (i64, usize)> =
+            FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
         for (index, weight) in change.weights.iter().enumerate() {
             row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
         }
         for (row, (delta, index)) in &row_changes {
+            if *delta >= 0 {
+                continue;
+            }
             let stored = match &encoded.keys {
                 Some(keys) => (self.keys.get(keys.get(*index)) == Some(*row)) as i64,
                 None => self.rows.get(*row).copied().unwrap_or(0),
@@ -153,7 +158,8 @@ impl RelationStore {
         }
         if let Some(keys) = &encoded.keys {
             let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let mut key_changes: FxHashMap<&[u8], (i64, usize)> = FxHashMap::default();
+            let mut key_changes: FxHashMap<&[u8], (i64, usize)> =
+                FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
             for (row, weight) in change.weights.iter().enumerate() {
                 let entry = key_changes.entry(keys.get(row)).or_insert((0, row));
                 entry.0 += weight;
@@ -162,7 +168,7 @@ impl RelationStore {
                 }
             }
             for (key, (delta, row)) in key_changes {
-                if self.keys.contains_key(key) as i64 + delta > 1 {
+                if delta > 0 && self.keys.contains_key(key) as i64 + delta > 1 {
                     let columns: Vec<String> =
                         self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
                     let values: Vec<String> = key_columns
@@ -181,24 +187,25 @@ impl RelationStore {
         Ok(())
     }
 
-    /// Applies a change without checks (the change is known to be valid).
-    pub fn apply(&mut self, change: &ChangeBatch) -> Result<()> {
+    /// Applies a change without checks (the change is known to be valid). Returns the change
+    /// as applied (consolidated when it had to be).
+    pub fn apply(&mut self, change: &ChangeBatch) -> Result<ChangeBatch> {
         if change.is_empty() {
-            return Ok(());
+            return Ok(change.clone());
         }
-        let consolidated = self.consolidated(change)?;
-        let change = consolidated.as_ref().unwrap_or(change);
-        let encoded = self.encode(change)?;
-        self.apply_encoded(change, &encoded)
+        let change = self.consolidated(change)?;
+        let encoded = self.encode(&change)?;
+        self.apply_encoded(&change, &encoded)?;
+        Ok(change)
     }
 
     /// The key index applies retractions before insertions, which is right only when no row
     /// is both inserted and retracted in the same change: such a change is consolidated first.
-    fn consolidated(&self, change: &ChangeBatch) -> Result<Option<ChangeBatch>> {
+    fn consolidated(&self, change: &ChangeBatch) -> Result<ChangeBatch> {
         if self.key_codec.is_some() && change.weights.iter().any(|w| *w < 0) {
-            Ok(Some(change.consolidate()?))
+            change.consolidate()
         } else {
-            Ok(None)
+            Ok(change.clone())
         }
     }
 

@@ -9,7 +9,8 @@
 //! - *freshness*: commit-to-visible latency of single-row updates at 1,000 transactions/s.
 //!
 //! Run with `cargo bench -p changeflow --bench postgres_source` (add `-- quick` for a smaller
-//! run, and `streaming`, `snapshot` or `freshness` for one part); results go in BENCHMARKS.md.
+//! run, and `streaming`, `snapshot` or `freshness` for one part, or `large rows=5000000` for
+//! one big transaction of that size); results go in BENCHMARKS.md.
 
 #[allow(dead_code)]
 #[path = "../tests/it/pg_cluster.rs"]
@@ -38,9 +39,11 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let quick = std::env::args().any(|a| a == "quick");
-    // `streaming`, `snapshot` or `freshness` runs only that part.
+    // `streaming`, `snapshot` or `freshness` runs only that part; `large` only the one big
+    // transaction, of `rows=N` rows when given.
     let only: Option<String> =
-        std::env::args().skip(1).find(|a| ["streaming", "snapshot", "freshness"].contains(&a.as_str()));
+        std::env::args().skip(1).find(|a| ["streaming", "snapshot", "freshness", "large"].contains(&a.as_str()));
+    let rows_override: Option<i64> = std::env::args().find_map(|a| a.strip_prefix("rows=")?.parse().ok());
     let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = if quick {
         Sizes {
@@ -76,9 +79,11 @@ async fn main() {
         .await
         .expect("schema");
 
-    if runs("streaming") {
-        let n = sizes.big_transaction;
+    if runs("streaming") || only.as_deref() == Some("large") {
+        let n = rows_override.unwrap_or(sizes.big_transaction);
         streaming(&cluster, &client, "1 transaction", n, &format!("CALL fill(1, {n})")).await;
+    }
+    if runs("streaming") {
         let t = sizes.hundred_row_transactions;
         streaming(&cluster, &client, "100-row transactions", t * 100, &format!("CALL fill({t}, 100)")).await;
         let t = sizes.single_row_transactions;

@@ -123,7 +123,7 @@ impl Operator for Aggregate {
         let change = self.input.step(changes)?;
         // Groups this epoch touched, in first-touch order.
         let mut touched: Vec<usize> = Vec::new();
-        let mut seen: FxHashSet<usize> = FxHashSet::default();
+        let mut seen: FxHashSet<usize> = FxHashSet::with_capacity_and_hasher(change.len(), Default::default());
         if !self.started && self.global {
             touched.push(0);
             seen.insert(0);
