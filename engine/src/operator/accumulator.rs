@@ -12,6 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64T
 use datafusion::common::ScalarValue;
 use rustc_hash::FxHashMap;
 
+use super::packed_values::{PACKED_BYTES, PackedValues, pack};
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
 
@@ -213,7 +214,7 @@ impl Accumulator {
             (Accumulator::Extremum { values: OrderedValues::Packed(values), .. }, Prepared::Encoded(keys, arg)) => {
                 for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
-                        adjust_packed(&mut values[group], pack(keys.get(i))?, weight)?;
+                        values[group].adjust(pack(keys.get(i))?, weight)?;
                     }
                 }
             }
@@ -323,13 +324,10 @@ impl Accumulator {
 pub enum OrderedValues {
     /// Values of fixed-width types, whose encodings (at most 15 bytes) are packed into a
     /// `u128` that orders the same way: no allocation and no `memcmp` per value.
-    Packed(Vec<BTreeMap<u128, i64>>),
+    Packed(Vec<PackedValues>),
     /// Any other values, as encoded byte strings.
     Bytes(Vec<BTreeMap<Box<[u8]>, i64>>),
 }
-
-/// The bytes after an encoding in its packed form: its length goes in the last one.
-const PACKED_BYTES: usize = 15;
 
 impl OrderedValues {
     fn for_type(input: &DataType) -> Self {
@@ -343,10 +341,7 @@ impl OrderedValues {
     /// The smallest (or with `max`, largest) value of a group.
     fn extreme(&self, group: usize, max: bool) -> Option<Extreme<'_>> {
         match self {
-            OrderedValues::Packed(values) => {
-                let map = &values[group];
-                if max { map.keys().next_back() } else { map.keys().next() }.map(|k| Extreme::Packed(k.to_be_bytes()))
-            }
+            OrderedValues::Packed(values) => values[group].extreme(max).map(|k| Extreme::Packed(k.to_be_bytes())),
             OrderedValues::Bytes(values) => {
                 let map = &values[group];
                 if max { map.keys().next_back() } else { map.keys().next() }.map(|k| Extreme::Bytes(k.as_ref()))
@@ -368,41 +363,6 @@ impl Extreme<'_> {
             Extreme::Bytes(bytes) => bytes,
         }
     }
-}
-
-/// Packs an encoding of at most 15 bytes so that packed values order as the byte strings do:
-/// the bytes first, zero padding, the length last (a shorter string that is a prefix of a
-/// longer one then still comes first).
-fn pack(bytes: &[u8]) -> Result<u128> {
-    if bytes.len() > PACKED_BYTES {
-        return Err(EngineError::Internal(format!("a {}-byte value where at most 15 were expected", bytes.len())));
-    }
-    let mut packed = [0u8; 16];
-    packed[..bytes.len()].copy_from_slice(bytes);
-    packed[PACKED_BYTES] = bytes.len() as u8;
-    Ok(u128::from_be_bytes(packed))
-}
-
-/// Adds `weight` to the multiplicity of a packed value, removing it at zero.
-fn adjust_packed(map: &mut BTreeMap<u128, i64>, key: u128, weight: i64) -> Result<()> {
-    match map.entry(key) {
-        std::collections::btree_map::Entry::Occupied(mut entry) => {
-            let count = entry.get_mut();
-            *count += weight;
-            if *count == 0 {
-                entry.remove();
-            } else if *count < 0 {
-                return Err(EngineError::Internal("a value was retracted more often than inserted".into()));
-            }
-        }
-        std::collections::btree_map::Entry::Vacant(entry) if weight > 0 => {
-            entry.insert(weight);
-        }
-        std::collections::btree_map::Entry::Vacant(_) => {
-            return Err(EngineError::Internal("a value was retracted that was never inserted".into()));
-        }
-    }
-    Ok(())
 }
 
 /// A map from encoded values to multiplicities.
@@ -451,30 +411,4 @@ fn adjust(map: &mut impl Multiset, key: &[u8], weight: i64) -> Result<()> {
         None => return Err(EngineError::Internal("a value was retracted that was never inserted".into())),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_values_order_as_their_bytes() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        // Short strings over a tiny alphabet, so prefixes and zero bytes are common.
-        let strings: Vec<Vec<u8>> =
-            (0..2_000).map(|_| (0..next() % 16).map(|_| (next() % 3) as u8).collect()).collect();
-        for a in &strings {
-            for b in strings.iter().take(200) {
-                let packed = pack(a).expect("fits").cmp(&pack(b).expect("fits"));
-                assert_eq!(packed, a.cmp(b), "{a:?} vs {b:?}");
-            }
-        }
-        assert!(pack(&[0; 16]).is_err());
-    }
 }

@@ -7,6 +7,7 @@ mod aggregate;
 mod constant;
 mod join;
 mod map;
+mod packed_values;
 mod scan;
 mod topk;
 mod union;

@@ -1,0 +1,159 @@
+//! The multiset of one group's values for a min or max over a fixed-width type: each value's
+//! row encoding (at most 15 bytes) packed into a `u128` that orders the same way, kept in a
+//! small sorted array inside the group's slot while the group holds few distinct values (most
+//! do) and in a B-tree beyond that. A change then touches the group's slot, not a heap node
+//! of its own, and compares integers, not byte strings.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use crate::error::{EngineError, Result};
+
+/// The bytes of an encoding in its packed form: its length goes in the byte after them.
+pub const PACKED_BYTES: usize = 15;
+/// Distinct values a group keeps inline before it moves to a B-tree.
+const INLINE: usize = 3;
+
+/// Packs an encoding of at most 15 bytes so that packed values order as the byte strings do:
+/// the bytes first, zero padding, the length last (a shorter string that is a prefix of a
+/// longer one then still comes first).
+pub fn pack(bytes: &[u8]) -> Result<u128> {
+    if bytes.len() > PACKED_BYTES {
+        return Err(EngineError::Internal(format!("a {}-byte value where at most 15 were expected", bytes.len())));
+    }
+    let mut packed = [0u8; 16];
+    packed[..bytes.len()].copy_from_slice(bytes);
+    packed[PACKED_BYTES] = bytes.len() as u8;
+    Ok(u128::from_be_bytes(packed))
+}
+
+/// One group's packed values with their multiplicities.
+pub enum PackedValues {
+    /// Up to [`INLINE`] distinct values, sorted, the first `len` slots in use.
+    Inline {
+        len: u8,
+        items: [(u128, i64); INLINE],
+    },
+    Tree(BTreeMap<u128, i64>),
+}
+
+impl Default for PackedValues {
+    fn default() -> Self {
+        PackedValues::Inline { len: 0, items: [(0, 0); INLINE] }
+    }
+}
+
+fn retracted_too_often() -> EngineError {
+    EngineError::Internal("a value was retracted more often than inserted".into())
+}
+
+fn never_inserted() -> EngineError {
+    EngineError::Internal("a value was retracted that was never inserted".into())
+}
+
+impl PackedValues {
+    /// Adds `weight` to the multiplicity of `value`, removing it at zero.
+    pub fn adjust(&mut self, value: u128, weight: i64) -> Result<()> {
+        match self {
+            PackedValues::Inline { len, items } => {
+                let used = *len as usize;
+                let at = items[..used].partition_point(|(v, _)| *v < value);
+                if at < used && items[at].0 == value {
+                    items[at].1 += weight;
+                    if items[at].1 == 0 {
+                        items.copy_within(at + 1..used, at);
+                        *len -= 1;
+                    } else if items[at].1 < 0 {
+                        return Err(retracted_too_often());
+                    }
+                } else if weight <= 0 {
+                    return Err(never_inserted());
+                } else if used < INLINE {
+                    items.copy_within(at..used, at + 1);
+                    items[at] = (value, weight);
+                    *len += 1;
+                } else {
+                    let mut tree: BTreeMap<u128, i64> = items.iter().copied().collect();
+                    tree.insert(value, weight);
+                    *self = PackedValues::Tree(tree);
+                }
+            }
+            PackedValues::Tree(tree) => match tree.entry(value) {
+                Entry::Occupied(mut entry) => {
+                    let count = entry.get_mut();
+                    *count += weight;
+                    if *count == 0 {
+                        entry.remove();
+                    } else if *count < 0 {
+                        return Err(retracted_too_often());
+                    }
+                }
+                Entry::Vacant(entry) if weight > 0 => {
+                    entry.insert(weight);
+                }
+                Entry::Vacant(_) => return Err(never_inserted()),
+            },
+        }
+        Ok(())
+    }
+
+    /// The smallest value, or with `max` the largest.
+    pub fn extreme(&self, max: bool) -> Option<u128> {
+        match self {
+            PackedValues::Inline { len: 0, .. } => None,
+            PackedValues::Inline { len, items } => Some(if max { items[*len as usize - 1].0 } else { items[0].0 }),
+            PackedValues::Tree(tree) => if max { tree.keys().next_back() } else { tree.keys().next() }.copied(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_values_order_as_their_bytes() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Short strings over a tiny alphabet, so prefixes and zero bytes are common.
+        let strings: Vec<Vec<u8>> =
+            (0..2_000).map(|_| (0..next() % 16).map(|_| (next() % 3) as u8).collect()).collect();
+        for a in &strings {
+            for b in strings.iter().take(200) {
+                let packed = pack(a).expect("fits").cmp(&pack(b).expect("fits"));
+                assert_eq!(packed, a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        assert!(pack(&[0; 16]).is_err());
+    }
+
+    #[test]
+    fn inline_and_tree_agree_with_a_model() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut values = PackedValues::default();
+        let mut model: BTreeMap<u128, i64> = BTreeMap::new();
+        for _ in 0..20_000 {
+            let value = u128::from(next() % 8);
+            let present = model.get(&value).copied().unwrap_or(0);
+            // Retract only what is there, so every step is valid.
+            let weight = if present > 0 && next() % 2 == 0 { -1 } else { 1 };
+            values.adjust(value, weight).expect("valid change");
+            *model.entry(value).or_default() += weight;
+            model.retain(|_, count| *count != 0);
+            assert_eq!(values.extreme(false), model.keys().next().copied());
+            assert_eq!(values.extreme(true), model.keys().next_back().copied());
+        }
+        assert!(values.adjust(99, -1).is_err(), "retracting an absent value is refused");
+    }
+}
