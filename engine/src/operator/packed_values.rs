@@ -1,8 +1,9 @@
 //! The multiset of one group's values for a min or max over a fixed-width type: each value's
 //! row encoding (at most 15 bytes) packed into a `u128` that orders the same way, kept in a
 //! small sorted array inside the group's slot while the group holds few distinct values (most
-//! do) and in a B-tree beyond that. A change then touches the group's slot, not a heap node
-//! of its own, and compares integers, not byte strings.
+//! do), in one sorted vector up to a few hundred, and in a B-tree beyond that. A change then
+//! touches the group's slot or one contiguous array, not scattered tree nodes, and compares
+//! integers, not byte strings.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -11,8 +12,11 @@ use crate::error::{EngineError, Result};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
-/// Distinct values a group keeps inline before it moves to a B-tree.
+/// Distinct values a group keeps inline before it moves to a sorted vector.
 const INLINE: usize = 3;
+/// Distinct values a sorted vector holds before the group moves to a B-tree (inserting into
+/// the vector moves up to this many entries of 32 bytes).
+const SORTED: usize = 256;
 
 /// Packs an encoding of at most 15 bytes so that packed values order as the byte strings do:
 /// the bytes first, zero padding, the length last (a shorter string that is a prefix of a
@@ -34,6 +38,7 @@ pub enum PackedValues {
         len: u8,
         items: [(u128, i64); INLINE],
     },
+    Sorted(Vec<(u128, i64)>),
     Tree(BTreeMap<u128, i64>),
 }
 
@@ -73,7 +78,28 @@ impl PackedValues {
                     items[at] = (value, weight);
                     *len += 1;
                 } else {
-                    let mut tree: BTreeMap<u128, i64> = items.iter().copied().collect();
+                    let mut sorted = Vec::with_capacity(2 * INLINE);
+                    sorted.extend_from_slice(&items[..at]);
+                    sorted.push((value, weight));
+                    sorted.extend_from_slice(&items[at..]);
+                    *self = PackedValues::Sorted(sorted);
+                }
+            }
+            PackedValues::Sorted(sorted) => {
+                let at = sorted.partition_point(|(v, _)| *v < value);
+                if at < sorted.len() && sorted[at].0 == value {
+                    sorted[at].1 += weight;
+                    if sorted[at].1 == 0 {
+                        sorted.remove(at);
+                    } else if sorted[at].1 < 0 {
+                        return Err(retracted_too_often());
+                    }
+                } else if weight <= 0 {
+                    return Err(never_inserted());
+                } else if sorted.len() < SORTED {
+                    sorted.insert(at, (value, weight));
+                } else {
+                    let mut tree: BTreeMap<u128, i64> = sorted.drain(..).collect();
                     tree.insert(value, weight);
                     *self = PackedValues::Tree(tree);
                 }
@@ -102,6 +128,7 @@ impl PackedValues {
         match self {
             PackedValues::Inline { len: 0, .. } => None,
             PackedValues::Inline { len, items } => Some(if max { items[*len as usize - 1].0 } else { items[0].0 }),
+            PackedValues::Sorted(sorted) => if max { sorted.last() } else { sorted.first() }.map(|(v, _)| *v),
             PackedValues::Tree(tree) => if max { tree.keys().next_back() } else { tree.keys().next() }.copied(),
         }
     }
@@ -143,8 +170,9 @@ mod tests {
         };
         let mut values = PackedValues::default();
         let mut model: BTreeMap<u128, i64> = BTreeMap::new();
-        for _ in 0..20_000 {
-            let value = u128::from(next() % 8);
+        for step in 0..40_000 {
+            // Few values at first, then many: inline, sorted vector and tree all take turns.
+            let value = u128::from(next() % if step < 10_000 { 8 } else { 600 });
             let present = model.get(&value).copied().unwrap_or(0);
             // Retract only what is there, so every step is valid.
             let weight = if present > 0 && next() % 2 == 0 { -1 } else { 1 };
@@ -154,6 +182,6 @@ mod tests {
             assert_eq!(values.extreme(false), model.keys().next().copied());
             assert_eq!(values.extreme(true), model.keys().next_back().copied());
         }
-        assert!(values.adjust(99, -1).is_err(), "retracting an absent value is refused");
+        assert!(values.adjust(1_000, -1).is_err(), "retracting an absent value is refused");
     }
 }
