@@ -11,6 +11,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use rustc_hash::FxHashMap;
 
 use crate::error::{EngineError, Result};
+use datafusion::arrow::row::Rows;
+
 use crate::rows::RowCodec;
 
 #[derive(Debug, Clone)]
@@ -105,7 +107,18 @@ impl ChangeBatch {
         if self.consolidated || self.weights.iter().all(|w| *w > 0) {
             return Ok(self.clone());
         }
-        let codec = RowCodec::for_schema(&self.data.schema())?;
+        Ok(self.consolidate_encoded(&RowCodec::for_schema(&self.data.schema())?)?.0)
+    }
+
+    /// Whether the batch is known to be consolidated.
+    pub fn is_consolidated(&self) -> bool {
+        self.consolidated
+    }
+
+    /// Consolidates (whatever the weights) with `codec`, a codec of this batch's columns, and
+    /// returns the result's rows encoded with it: a caller that needs the encoding anyway
+    /// encodes once.
+    pub fn consolidate_encoded(&self, codec: &RowCodec) -> Result<(Self, Rows)> {
         let rows = codec.encode(self.data.columns())?;
         let mut positions: FxHashMap<&[u8], usize> =
             FxHashMap::with_capacity_and_hasher(self.len(), Default::default());
@@ -122,10 +135,15 @@ impl ChangeBatch {
         }
         order.retain(|(_, w)| *w != 0);
         if order.len() == self.len() {
-            return Ok(Self { consolidated: true, ..self.clone() });
+            drop(positions);
+            return Ok((Self { consolidated: true, ..self.clone() }, rows));
+        }
+        let mut kept = codec.empty_rows(order.len(), rows.size());
+        for (index, _) in &order {
+            kept.push(rows.row(*index as usize));
         }
         let indices = UInt32Array::from_iter_values(order.iter().map(|(i, _)| *i));
         let data = take_record_batch(&self.data, &indices)?;
-        Ok(Self { data, weights: order.into_iter().map(|(_, w)| w).collect(), consolidated: true })
+        Ok((Self { data, weights: order.into_iter().map(|(_, w)| w).collect(), consolidated: true }, kept))
     }
 }

@@ -45,6 +45,11 @@ impl RowCodec {
         Ok(self.converter.convert_columns(columns)?)
     }
 
+    /// An empty set of rows to push encoded rows into.
+    pub fn empty_rows(&self, rows: usize, bytes: usize) -> Rows {
+        self.converter.empty_rows(rows, bytes)
+    }
+
     /// Decodes encoded rows (as stored byte strings) back into columns.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();

@@ -99,8 +99,7 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(change.clone());
         }
-        let change = self.consolidated(change)?;
-        let encoded = self.encode(&change)?;
+        let (change, encoded) = self.consolidated_and_encoded(change)?;
         self.check_encoded(&change, &encoded)?;
         self.apply_encoded(&change, &encoded)?;
         Ok(change)
@@ -108,14 +107,13 @@ impl RelationStore {
 
     fn encode(&self, change: &ChangeBatch) -> Result<EncodedChange> {
         let rows = encode_rows(&self.codec, change.data.columns())?;
-        let keys = match &self.key_codec {
-            Some(key_codec) => {
-                let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-                Some(encode_rows(key_codec, &key_columns)?)
-            }
-            None => None,
-        };
-        Ok(EncodedChange { rows, keys })
+        Ok(EncodedChange { rows, keys: self.encode_keys(change)? })
+    }
+
+    fn encode_keys(&self, change: &ChangeBatch) -> Result<Option<Encoded>> {
+        let Some(key_codec) = &self.key_codec else { return Ok(None) };
+        let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+        Ok(Some(encode_rows(key_codec, &key_columns)?))
     }
 
     fn check_encoded(&self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
@@ -193,20 +191,26 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(change.clone());
         }
-        let change = self.consolidated(change)?;
-        let encoded = self.encode(&change)?;
+        let (change, encoded) = self.consolidated_and_encoded(change)?;
         self.apply_encoded(&change, &encoded)?;
         Ok(change)
     }
 
-    /// The key index applies retractions before insertions, which is right only when no row
-    /// is both inserted and retracted in the same change: such a change is consolidated first.
-    fn consolidated(&self, change: &ChangeBatch) -> Result<ChangeBatch> {
-        if self.key_codec.is_some() && change.weights.iter().any(|w| *w < 0) {
-            change.consolidate()
-        } else {
-            Ok(change.clone())
+    /// The change ready to apply, and its rows and keys encoded. The key index applies
+    /// retractions before insertions, which is right only when no row is both inserted and
+    /// retracted in the same change: such a change is consolidated first (encoding its rows
+    /// once for both).
+    fn consolidated_and_encoded(&self, change: &ChangeBatch) -> Result<(ChangeBatch, EncodedChange)> {
+        let needs_consolidation = self.key_codec.is_some()
+            && self.codec.width() > 0
+            && !change.is_consolidated()
+            && change.weights.iter().any(|w| *w < 0);
+        if !needs_consolidation {
+            return Ok((change.clone(), self.encode(change)?));
         }
+        let (change, rows) = change.consolidate_encoded(&self.codec)?;
+        let keys = self.encode_keys(&change)?;
+        Ok((change, EncodedChange { rows: Encoded::Rows(rows), keys }))
     }
 
     fn apply_encoded(&mut self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
