@@ -138,15 +138,19 @@ impl PackedValues {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packed_values_order_as_their_bytes() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
+    /// A seeded pseudo-random sequence.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    #[test]
+    fn packed_values_order_as_their_bytes() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         // Short strings over a tiny alphabet, so prefixes and zero bytes are common.
         let strings: Vec<Vec<u8>> =
             (0..2_000).map(|_| (0..next() % 16).map(|_| (next() % 3) as u8).collect()).collect();
@@ -161,13 +165,7 @@ mod tests {
 
     #[test]
     fn inline_and_tree_agree_with_a_model() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut values = PackedValues::default();
         let mut model: BTreeMap<u128, i64> = BTreeMap::new();
         for step in 0..40_000 {
