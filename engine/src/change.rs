@@ -8,11 +8,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::Rows;
 use rustc_hash::FxHashMap;
 
 use crate::error::{EngineError, Result};
-use datafusion::arrow::row::Rows;
-
 use crate::rows::RowCodec;
 
 #[derive(Debug, Clone)]
