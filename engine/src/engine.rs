@@ -41,6 +41,8 @@ pub enum Mode {
 pub(crate) struct MaterializedView {
     pub name: String,
     pub dataflow: Option<Box<dyn Operator>>,
+    /// The plan the dataflow was built from (a restore builds it again to load its state).
+    pub plan: changeflow_sql::plan::PlanNode,
     pub inputs: Vec<String>,
     /// The columns it reads of each input.
     pub reads: Vec<(String, Vec<String>)>,

@@ -109,6 +109,7 @@ impl Engine {
             self.views.push(MaterializedView {
                 name: name.clone(),
                 dataflow: Some(operators),
+                plan,
                 inputs,
                 reads,
                 error: None,

@@ -39,7 +39,7 @@ pub mod subscribe;
 
 pub use change::ChangeBatch;
 pub use database::Database;
-pub use durable::DurabilityOptions;
+pub use durable::{DurabilityOptions, RestoreReport};
 pub use engine::{Engine, Mode, Output, SourceStatus};
 pub use error::{EngineError, Result};
 pub use exec_query::{Description, PreparedQuery};

@@ -6,8 +6,8 @@
 //!   the view holds every row: what a start costs without a checkpoint.
 //! - *checkpoint*: the time to capture and write one checkpoint (fsynced) and its size.
 //! - *restart*: a new process state from that data directory until the view answers with
-//!   every row (checkpoint loaded, views rebuilt, source resumed from its slot without a
-//!   snapshot).
+//!   every row (checkpoint loaded, views loaded from their checkpointed state, source
+//!   resumed from its slot without a snapshot).
 //!
 //! Run with `cargo bench -p changeflow --bench durability` (add `-- quick` for 200k rows);
 //! results go in BENCHMARKS.md.
@@ -68,6 +68,7 @@ async fn main() {
     wait_for_rows(&database, rows).await;
     let restart = started.elapsed();
     assert_eq!(report.rows, rows as u64, "the checkpoint holds the source relation");
+    assert_eq!((report.views_loaded, report.views_rebuilt), (2, 0), "{:?}", report.views_warning);
     database.shutdown().await;
     drop(database);
     let _ = std::fs::remove_dir_all(&dir);

@@ -49,11 +49,24 @@ impl StorageOptions {
                 "changeflow: restored {} from {}{} and {} journal record{} in {} ms",
                 data_dir.display(),
                 report.checkpoint.as_deref().map_or("no checkpoint".to_string(), |c| format!("checkpoint {c}")),
-                if report.checkpoint.is_some() { format!(" ({} rows)", report.rows) } else { String::new() },
+                if report.checkpoint.is_some() {
+                    format!(
+                        " ({} rows; {} materialized view{} loaded from checkpointed state, {} rebuilt)",
+                        report.rows,
+                        report.views_loaded,
+                        if report.views_loaded == 1 { "" } else { "s" },
+                        report.views_rebuilt
+                    )
+                } else {
+                    String::new()
+                },
                 report.journal_records,
                 if report.journal_records == 1 { "" } else { "s" },
                 report.elapsed.as_millis()
             );
+        }
+        if let Some(warning) = &report.views_warning {
+            eprintln!("changeflow: warning: {warning}; the views were rebuilt from their inputs");
         }
         Ok(database)
     }

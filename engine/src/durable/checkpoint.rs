@@ -1,17 +1,21 @@
 //! Checkpoints: one file holding everything needed to rebuild the engine without the journal
 //! before it: the live objects' definitions, the contents of every base relation (local
-//! tables and source relations, as Arrow IPC), each source's progress and what it created
-//! upstream, the epoch, and the journal segment that continues after it.
+//! tables and source relations, as Arrow IPC), every materialized view's contents and
+//! operator state (groups and accumulators, join arrangements, top-k rows: see
+//! `operator::state`), each source's progress and what it created upstream, the epoch, and
+//! the journal segment that continues after it.
 //!
 //! Layout: `CFCKPT01`, manifest length (u64 LE), manifest (JSON), then per relation of the
-//! manifest its IPC stream (u64 LE length first), and a CRC-32 of all the bytes before it.
+//! manifest its IPC stream, then per view its contents and each of its state batches (every
+//! stream preceded by its u64 LE length), and a CRC-32 of all the bytes before it.
 //! Written to a temporary file, fsynced, renamed into place, directory fsynced: a crash
 //! leaves the old checkpoint or the new one, never half of one. The two newest are kept, so
 //! a damaged newest one falls back to the one before.
 //!
-//! Materialized views are not in the checkpoint: their contents are a function of the base
-//! relations, so a restart rebuilds them from the restored inputs (as the initial load of
-//! CREATE MATERIALIZED VIEW does), which gives exactly the contents they had.
+//! A restart loads views from their state, without recomputing them. A checkpoint without a
+//! view's state (written by an older version, or while the view had failed) rebuilds the
+//! views from the restored inputs instead, as the initial load of CREATE MATERIALIZED VIEW
+//! does, which gives the same contents.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -44,6 +48,17 @@ pub(crate) struct Checkpoint {
     pub startup: Vec<String>,
     /// Contents of the base relations.
     pub relations: Vec<(String, RecordBatch)>,
+    /// Contents and operator state of the materialized views.
+    pub views: Vec<ViewState>,
+}
+
+/// A materialized view's contents and its dataflow's operator state, at the checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewState {
+    pub name: String,
+    pub contents: RecordBatch,
+    /// The batches of `Operator::save_state`, in its order.
+    pub operators: Vec<RecordBatch>,
 }
 
 /// A checkpoint file on disk.
@@ -68,7 +83,7 @@ impl Checkpoint {
             })
             .collect();
         Ok(json!({
-            "version": 1,
+            "version": 2,
             "epoch": self.epoch,
             "journal_from": self.journal_from,
             "definitions": self.definitions.iter().map(Definition::to_json).collect::<Result<Vec<_>>>()?,
@@ -76,6 +91,7 @@ impl Checkpoint {
             "sinks": self.sinks,
             "startup": self.startup,
             "relations": self.relations.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+            "views": self.views.iter().map(|v| json!({ "name": v.name, "operators": v.operators.len() })).collect::<Vec<_>>(),
         }))
     }
 
@@ -87,7 +103,12 @@ impl Checkpoint {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
         out.extend_from_slice(&manifest);
-        for (_, batch) in &self.relations {
+        let batches = self
+            .relations
+            .iter()
+            .map(|(_, batch)| batch)
+            .chain(self.views.iter().flat_map(|view| std::iter::once(&view.contents).chain(view.operators.iter())));
+        for batch in batches {
             let bytes = encode_batches(&batch.schema(), std::slice::from_ref(batch))?;
             out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             out.extend_from_slice(&bytes);
@@ -154,11 +175,22 @@ impl Checkpoint {
             .iter()
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect();
+        let mut next_batch = || -> Result<RecordBatch> {
+            let (schema, batches) = decode_batches(section()?)?;
+            Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+        };
         let mut relations = Vec::with_capacity(names.len());
         for name in names {
-            let (schema, batches) = decode_batches(section()?)?;
-            let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
-            relations.push((name, batch));
+            relations.push((name, next_batch()?));
+        }
+        // Version 1 checkpoints hold no view state.
+        let mut views = Vec::new();
+        for view in manifest.get("views").and_then(Value::as_array).into_iter().flatten() {
+            let name = view.get("name").and_then(Value::as_str).ok_or_else(|| corrupt("a view without a name"))?;
+            let count = view.get("operators").and_then(Value::as_u64).ok_or_else(|| corrupt("a view's state"))?;
+            let contents = next_batch()?;
+            let operators = (0..count).map(|_| next_batch()).collect::<Result<Vec<_>>>()?;
+            views.push(ViewState { name: name.to_string(), contents, operators });
         }
         Ok(Self {
             epoch: number("epoch")?,
@@ -168,6 +200,7 @@ impl Checkpoint {
             sinks,
             startup,
             relations,
+            views,
         })
     }
 }
@@ -295,7 +328,8 @@ mod tests {
             sources,
             sinks: BTreeMap::new(),
             startup: Vec::new(),
-            relations: vec![("t".into(), batch)],
+            relations: vec![("t".into(), batch.clone())],
+            views: vec![ViewState { name: "v".into(), contents: batch.clone(), operators: vec![batch.clone(), batch] }],
         }
     }
 
@@ -311,6 +345,8 @@ mod tests {
         assert_eq!(loaded.relations[0].1.num_rows(), 4);
         assert_eq!(loaded.sources["core"].progress, Some(Progress("0/16B3748".into())));
         assert_eq!(loaded.definitions[0].sql, "CREATE TABLE t (id INT)");
+        assert_eq!(loaded.views.len(), 1);
+        assert_eq!((loaded.views[0].contents.num_rows(), loaded.views[0].operators.len()), (4, 2));
         let mut bytes = fs::read(&file.path).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use super::DataDir;
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, ViewState};
 use super::definitions::{Definition, created_object};
 use super::ipc::{decode_change, encode_change};
 use super::journal::{self, Journal, Record};
@@ -19,6 +19,8 @@ use crate::change::ChangeBatch;
 use crate::connector::{Progress, SourceRelationDef, SourceResume};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
+use crate::operator::{self, StateReader};
+use crate::store::RelationStore;
 
 /// What a restart restored, for the log and for `SHOW`.
 #[derive(Debug, Clone, Default)]
@@ -29,9 +31,23 @@ pub struct RestoreReport {
     pub rows: u64,
     /// Journal records replayed after it.
     pub journal_records: usize,
+    /// Materialized views loaded from their checkpointed state.
+    pub views_loaded: usize,
+    /// Materialized views rebuilt from their restored inputs instead (the checkpoint held no
+    /// usable state for them; `views_warning` says why).
+    pub views_rebuilt: usize,
+    pub views_warning: Option<String>,
     pub elapsed: Duration,
     /// The loaded checkpoint's first journal segment and source progress.
     pub(crate) loaded: Option<(u64, BTreeMap<String, Progress>)>,
+}
+
+/// How the materialized views came back.
+#[derive(Debug, Default)]
+struct ViewsRestored {
+    loaded: usize,
+    rebuilt: usize,
+    warning: Option<String>,
 }
 
 fn json_bytes(value: &Value) -> Result<Vec<u8>> {
@@ -163,6 +179,18 @@ impl Engine {
                 relations.push((relation.name.clone(), self.committed_snapshot(&relation.name)?));
             }
         }
+        let mut views = Vec::with_capacity(self.views.len());
+        for view in &self.views {
+            // A failed view is left out: a restart rebuilds the views.
+            let Some(dataflow) = view.dataflow.as_ref().filter(|_| view.error.is_none()) else { continue };
+            let mut operators = Vec::new();
+            dataflow.save_state(&mut operators)?;
+            views.push(ViewState {
+                name: view.name.clone(),
+                contents: self.committed_snapshot(&view.name)?,
+                operators,
+            });
+        }
         let sources = self.sources.keys().map(|name| (name.clone(), self.source_resume(name))).collect();
         let checkpoint = Checkpoint {
             epoch: self.epoch,
@@ -172,6 +200,7 @@ impl Engine {
             sinks: BTreeMap::new(),
             startup: self.startup_applied.iter().cloned().collect(),
             relations,
+            views,
         };
         Ok((checkpoint, self.sink_barriers()))
     }
@@ -198,7 +227,7 @@ impl Engine {
         self.replaying = true;
         let result = self.replay(loaded.as_ref().map(|(_, c)| c), &records).await;
         self.replaying = false;
-        let rows = result?;
+        let (rows, views) = result?;
         self.restored = self
             .definitions
             .iter()
@@ -221,12 +250,16 @@ impl Engine {
             checkpoint: loaded.map(|(file, _)| file.path.display().to_string()),
             rows,
             journal_records: records.len(),
+            views_loaded: views.loaded,
+            views_rebuilt: views.rebuilt,
+            views_warning: views.warning,
             elapsed: started.elapsed(),
         })
     }
 
-    async fn replay(&mut self, checkpoint: Option<&Checkpoint>, records: &[Record]) -> Result<u64> {
+    async fn replay(&mut self, checkpoint: Option<&Checkpoint>, records: &[Record]) -> Result<(u64, ViewsRestored)> {
         let mut rows = 0;
+        let mut views = ViewsRestored::default();
         if let Some(checkpoint) = checkpoint {
             // Sinks in the checkpoint resume from their positions there (no new snapshot).
             self.replay_sink_positions = checkpoint.sinks.clone();
@@ -248,11 +281,18 @@ impl Engine {
             }
             self.startup_applied.extend(checkpoint.startup.iter().cloned());
             self.epoch = checkpoint.epoch;
-            // What the checkpoint holds was delivered to the sinks before it was taken.
-            self.sinks_muted = true;
-            let loaded = self.run_epoch(changes);
-            self.sinks_muted = false;
-            loaded?;
+            match self.load_views(&checkpoint.views) {
+                Ok(loaded) => views.loaded = loaded,
+                Err(error) => {
+                    tracing::warn!(%error, "rebuilding the materialized views from their restored inputs");
+                    views = ViewsRestored { loaded: 0, rebuilt: self.views.len(), warning: Some(error.to_string()) };
+                    // What the checkpoint holds was delivered to the sinks before it was taken.
+                    self.sinks_muted = true;
+                    let rebuilt = self.run_epoch(changes);
+                    self.sinks_muted = false;
+                    rebuilt?;
+                }
+            }
             for handle in self.sinks.values() {
                 if let Ok(mut report) = handle.report.lock() {
                     report.delivered_epoch = self.epoch;
@@ -295,7 +335,43 @@ impl Engine {
                 }
             }
         }
-        Ok(rows)
+        Ok((rows, views))
+    }
+
+    /// Loads every materialized view's contents and operator state from the checkpoint into
+    /// freshly built dataflows, and puts them in place only when all of them loaded (an
+    /// error leaves the views as they were, to be rebuilt). Returns how many were loaded.
+    fn load_views(&mut self, states: &[ViewState]) -> Result<usize> {
+        let by_name: FxHashMap<&str, &ViewState> = states.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut loaded = Vec::with_capacity(self.views.len());
+        for (index, view) in self.views.iter().enumerate() {
+            let failed = |error: EngineError| {
+                EngineError::Durability(format!("materialized view \"{}\" cannot be loaded: {error}", view.name))
+            };
+            let state = by_name.get(view.name.as_str()).ok_or_else(|| {
+                EngineError::Durability(format!("the checkpoint holds no state of materialized view \"{}\"", view.name))
+            })?;
+            let mut dataflow = operator::build(&view.plan)?;
+            let mut reader = StateReader::new(state.operators.clone());
+            dataflow.load_state(&mut reader).and_then(|_| reader.finish()).map_err(failed)?;
+            let current = self
+                .stores
+                .get(&view.name)
+                .ok_or_else(|| EngineError::Internal(format!("no store for view {}", view.name)))?;
+            let schema = Arc::clone(current.schema());
+            let mut store = RelationStore::new(&view.name, Arc::clone(&schema), current.primary_key())?;
+            let contents = ChangeBatch::inserts(state.contents.clone()).with_schema(schema).map_err(failed)?;
+            store.reserve(contents.len() as u64);
+            store.apply(&contents).map_err(failed)?;
+            loaded.push((index, dataflow, store));
+        }
+        let count = loaded.len();
+        for (index, dataflow, store) in loaded {
+            let view = &mut self.views[index];
+            view.dataflow = Some(dataflow);
+            self.stores.insert(view.name.clone(), store);
+        }
+        Ok(count)
     }
 
     /// Executes a stored definition again (a source's relations come from it, not upstream).

@@ -3,16 +3,18 @@
 //! encoding), so deleting the current minimum finds the next one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::common::ScalarValue;
 use rustc_hash::FxHashMap;
 
-use super::packed_values::{PACKED_BYTES, PackedValues, pack};
+use super::packed_values::{PACKED_BYTES, PackedValues, pack, unpack};
+use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
 
@@ -158,6 +160,102 @@ impl Accumulator {
             Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => slot(values, group),
             Accumulator::CountDistinct { values, .. } => slot(values, group),
         }
+    }
+
+    /// The state of `groups` (in this order) for a checkpoint: per-group values aligned with
+    /// `groups`, or multiset rows naming a group by its position there. None for count(*),
+    /// whose value is the group's row count.
+    pub fn save(&self, groups: &[usize]) -> Result<Option<RecordBatch>> {
+        let counts_of = |counts: &[i64]| int64_column(groups.iter().map(|&g| counts[g]));
+        Ok(Some(match self {
+            Accumulator::CountRows => return Ok(None),
+            Accumulator::Count { counts } => state_batch(vec![("count", counts_of(counts))])?,
+            Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. } => {
+                state_batch(vec![
+                    ("sum", int128_column(groups.iter().map(|&g| sums[g]))?),
+                    ("count", counts_of(counts)),
+                ])?
+            }
+            Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts } => state_batch(vec![
+                ("sum", Arc::new(Float64Array::from_iter_values(groups.iter().map(|&g| sums[g])))),
+                ("count", counts_of(counts)),
+            ])?,
+            Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => {
+                let rows = groups.iter().enumerate().flat_map(|(ordinal, &g)| {
+                    values[g].entries().map(move |(value, count)| (ordinal as u32, unpack(value), count))
+                });
+                multiset_batch(&rows.collect::<Vec<_>>())?
+            }
+            Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => {
+                multiset_batch(&multiset_rows(groups, |g| values[g].iter()))?
+            }
+            Accumulator::CountDistinct { values, .. } => multiset_batch(&multiset_rows(groups, |g| values[g].iter()))?,
+        }))
+    }
+
+    /// Replaces the whole state with `groups` groups read from what [`Accumulator::save`]
+    /// wrote.
+    pub fn load(&mut self, groups: usize, state: &mut StateReader) -> Result<()> {
+        fn aligned(len: usize, groups: usize, what: &str) -> Result<()> {
+            if len != groups {
+                return Err(EngineError::Durability(format!(
+                    "checkpointed operator state does not fit the view: {what} has {len} groups where {groups} were expected"
+                )));
+            }
+            Ok(())
+        }
+        fn cleared<T: Default>(values: &mut Vec<T>, groups: usize) {
+            values.clear();
+            values.resize_with(groups, T::default);
+        }
+        match self {
+            Accumulator::CountRows => {}
+            Accumulator::Count { counts } => {
+                let batch = state.next("a count's state", &[DataType::Int64])?;
+                aligned(batch.len(), groups, "a count's state")?;
+                *counts = batch.int64(0).values().to_vec();
+            }
+            Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. } => {
+                let batch = state.next("a sum's state", &[INT128, DataType::Int64])?;
+                aligned(batch.len(), groups, "a sum's state")?;
+                *sums = (0..groups).map(|row| batch.int128(0, row)).collect::<Result<_>>()?;
+                *counts = batch.int64(1).values().to_vec();
+            }
+            Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts } => {
+                let batch = state.next("a sum's state", &[DataType::Float64, DataType::Int64])?;
+                aligned(batch.len(), groups, "a sum's state")?;
+                *sums = batch.float64(0).values().to_vec();
+                *counts = batch.int64(1).values().to_vec();
+            }
+            Accumulator::Extremum { values, .. } => {
+                let batch = state.next("a min/max's values", &multiset_types())?;
+                match values {
+                    OrderedValues::Packed(values) => {
+                        cleared(values, groups);
+                        for row in 0..batch.len() {
+                            let group = batch.ordinal(0, row, groups)?;
+                            values[group].adjust(pack(batch.binary(1).value(row))?, batch.int64(2).value(row))?;
+                        }
+                    }
+                    OrderedValues::Bytes(values) => {
+                        cleared(values, groups);
+                        for row in 0..batch.len() {
+                            let group = batch.ordinal(0, row, groups)?;
+                            adjust(&mut values[group], batch.binary(1).value(row), batch.int64(2).value(row))?;
+                        }
+                    }
+                }
+            }
+            Accumulator::CountDistinct { values, .. } => {
+                let batch = state.next("a count(DISTINCT)'s values", &multiset_types())?;
+                cleared(values, groups);
+                for row in 0..batch.len() {
+                    let group = batch.ordinal(0, row, groups)?;
+                    adjust(&mut values[group], batch.binary(1).value(row), batch.int64(2).value(row))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds every row of a batch: row `i` (prepared argument value `i`) goes to group
@@ -363,6 +461,18 @@ impl Extreme<'_> {
             Extreme::Bytes(bytes) => bytes,
         }
     }
+}
+
+/// The multiset rows of `groups` (by position) for a checkpoint.
+fn multiset_rows<'a, I>(groups: &[usize], entries: impl Fn(usize) -> I) -> Vec<(u32, Vec<u8>, i64)>
+where
+    I: Iterator<Item = (&'a Box<[u8]>, &'a i64)>,
+{
+    let mut rows = Vec::new();
+    for (ordinal, &group) in groups.iter().enumerate() {
+        rows.extend(entries(group).map(|(value, count)| (ordinal as u32, value.to_vec(), *count)));
+    }
+    rows
 }
 
 /// A map from encoded values to multiplicities.

@@ -15,7 +15,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::accumulator::Accumulator;
-use super::{EpochChanges, Operator, evaluate, physical};
+use super::state::{BYTES, bytes_column, int64_column, state_batch};
+use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{RowCodec, encode_rows};
@@ -196,6 +197,48 @@ impl Operator for Aggregate {
             parts.push(ChangeBatch::inserts(data));
         }
         ChangeBatch::concat(&self.schema, &parts)
+    }
+
+    /// The live groups (key, row count, current output row), then each accumulator's state.
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let mut live = vec![true; self.keys.len()];
+        for &group in &self.free {
+            live[group] = false;
+        }
+        let groups: Vec<usize> = (0..self.keys.len()).filter(|&g| live[g]).collect();
+        out.push(state_batch(vec![
+            ("key", bytes_column(groups.iter().map(|&g| Some(self.keys[g].as_ref())))),
+            ("rows", int64_column(groups.iter().map(|&g| self.row_counts[g]))),
+            ("output", bytes_column(groups.iter().map(|&g| self.outputs[g].as_deref()))),
+        ])?);
+        for accumulator in &self.accumulators {
+            out.extend(accumulator.save(&groups)?);
+        }
+        self.input.save_state(out)
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        let batch = state.next("an aggregate's groups", &[BYTES, DataType::Int64, BYTES])?;
+        let count = batch.len();
+        let (keys, rows) = (batch.binary(0), batch.int64(1));
+        self.groups = FxHashMap::with_capacity_and_hasher(count, Default::default());
+        self.keys = (0..count).map(|g| Box::<[u8]>::from(keys.value(g))).collect();
+        for (group, key) in self.keys.iter().enumerate() {
+            self.groups.insert(key.clone(), group);
+        }
+        self.row_counts = rows.values().to_vec();
+        self.outputs = (0..count).map(|g| batch.optional_bytes(2, g).map(Box::<[u8]>::from)).collect();
+        self.free.clear();
+        for accumulator in &mut self.accumulators {
+            accumulator.load(count, state)?;
+        }
+        if self.global && count != 1 {
+            return Err(EngineError::Durability(format!(
+                "checkpointed operator state does not fit the view: an aggregate without GROUP BY has {count} groups"
+            )));
+        }
+        self.started = true;
+        self.input.load_state(state)
     }
 }
 

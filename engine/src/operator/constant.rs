@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{cast, concat};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 
-use super::{EpochChanges, Operator, evaluate, physical};
+use super::state::state_batch;
+use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::Result;
 
@@ -53,5 +54,20 @@ impl Constant {
 impl Operator for Constant {
     fn step(&mut self, _changes: &EpochChanges) -> Result<ChangeBatch> {
         Ok(self.pending.take().unwrap_or_else(|| ChangeBatch::empty(self.schema.clone())))
+    }
+
+    /// Whether the rows were emitted already.
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let emitted: ArrayRef = Arc::new(BooleanArray::from(vec![self.pending.is_none()]));
+        out.push(state_batch(vec![("emitted", emitted)])?);
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        let batch = state.next("constant rows' state", &[DataType::Boolean])?;
+        if batch.len() == 1 && batch.boolean(0).value(0) {
+            self.pending = None;
+        }
+        Ok(())
     }
 }

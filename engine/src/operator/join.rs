@@ -17,6 +17,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use rustc_hash::FxHashMap;
 
+use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
@@ -85,6 +86,34 @@ impl Side {
 
     fn entry(&self, key: &Option<Box<[u8]>>, row: &[u8]) -> Entry {
         self.buckets.get(key).and_then(|b| b.get(row)).copied().unwrap_or_default()
+    }
+
+    /// The arrangement: (key, NULL for rows never probed; row; multiplicity; matches).
+    fn save(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let entries: Vec<(Option<&[u8]>, &[u8], Entry)> = self
+            .buckets
+            .iter()
+            .flat_map(|(key, bucket)| bucket.iter().map(move |(row, entry)| (key.as_deref(), row.as_ref(), *entry)))
+            .collect();
+        out.push(state_batch(vec![
+            ("key", bytes_column(entries.iter().map(|e| e.0))),
+            ("row", bytes_column(entries.iter().map(|e| Some(e.1)))),
+            ("multiplicity", int64_column(entries.iter().map(|e| e.2.multiplicity))),
+            ("matches", int64_column(entries.iter().map(|e| e.2.matches))),
+        ])?);
+        Ok(())
+    }
+
+    fn load(&mut self, state: &mut StateReader) -> Result<()> {
+        let batch = state.next("a join side's rows", &[BYTES, BYTES, DataType::Int64, DataType::Int64])?;
+        let rows = batch.binary(1);
+        self.buckets = FxHashMap::default();
+        for i in 0..batch.len() {
+            let key = batch.optional_bytes(0, i).map(Box::<[u8]>::from);
+            let entry = Entry { multiplicity: batch.int64(2).value(i), matches: batch.int64(3).value(i) };
+            self.buckets.entry(key).or_default().insert(rows.value(i).into(), entry);
+        }
+        Ok(())
     }
 }
 
@@ -265,6 +294,21 @@ impl Operator for Join {
         self.emit_unmatched(&touched_left, true, &mut out)?;
         self.emit_unmatched(&touched_right, false, &mut out)?;
         ChangeBatch::concat(&self.schema, &out)
+    }
+
+    /// Both arrangements, then both inputs' state.
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.left.save(out)?;
+        self.right.save(out)?;
+        self.left.input.save_state(out)?;
+        self.right.input.save_state(out)
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        self.left.load(state)?;
+        self.right.load(state)?;
+        self.left.input.load_state(state)?;
+        self.right.input.load_state(state)
     }
 }
 

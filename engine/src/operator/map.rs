@@ -7,7 +7,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{EpochChanges, Operator, evaluate};
+use super::{EpochChanges, Operator, StateReader, evaluate};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 
@@ -49,6 +49,14 @@ impl Operator for Filter {
             .clone();
         filter_changes(change, &mask)?.with_schema(self.schema.clone())
     }
+
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.input.save_state(out)
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        self.input.load_state(state)
+    }
 }
 
 pub struct Project {
@@ -76,5 +84,13 @@ impl Operator for Project {
             &RecordBatchOptions::new().with_row_count(Some(change.len())),
         )?;
         ChangeBatch::new(data, change.weights)
+    }
+
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.input.save_state(out)
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        self.input.load_state(state)
     }
 }

@@ -9,12 +9,14 @@ mod join;
 mod map;
 mod packed_values;
 mod scan;
+pub mod state;
 mod topk;
 mod union;
 
 use std::sync::Arc;
 
 use changeflow_sql::plan::{NodeKind, PlanNode};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
@@ -23,6 +25,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use rustc_hash::FxHashMap;
 
+pub use self::state::StateReader;
 use crate::change::ChangeBatch;
 use crate::error::Result;
 
@@ -34,6 +37,13 @@ pub trait Operator: Send + Sync {
     /// Processes one epoch: reads the input relations' changes (through the node's inputs)
     /// and returns this node's output change. Called once per epoch, epochs in order.
     fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch>;
+
+    /// Appends this node's state, then its inputs', as record batches (for checkpoints).
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()>;
+
+    /// Replaces this node's state, then its inputs', with what [`Operator::save_state`] of a
+    /// dataflow of the same plan wrote.
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()>;
 }
 
 /// Builds the operator tree of a dataflow plan.
@@ -77,9 +87,6 @@ pub fn physical(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>>
 }
 
 /// Evaluates an expression over a batch into an array of the batch's length.
-pub fn evaluate(
-    expr: &Arc<dyn PhysicalExpr>,
-    batch: &datafusion::arrow::array::RecordBatch,
-) -> Result<datafusion::arrow::array::ArrayRef> {
+pub fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<datafusion::arrow::array::ArrayRef> {
     Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
 }

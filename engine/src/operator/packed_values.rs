@@ -31,6 +31,12 @@ pub fn pack(bytes: &[u8]) -> Result<u128> {
     Ok(u128::from_be_bytes(packed))
 }
 
+/// The encoding a packed value was made from.
+pub fn unpack(value: u128) -> Vec<u8> {
+    let packed = value.to_be_bytes();
+    packed[..(packed[PACKED_BYTES] as usize).min(PACKED_BYTES)].to_vec()
+}
+
 /// One group's packed values with their multiplicities.
 pub enum PackedValues {
     /// Up to [`INLINE`] distinct values, sorted, the first `len` slots in use.
@@ -123,6 +129,15 @@ impl PackedValues {
         Ok(())
     }
 
+    /// Every value with its multiplicity, in order.
+    pub fn entries(&self) -> Box<dyn Iterator<Item = (u128, i64)> + '_> {
+        match self {
+            PackedValues::Inline { len, items } => Box::new(items[..*len as usize].iter().copied()),
+            PackedValues::Sorted(sorted) => Box::new(sorted.iter().copied()),
+            PackedValues::Tree(tree) => Box::new(tree.iter().map(|(v, c)| (*v, *c))),
+        }
+    }
+
     /// The smallest value, or with `max` the largest.
     pub fn extreme(&self, max: bool) -> Option<u128> {
         match self {
@@ -161,6 +176,9 @@ mod tests {
             }
         }
         assert!(pack(&[0; 16]).is_err());
+        for a in strings.iter().take(200) {
+            assert_eq!(&unpack(pack(a).expect("fits")), a);
+        }
     }
 
     #[test]
@@ -179,6 +197,9 @@ mod tests {
             model.retain(|_, count| *count != 0);
             assert_eq!(values.extreme(false), model.keys().next().copied());
             assert_eq!(values.extreme(true), model.keys().next_back().copied());
+            if step % 997 == 0 {
+                assert!(values.entries().eq(model.iter().map(|(v, c)| (*v, *c))), "entries at step {step}");
+            }
         }
         assert!(values.adjust(1_000, -1).is_err(), "retracting an absent value is refused");
     }

@@ -1,8 +1,9 @@
 //! Scan: the changes of one stored relation in this epoch, under the node's schema.
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::{EpochChanges, Operator};
+use super::{EpochChanges, Operator, StateReader};
 use crate::change::ChangeBatch;
 use crate::error::Result;
 
@@ -23,5 +24,13 @@ impl Operator for Scan {
             Some(change) => change.clone().with_schema(self.schema.clone()),
             None => Ok(ChangeBatch::empty(self.schema.clone())),
         }
+    }
+
+    fn save_state(&self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    fn load_state(&mut self, _state: &mut StateReader) -> Result<()> {
+        Ok(())
     }
 }

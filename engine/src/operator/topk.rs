@@ -8,13 +8,14 @@ use std::sync::Arc;
 use changeflow_sql::plan::SortKey;
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::physical_expr::PhysicalExpr;
 use rustc_hash::FxHashMap;
 
-use super::{EpochChanges, Operator, evaluate, physical};
+use super::state::{BYTES, bytes_column, int64_column, state_batch};
+use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{RowCodec, encode_owned};
@@ -127,5 +128,30 @@ impl Operator for TopK {
         let result = ChangeBatch::new(data, weights);
         self.emitted = window;
         result
+    }
+
+    /// Every input row (sort key, row, count), then the rows currently emitted.
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        out.push(state_batch(vec![
+            ("sort_key", bytes_column(self.rows.keys().map(|(key, _)| Some(key.as_ref())))),
+            ("row", bytes_column(self.rows.keys().map(|(_, row)| Some(row.as_ref())))),
+            ("count", int64_column(self.rows.values().copied())),
+        ])?);
+        out.push(state_batch(vec![
+            ("row", bytes_column(self.emitted.keys().map(|row| Some(row.as_ref())))),
+            ("count", int64_column(self.emitted.values().copied())),
+        ])?);
+        self.input.save_state(out)
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        let rows = state.next("ORDER BY ... LIMIT's rows", &[BYTES, BYTES, DataType::Int64])?;
+        self.rows = (0..rows.len())
+            .map(|i| ((rows.binary(0).value(i).into(), rows.binary(1).value(i).into()), rows.int64(2).value(i)))
+            .collect();
+        let emitted = state.next("ORDER BY ... LIMIT's output", &[BYTES, DataType::Int64])?;
+        self.emitted =
+            (0..emitted.len()).map(|i| (emitted.binary(0).value(i).into(), emitted.int64(1).value(i))).collect();
+        self.input.load_state(state)
     }
 }

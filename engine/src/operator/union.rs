@@ -1,8 +1,9 @@
 //! UNION ALL: the changes of all inputs, under the union's schema.
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::{EpochChanges, Operator};
+use super::{EpochChanges, Operator, StateReader};
 use crate::change::ChangeBatch;
 use crate::error::Result;
 
@@ -24,5 +25,13 @@ impl Operator for Union {
             outputs.push(input.step(changes)?.with_schema(self.schema.clone())?);
         }
         ChangeBatch::concat(&self.schema, &outputs)
+    }
+
+    fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.inputs.iter().try_for_each(|input| input.save_state(out))
+    }
+
+    fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
+        self.inputs.iter_mut().try_for_each(|input| input.load_state(state))
     }
 }

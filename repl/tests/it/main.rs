@@ -1,7 +1,7 @@
 //! Integration tests of changeflow: randomized differential tests (against DataFusion's
 //! from-scratch evaluation and against PostgreSQL), the CLI, the datagen source, the
 //! PostgreSQL source, `changeflow serve`, and restarts from a data directory (`kill -9`
-//! included).
+//! included, and views loaded from their checkpointed state).
 
 mod cli;
 mod datagen;
@@ -15,4 +15,5 @@ mod serve;
 mod serve_server;
 mod sinks;
 mod support;
+mod view_state;
 mod workload;
