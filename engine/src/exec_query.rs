@@ -260,7 +260,7 @@ impl Engine {
 
     /// `rows` less the open transaction's changes to `relation` (only those whose key
     /// columns equal the given values, when `key` is given): what was there before it.
-    fn without_pending(
+    pub(crate) fn without_pending(
         &self,
         relation: &str,
         rows: RecordBatch,

@@ -10,11 +10,11 @@ use changeflow_sql::RelationKind;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
-use super::DataDir;
 use super::checkpoint::{self, Checkpoint, ViewState};
 use super::definitions::{Definition, created_object};
 use super::ipc::{decode_change, encode_change};
 use super::journal::{self, Journal, Record};
+use super::{DataDir, in_parallel};
 use crate::change::ChangeBatch;
 use crate::connector::{Progress, SourceRelationDef, SourceResume};
 use crate::engine::Engine;
@@ -40,6 +40,15 @@ pub struct RestoreReport {
     pub elapsed: Duration,
     /// The loaded checkpoint's first journal segment and source progress.
     pub(crate) loaded: Option<(u64, BTreeMap<String, Progress>)>,
+}
+
+/// A view loaded from a checkpoint, before it takes the place of the one replayed.
+struct LoadedView {
+    /// Its position among the engine's views.
+    index: usize,
+    dataflow: Box<dyn operator::Operator>,
+    store: RelationStore,
+    contents: ChangeBatch,
 }
 
 /// How the materialized views came back.
@@ -173,23 +182,39 @@ impl Engine {
             Some(journal) => journal.rotate()?,
             None => 0,
         };
-        let mut relations = Vec::new();
-        for relation in self.catalog.relations() {
-            if matches!(relation.kind, RelationKind::Table | RelationKind::SourceRelation) {
-                relations.push((relation.name.clone(), self.committed_snapshot(&relation.name)?));
-            }
-        }
-        let mut views = Vec::with_capacity(self.views.len());
-        for view in &self.views {
-            // A failed view is left out: a restart rebuilds the views.
-            let Some(dataflow) = view.dataflow.as_ref().filter(|_| view.error.is_none()) else { continue };
+        let bases: Vec<String> = self
+            .catalog
+            .relations()
+            .filter(|r| matches!(r.kind, RelationKind::Table | RelationKind::SourceRelation))
+            .map(|r| r.name.clone())
+            .collect();
+        // A failed view is left out: a restart then rebuilds the views.
+        let saved: Vec<(&str, &dyn operator::Operator)> = self
+            .views
+            .iter()
+            .filter(|view| view.error.is_none())
+            .filter_map(|view| Some((view.name.as_str(), view.dataflow.as_deref()?)))
+            .collect();
+        // Contents and operator state are taken on all cores (the engine waits meanwhile).
+        let stores = bases
+            .iter()
+            .map(String::as_str)
+            .chain(saved.iter().map(|(name, _)| *name))
+            .map(|name| self.stores.get(name).ok_or_else(|| EngineError::Internal(format!("no store for {name}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let mut snapshots = in_parallel(stores, RelationStore::snapshot).into_iter();
+        let states = in_parallel(saved.iter().map(|(_, dataflow)| *dataflow).collect(), |dataflow| {
             let mut operators = Vec::new();
-            dataflow.save_state(&mut operators)?;
-            views.push(ViewState {
-                name: view.name.clone(),
-                contents: self.committed_snapshot(&view.name)?,
-                operators,
-            });
+            dataflow.save_state(&mut operators).map(|_| operators)
+        });
+        let mut relations = Vec::with_capacity(bases.len());
+        for name in bases {
+            let rows = snapshots.next().ok_or_else(|| EngineError::Internal("a snapshot went missing".into()))??;
+            relations.push((name.clone(), self.without_pending(&name, rows, None)?));
+        }
+        let mut views = Vec::with_capacity(saved.len());
+        for ((name, _), (contents, operators)) in saved.iter().zip(snapshots.zip(states)) {
+            views.push(ViewState { name: name.to_string(), contents: contents?, operators: operators? });
         }
         let sources = self.sources.keys().map(|name| (name.clone(), self.source_resume(name))).collect();
         let checkpoint = Checkpoint {
@@ -269,20 +294,43 @@ impl Engine {
             self.replay_sink_positions.clear();
             let mut changes = Vec::with_capacity(checkpoint.relations.len());
             for (name, batch) in &checkpoint.relations {
-                let store = self.stores.get_mut(name).ok_or_else(|| {
+                let store = self.stores.get(name).ok_or_else(|| {
                     EngineError::Durability(format!(
                         "the checkpoint holds rows of \"{name}\", which it does not define"
                     ))
                 })?;
                 let change = ChangeBatch::inserts(batch.clone()).with_schema(Arc::clone(store.schema()))?;
                 rows += change.len() as u64;
-                store.apply(&change)?;
                 changes.push((name.clone(), change));
             }
             self.startup_applied.extend(checkpoint.startup.iter().cloned());
             self.epoch = checkpoint.epoch;
-            match self.load_views(&checkpoint.views) {
-                Ok(loaded) => views.loaded = loaded,
+            let mut loaded = self.prepare_views(&checkpoint.views);
+            // Base relations and view contents fill their stores on all cores.
+            let filled = {
+                let by_name: FxHashMap<&str, &ChangeBatch> = changes.iter().map(|(n, c)| (n.as_str(), c)).collect();
+                let mut jobs: Vec<(bool, &mut RelationStore, &ChangeBatch)> = self
+                    .stores
+                    .iter_mut()
+                    .filter_map(|(name, store)| Some((false, store, *by_name.get(name.as_str())?)))
+                    .collect();
+                if let Ok(prepared) = loaded.as_mut() {
+                    jobs.extend(prepared.iter_mut().map(|view| (true, &mut view.store, &view.contents)));
+                }
+                jobs.sort_by_key(|(_, _, change)| std::cmp::Reverse(change.len()));
+                in_parallel(jobs, |(is_view, store, change)| {
+                    store.reserve(change.len() as u64);
+                    (is_view, store.apply(change).map(|_| ()))
+                })
+            };
+            for (is_view, result) in filled {
+                match result {
+                    Err(error) if is_view => loaded = Err(error),
+                    other => other?,
+                }
+            }
+            match loaded.map(|prepared| self.install_views(prepared)) {
+                Ok(count) => views.loaded = count,
                 Err(error) => {
                     tracing::warn!(%error, "rebuilding the materialized views from their restored inputs");
                     views = ViewsRestored { loaded: 0, rebuilt: self.views.len(), warning: Some(error.to_string()) };
@@ -338,10 +386,10 @@ impl Engine {
         Ok((rows, views))
     }
 
-    /// Loads every materialized view's contents and operator state from the checkpoint into
-    /// freshly built dataflows, and puts them in place only when all of them loaded (an
-    /// error leaves the views as they were, to be rebuilt). Returns how many were loaded.
-    fn load_views(&mut self, states: &[ViewState]) -> Result<usize> {
+    /// Loads every materialized view's operator state from the checkpoint into a freshly
+    /// built dataflow, with an empty store for its contents (filled by the caller). An error
+    /// when any view has no usable state: the views are then rebuilt.
+    fn prepare_views(&self, states: &[ViewState]) -> Result<Vec<LoadedView>> {
         let by_name: FxHashMap<&str, &ViewState> = states.iter().map(|s| (s.name.as_str(), s)).collect();
         let mut loaded = Vec::with_capacity(self.views.len());
         for (index, view) in self.views.iter().enumerate() {
@@ -359,19 +407,22 @@ impl Engine {
                 .get(&view.name)
                 .ok_or_else(|| EngineError::Internal(format!("no store for view {}", view.name)))?;
             let schema = Arc::clone(current.schema());
-            let mut store = RelationStore::new(&view.name, Arc::clone(&schema), current.primary_key())?;
+            let store = RelationStore::new(&view.name, Arc::clone(&schema), current.primary_key())?;
             let contents = ChangeBatch::inserts(state.contents.clone()).with_schema(schema).map_err(failed)?;
-            store.reserve(contents.len() as u64);
-            store.apply(&contents).map_err(failed)?;
-            loaded.push((index, dataflow, store));
+            loaded.push(LoadedView { index, dataflow, store, contents });
         }
+        Ok(loaded)
+    }
+
+    /// Puts loaded views in place of the ones the definitions created; returns how many.
+    fn install_views(&mut self, loaded: Vec<LoadedView>) -> usize {
         let count = loaded.len();
-        for (index, dataflow, store) in loaded {
+        for LoadedView { index, dataflow, store, .. } in loaded {
             let view = &mut self.views[index];
             view.dataflow = Some(dataflow);
             self.stores.insert(view.name.clone(), store);
         }
-        Ok(count)
+        count
     }
 
     /// Executes a stored definition again (a source's relations come from it, not upstream).

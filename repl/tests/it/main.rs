@@ -3,6 +3,7 @@
 //! PostgreSQL source, `changeflow serve`, and restarts from a data directory (`kill -9`
 //! included, and views loaded from their checkpointed state).
 
+mod checkpoint_file;
 mod cli;
 mod datagen;
 mod differential;

@@ -9,8 +9,8 @@ use std::path::Path;
 use changeflow_engine::{Database, DurabilityOptions, RestoreReport};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
+use crate::checkpoint_file::strip_view_state;
 use crate::durability::data_dir;
 use crate::support::{execute, execute_ok, normalize_rows, output_rows};
 
@@ -24,7 +24,7 @@ const VIEWS: &[(&str, &str)] = &[
     (
         "by_grp",
         "SELECT grp, count(*) AS n, count(label) AS labelled, count(DISTINCT qty) AS qtys, sum(qty) AS qty, \
-         avg(qty) AS avg_qty, min(qty) AS lo, max(label) AS hi_label, sum(price) AS price, sum(amount) AS amount \
+         avg(qty) AS avg_qty, min(qty) AS lo, max(qty) AS hi, max(label) AS hi_label, sum(price) AS price, sum(amount) AS amount \
          FROM items GROUP BY grp",
     ),
     ("overall", "SELECT count(*) AS n, sum(qty) AS qty, min(price) AS cheapest, max(amount) AS dearest FROM items"),
@@ -153,36 +153,4 @@ async fn views_restart_from_their_checkpointed_state_and_keep_agreeing_with_thei
     checked_views(&database, "after changes following a rebuild").await;
     database.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Rewrites the newest checkpoint as a version-1 one: the manifest without views and the
-/// sections of their state cut off, the checksum recomputed.
-fn strip_view_state(dir: &Path) {
-    let checkpoints = dir.join("checkpoints");
-    let mut files: Vec<_> = std::fs::read_dir(&checkpoints)
-        .expect("checkpoint dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "cfck"))
-        .collect();
-    files.sort();
-    let newest = files.last().expect("a checkpoint");
-    let bytes = std::fs::read(newest).expect("read checkpoint");
-    let length = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
-    let manifest_length = length(8);
-    let mut manifest: Value = serde_json::from_slice(&bytes[16..16 + manifest_length]).expect("manifest");
-    let relations = manifest["relations"].as_array().expect("relations").len();
-    let mut at = 16 + manifest_length;
-    for _ in 0..relations {
-        at += 8 + length(at);
-    }
-    manifest["version"] = 1.into();
-    manifest.as_object_mut().expect("object").remove("views").expect("the checkpoint held view state");
-    let manifest = serde_json::to_vec(&manifest).expect("json");
-    let mut out = bytes[..8].to_vec();
-    out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
-    out.extend_from_slice(&manifest);
-    out.extend_from_slice(&bytes[16 + manifest_length..at]);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    std::fs::write(newest, out).expect("rewrite checkpoint");
 }
