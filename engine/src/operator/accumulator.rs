@@ -55,6 +55,14 @@ pub enum Accumulator {
         values: Vec<FxHashMap<Box<[u8]>, i64>>,
         codec: RowCodec,
     },
+    /// A min or max of the same argument as the `Extremum` at position `of` among the
+    /// aggregate's accumulators: it reads that one's values (one multiset serves both ends),
+    /// keeping no state and doing no work per change.
+    Mirror {
+        of: usize,
+        max: bool,
+        output: DataType,
+    },
 }
 
 /// The argument column of one batch, converted to what the accumulator reads.
@@ -121,7 +129,7 @@ impl Accumulator {
             return Ok(Prepared::Nulls(arg.clone()));
         }
         Ok(match self {
-            Accumulator::CountRows => Prepared::None,
+            Accumulator::CountRows | Accumulator::Mirror { .. } => Prepared::None,
             Accumulator::Count { .. } => Prepared::Nulls(arg.clone()),
             Accumulator::SumExact { output, .. } => Prepared::Int(cast(arg, output)?),
             Accumulator::AvgDecimal { input_scale, .. } => {
@@ -159,6 +167,7 @@ impl Accumulator {
             Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => slot(values, group),
             Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => slot(values, group),
             Accumulator::CountDistinct { values, .. } => slot(values, group),
+            Accumulator::Mirror { .. } => {}
         }
     }
 
@@ -168,7 +177,7 @@ impl Accumulator {
     pub fn save(&self, groups: &[usize]) -> Result<Option<RecordBatch>> {
         let counts_of = |counts: &[i64]| int64_column(groups.iter().map(|&g| counts[g]));
         Ok(Some(match self {
-            Accumulator::CountRows => return Ok(None),
+            Accumulator::CountRows | Accumulator::Mirror { .. } => return Ok(None),
             Accumulator::Count { counts } => state_batch(vec![("count", counts_of(counts))])?,
             Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. } => {
                 state_batch(vec![
@@ -209,7 +218,7 @@ impl Accumulator {
             values.resize_with(groups, T::default);
         }
         match self {
-            Accumulator::CountRows => {}
+            Accumulator::CountRows | Accumulator::Mirror { .. } => {}
             Accumulator::Count { counts } => {
                 let batch = state.next("a count's state", &[DataType::Int64])?;
                 aligned(batch.len(), groups, "a count's state")?;
@@ -336,10 +345,21 @@ impl Accumulator {
     }
 
     /// The aggregate's values for several groups at once (`rows[i]` rows in `groups[i]`).
-    /// Min and max decode all their values in one call.
+    /// Min and max decode all their values in one call. A mirror is read through the
+    /// accumulator it mirrors (see [`Accumulator::extremes`]).
     pub fn values(&self, groups: &[usize], rows: &[i64]) -> Result<ArrayRef> {
-        if let Accumulator::Extremum { values, codec, max, input, output } = self {
-            let extremes: Vec<Option<Extreme>> = groups.iter().map(|&g| values.extreme(g, *max)).collect();
+        if let Accumulator::Extremum { max, output, .. } = self {
+            return self.extremes(groups, *max, output);
+        }
+        let scalars = groups.iter().zip(rows).map(|(&g, &r)| self.value(g, r)).collect::<Result<Vec<_>>>()?;
+        Ok(ScalarValue::iter_to_array(scalars)?)
+    }
+
+    /// The smallest (or with `max` largest) value of each group as `output`, for a min/max
+    /// or a mirror of it.
+    pub fn extremes(&self, groups: &[usize], max: bool, output: &DataType) -> Result<ArrayRef> {
+        if let Accumulator::Extremum { values, codec, input, .. } = self {
+            let extremes: Vec<Option<Extreme>> = groups.iter().map(|&g| values.extreme(g, max)).collect();
             let present: Vec<&[u8]> = extremes.iter().flatten().map(Extreme::bytes).collect();
             let decoded = if present.is_empty() {
                 datafusion::arrow::array::new_empty_array(input)
@@ -356,8 +376,7 @@ impl Accumulator {
             let array = take(decoded.as_ref(), &indices, None)?;
             return Ok(if input != output { cast(&array, output)? } else { array });
         }
-        let scalars = groups.iter().zip(rows).map(|(&g, &r)| self.value(g, r)).collect::<Result<Vec<_>>>()?;
-        Ok(ScalarValue::iter_to_array(scalars)?)
+        Err(EngineError::Internal("min/max values read from an accumulator that keeps none".into()))
     }
 
     /// The aggregate's value for a group with `rows` rows.
@@ -413,6 +432,9 @@ impl Accumulator {
                 }
             },
             Accumulator::CountDistinct { values, .. } => ScalarValue::Int64(Some(values[group].len() as i64)),
+            Accumulator::Mirror { .. } => {
+                return Err(EngineError::Internal("a mirrored min/max is read through its owner".into()));
+            }
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use changeflow_sql::plan::AggregateCall;
+use changeflow_sql::plan::{AggregateCall, AggregateKind};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -49,19 +49,36 @@ impl Aggregate {
         schema: SchemaRef,
     ) -> Result<Self> {
         let key_types = group_exprs.iter().map(|e| e.get_type(input_schema)).collect::<Result<Vec<DataType>, _>>()?;
+        let mut accumulators = Vec::with_capacity(calls.len());
+        let mut arg_exprs = Vec::with_capacity(calls.len());
+        for (index, call) in calls.iter().enumerate() {
+            // min(x) beside max(x): the second reads the first's values.
+            let extremum = |c: &AggregateCall| matches!(c.kind, AggregateKind::Min | AggregateKind::Max);
+            let owner = calls[..index].iter().position(|other| {
+                extremum(call) && extremum(other) && other.arg == call.arg && other.arg_type == call.arg_type
+            });
+            match owner {
+                Some(of) => {
+                    let max = call.kind == AggregateKind::Max;
+                    accumulators.push(Accumulator::Mirror { of, max, output: call.output_type.clone() });
+                    arg_exprs.push(None);
+                }
+                None => {
+                    accumulators.push(Accumulator::new(call)?);
+                    arg_exprs.push(call.arg.as_ref().map(|a| physical(a, input_schema)).transpose()?);
+                }
+            }
+        }
         let mut aggregate = Self {
             input,
             group_exprs: group_exprs.iter().map(|e| physical(e, input_schema)).collect::<Result<_>>()?,
-            arg_exprs: calls
-                .iter()
-                .map(|c| c.arg.as_ref().map(|a| physical(a, input_schema)).transpose())
-                .collect::<Result<_>>()?,
+            arg_exprs,
             key_codec: RowCodec::new(&key_types)?,
             groups: FxHashMap::default(),
             keys: Vec::new(),
             row_counts: Vec::new(),
             free: Vec::new(),
-            accumulators: calls.iter().map(Accumulator::new).collect::<Result<_>>()?,
+            accumulators,
             outputs: Vec::new(),
             output_codec: RowCodec::for_schema(&schema)?,
             global: group_exprs.is_empty(),
@@ -109,7 +126,10 @@ impl Aggregate {
         };
         let rows: Vec<i64> = groups.iter().map(|&g| self.row_counts[g]).collect();
         for accumulator in &self.accumulators {
-            columns.push(accumulator.values(groups, &rows)?);
+            columns.push(match accumulator {
+                Accumulator::Mirror { of, max, output } => self.accumulators[*of].extremes(groups, *max, output)?,
+                other => other.values(groups, &rows)?,
+            });
         }
         Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
