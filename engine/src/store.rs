@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::key_index::{EntryTooLarge, KeyIndex};
+use crate::key_index::{self, EntryTooLarge, KeyIndex};
 use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
@@ -110,10 +110,12 @@ impl RelationStore {
         Ok(EncodedChange { rows, keys: self.encode_keys(change)? })
     }
 
-    fn encode_keys(&self, change: &ChangeBatch) -> Result<Option<Encoded>> {
+    fn encode_keys(&self, change: &ChangeBatch) -> Result<Option<Keys>> {
         let Some(key_codec) = &self.key_codec else { return Ok(None) };
         let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-        Ok(Some(encode_rows(key_codec, &key_columns)?))
+        let encoded = encode_rows(key_codec, &key_columns)?;
+        let hashes = (0..change.len()).map(|i| key_index::hash(encoded.get(i))).collect();
+        Ok(Some(Keys { encoded, hashes }))
     }
 
     fn check_encoded(&self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
@@ -139,13 +141,19 @@ impl RelationStore {
         for (index, weight) in change.weights.iter().enumerate() {
             row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
         }
-        for (row, (delta, index)) in &row_changes {
-            if *delta >= 0 {
-                continue;
-            }
+        let retracted: Vec<(&[u8], i64, usize)> =
+            row_changes.into_iter().filter(|(_, (delta, _))| *delta < 0).map(|(row, (d, i))| (row, d, i)).collect();
+        let hashes: Vec<u64> = match &encoded.keys {
+            Some(keys) => retracted.iter().map(|(_, _, index)| keys.hashes[*index]).collect(),
+            None => Vec::new(),
+        };
+        for (position, &(row, delta, index)) in retracted.iter().enumerate() {
             let stored = match &encoded.keys {
-                Some(keys) => (self.keys.get(keys.get(*index)) == Some(*row)) as i64,
-                None => self.rows.get(*row).copied().unwrap_or(0),
+                Some(keys) => {
+                    self.keys.prefetch_ahead(&hashes, position);
+                    (self.keys.get_hashed(hashes[position], keys.get(index)) == Some(row)) as i64
+                }
+                None => self.rows.get(row).copied().unwrap_or(0),
             };
             if stored + delta < 0 {
                 return Err(EngineError::Internal(format!(
@@ -165,8 +173,12 @@ impl RelationStore {
                     entry.1 = row;
                 }
             }
-            for (key, (delta, row)) in key_changes {
-                if delta > 0 && self.keys.contains_key(key) as i64 + delta > 1 {
+            let inserted: Vec<(&[u8], i64, usize)> =
+                key_changes.into_iter().filter(|(_, (delta, _))| *delta > 0).map(|(k, (d, r))| (k, d, r)).collect();
+            let hashes: Vec<u64> = inserted.iter().map(|(_, _, row)| keys.hashes[*row]).collect();
+            for (position, &(key, delta, row)) in inserted.iter().enumerate() {
+                self.keys.prefetch_ahead(&hashes, position);
+                if self.keys.get_hashed(hashes[position], key).is_some() as i64 + delta > 1 {
                     let columns: Vec<String> =
                         self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
                     let values: Vec<String> = key_columns
@@ -231,17 +243,19 @@ impl RelationStore {
             }
             self.keys.reserve(insertions);
             // Retractions first: an update retracts and inserts the same key.
-            for (index, weight) in change.weights.iter().enumerate() {
-                if *weight < 0 {
-                    self.keys.remove(keys.get(index));
-                }
+            let (retracted, inserted): (Vec<usize>, Vec<usize>) =
+                (0..change.len()).partition(|&index| change.weights[index] < 0);
+            let hashes: Vec<u64> = retracted.iter().map(|&index| keys.hashes[index]).collect();
+            for (position, &index) in retracted.iter().enumerate() {
+                self.keys.prefetch_ahead(&hashes, position);
+                self.keys.remove_hashed(hashes[position], keys.get(index));
             }
-            for (index, weight) in change.weights.iter().enumerate() {
-                if *weight > 0 {
-                    self.keys
-                        .insert(keys.get(index), rows.get(index))
-                        .map_err(|e| EngineError::Internal(format!("relation \"{}\": {e}", self.name)))?;
-                }
+            let hashes: Vec<u64> = inserted.iter().map(|&index| keys.hashes[index]).collect();
+            for (position, &index) in inserted.iter().enumerate() {
+                self.keys.prefetch_ahead(&hashes, position);
+                self.keys
+                    .insert_hashed(hashes[position], keys.get(index), rows.get(index))
+                    .map_err(|e| EngineError::Internal(format!("relation \"{}\": {e}", self.name)))?;
             }
         } else {
             self.rows.reserve(insertions);
@@ -317,7 +331,19 @@ impl RelationStore {
 /// A change's rows and primary keys, encoded.
 struct EncodedChange {
     rows: Encoded,
-    keys: Option<Encoded>,
+    keys: Option<Keys>,
+}
+
+/// A change's primary keys, encoded, with their hashes in the key index.
+struct Keys {
+    encoded: Encoded,
+    hashes: Vec<u64>,
+}
+
+impl Keys {
+    fn get(&self, index: usize) -> &[u8] {
+        self.encoded.get(index)
+    }
 }
 
 /// Adds `weight` to a multiplicity, dropping the entry at zero.
