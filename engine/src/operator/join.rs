@@ -21,7 +21,7 @@ use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_owned};
+use crate::rows::{RowCodec, encode_rows};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
@@ -66,19 +66,20 @@ impl Side {
             let column = evaluate(expr, &change.data)?;
             key_columns.push(if column.data_type() != key_type { cast(&column, key_type)? } else { column });
         }
-        let keys = encode_owned(key_codec, &key_columns, change.len())?;
-        let rows = encode_owned(&self.row_codec, change.data.columns(), change.len())?;
-        let mut positions: FxHashMap<&[u8], usize> = FxHashMap::default();
-        let mut delta: Delta = Vec::new();
-        for (i, (key, row)) in keys.into_iter().zip(rows.iter()).enumerate() {
-            let weight = change.weights[i];
-            if let Some(&at) = positions.get(row.as_ref()) {
+        let keys = encode_rows(key_codec, &key_columns)?;
+        let rows = encode_rows(&self.row_codec, change.data.columns())?;
+        let mut positions: FxHashMap<&[u8], usize> =
+            FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
+        let mut delta: Delta = Vec::with_capacity(change.len());
+        for (i, &weight) in change.weights.iter().enumerate() {
+            let row = rows.get(i);
+            if let Some(&at) = positions.get(row) {
                 delta[at].2 += weight;
                 continue;
             }
             let has_null = !nulls_equal && key_columns.iter().any(|c| c.is_null(i));
-            positions.insert(row.as_ref(), delta.len());
-            delta.push(((!has_null).then_some(key), row.clone(), weight));
+            positions.insert(row, delta.len());
+            delta.push(((!has_null).then(|| keys.get(i).into()), row.into(), weight));
         }
         delta.retain(|(_, _, w)| *w != 0);
         Ok(delta)
@@ -212,15 +213,24 @@ impl Join {
     }
 }
 
-/// Before-epoch entries of rows the epoch touched, in first-touch order.
+/// Before-epoch entries of rows the epoch touched, in first-touch order: kept only for a
+/// side whose unmatched rows the join emits (outer-join padding, semi and anti joins).
 #[derive(Default)]
 struct Touched {
+    tracking: bool,
     order: Vec<(Option<Box<[u8]>>, Box<[u8]>)>,
     before: FxHashMap<(Option<Box<[u8]>>, Box<[u8]>), Entry>,
 }
 
 impl Touched {
+    fn tracking(tracking: bool) -> Self {
+        Self { tracking, ..Self::default() }
+    }
+
     fn note(&mut self, side: &Side, key: &Option<Box<[u8]>>, row: &[u8]) {
+        if !self.tracking {
+            return;
+        }
         let id = (key.clone(), Box::<[u8]>::from(row));
         if !self.before.contains_key(&id) {
             self.before.insert(id.clone(), side.entry(key, row));
@@ -231,16 +241,34 @@ impl Touched {
 
 /// Adds `weight` copies of `row` to a side; `matches` gives the match count of a new row.
 fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matches: i64) -> Result<()> {
-    let bucket = side.buckets.entry(key.clone()).or_default();
-    let entry = bucket.entry(row.into()).or_insert(Entry { multiplicity: 0, matches });
-    entry.multiplicity += weight;
-    if entry.multiplicity < 0 {
-        return Err(EngineError::Internal("a join input row was retracted more often than inserted".into()));
+    let retracted_too_often =
+        || EngineError::Internal("a join input row was retracted more often than inserted".into());
+    // Keys and rows are copied only when they are new to the side.
+    if !side.buckets.contains_key(key) {
+        side.buckets.insert(key.clone(), FxHashMap::default());
     }
-    if entry.multiplicity == 0 {
-        bucket.remove(row);
-        if bucket.is_empty() {
-            side.buckets.remove(key);
+    let bucket = side.buckets.get_mut(key).ok_or_else(|| EngineError::Internal("a join bucket vanished".into()))?;
+    match bucket.get_mut(row) {
+        Some(entry) => {
+            entry.multiplicity += weight;
+            if entry.multiplicity < 0 {
+                return Err(retracted_too_often());
+            }
+            if entry.multiplicity == 0 {
+                bucket.remove(row);
+                if bucket.is_empty() {
+                    side.buckets.remove(key);
+                }
+            }
+        }
+        None if weight > 0 => {
+            bucket.insert(row.into(), Entry { multiplicity: weight, matches });
+        }
+        None => {
+            if bucket.is_empty() {
+                side.buckets.remove(key);
+            }
+            return Err(retracted_too_often());
         }
     }
     Ok(())
@@ -283,8 +311,8 @@ impl Operator for Join {
             return Ok(ChangeBatch::empty(self.schema.clone()));
         }
         let mut out: Vec<ChangeBatch> = Vec::new();
-        let mut touched_left = Touched::default();
-        let mut touched_right = Touched::default();
+        let mut touched_left = Touched::tracking(self.unmatched_of(true).is_some());
+        let mut touched_right = Touched::tracking(self.unmatched_of(false).is_some());
         // ΔL ⋈ R (right side as before the epoch), then L += ΔL.
         let hits = self.join_delta(&left_delta, true, &mut out)?;
         absorb(&mut self.left, &mut self.right, &left_delta, hits, &mut touched_left, &mut touched_right)?;
@@ -313,17 +341,23 @@ impl Operator for Join {
 }
 
 impl Join {
+    /// Whether the join emits rows of a side by their match counts, and how: (padded with
+    /// NULLs, kept while matched). Outer-join padding and anti joins keep rows without
+    /// matches; semi joins rows with.
+    fn unmatched_of(&self, is_left: bool) -> Option<(bool, bool)> {
+        match (self.join_type, is_left) {
+            (kind, true) if kind.pads_left() => Some((true, false)),
+            (kind, false) if kind.pads_right() => Some((true, false)),
+            (JoinKind::LeftSemi, true) | (JoinKind::RightSemi, false) => Some((false, true)),
+            (JoinKind::LeftAnti, true) | (JoinKind::RightAnti, false) => Some((false, false)),
+            _ => None,
+        }
+    }
+
     /// Padded rows (outer joins), or the rows themselves (semi and anti joins), for rows whose
     /// multiplicity or match count changed.
     fn emit_unmatched(&self, touched: &Touched, is_left: bool, out: &mut Vec<ChangeBatch>) -> Result<()> {
-        // Outer-join padding and anti joins keep rows without matches; semi joins rows with.
-        let (pads, semi) = match (self.join_type, is_left) {
-            (kind, true) if kind.pads_left() => (true, false),
-            (kind, false) if kind.pads_right() => (true, false),
-            (JoinKind::LeftSemi, true) | (JoinKind::RightSemi, false) => (false, true),
-            (JoinKind::LeftAnti, true) | (JoinKind::RightAnti, false) => (false, false),
-            _ => return Ok(()),
-        };
+        let Some((pads, semi)) = self.unmatched_of(is_left) else { return Ok(()) };
         let side = if is_left { &self.left } else { &self.right };
         let visible = |entry: Entry| -> i64 {
             let keep = if semi { entry.matches > 0 } else { entry.matches == 0 };
