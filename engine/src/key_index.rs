@@ -188,16 +188,25 @@ impl KeyIndex {
 
     #[cfg(test)]
     fn remove(&mut self, key: &[u8]) {
-        self.remove_hashed(hash(key), key)
+        if let Ok(index) = self.probe(hash(key), key) {
+            self.remove_slot(index);
+        }
     }
 
-    pub fn remove_hashed(&mut self, hash: u64, key: &[u8]) {
-        if let Ok(index) = self.probe(hash, key) {
-            let at = self.slots[index].at;
-            self.vacate(index);
-            self.kill(at);
-            self.maybe_compact();
+    /// Removes `key` if it holds `row` (whose key it is).
+    pub fn remove_row_hashed(&mut self, hash: u64, key: &[u8], row: &[u8]) {
+        if let Ok(index) = self.probe(hash, key)
+            && entry_at(&self.arena, self.slots[index].at).3 == row
+        {
+            self.remove_slot(index);
         }
+    }
+
+    fn remove_slot(&mut self, index: usize) {
+        let at = self.slots[index].at;
+        self.vacate(index);
+        self.kill(at);
+        self.maybe_compact();
     }
 
     /// Empties a slot, shifting later slots of its run back so every probe still finds its

@@ -242,20 +242,23 @@ impl RelationStore {
                 }
             }
             self.keys.reserve(insertions);
-            // Retractions first: an update retracts and inserts the same key.
+            // Insertions first, replacing the row stored under their key (in place when the
+            // size is the same), then retractions of rows still stored: an update's retraction
+            // finds its key holding the new row and leaves it. (A consolidated change never
+            // retracts and inserts the same row.)
             let (retracted, inserted): (Vec<usize>, Vec<usize>) =
                 (0..change.len()).partition(|&index| change.weights[index] < 0);
-            let hashes: Vec<u64> = retracted.iter().map(|&index| keys.hashes[index]).collect();
-            for (position, &index) in retracted.iter().enumerate() {
-                self.keys.prefetch_ahead(&hashes, position);
-                self.keys.remove_hashed(hashes[position], keys.get(index));
-            }
             let hashes: Vec<u64> = inserted.iter().map(|&index| keys.hashes[index]).collect();
             for (position, &index) in inserted.iter().enumerate() {
                 self.keys.prefetch_ahead(&hashes, position);
                 self.keys
                     .insert_hashed(hashes[position], keys.get(index), rows.get(index))
                     .map_err(|e| EngineError::Internal(format!("relation \"{}\": {e}", self.name)))?;
+            }
+            let hashes: Vec<u64> = retracted.iter().map(|&index| keys.hashes[index]).collect();
+            for (position, &index) in retracted.iter().enumerate() {
+                self.keys.prefetch_ahead(&hashes, position);
+                self.keys.remove_row_hashed(hashes[position], keys.get(index), rows.get(index));
             }
         } else {
             self.rows.reserve(insertions);

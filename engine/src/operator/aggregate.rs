@@ -15,18 +15,59 @@ use datafusion::physical_expr::PhysicalExpr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::accumulator::Accumulator;
+use super::packed_values::{PACKED_BYTES, pack};
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{RowCodec, encode_rows};
 
+/// Group keys to group numbers. A key of at most 15 bytes (most: a few integers or dates)
+/// is packed into a `u128` (see `packed_values::pack`): no allocation and no `memcmp` per
+/// lookup; longer keys are kept as byte strings.
+#[derive(Default)]
+struct GroupIndex {
+    packed: FxHashMap<u128, usize>,
+    bytes: FxHashMap<Box<[u8]>, usize>,
+}
+
+/// A key packed, when it is short enough.
+fn packed(key: &[u8]) -> Option<u128> {
+    if key.len() > PACKED_BYTES {
+        return None;
+    }
+    pack(key).ok()
+}
+
+impl GroupIndex {
+    fn get(&self, key: &[u8]) -> Option<usize> {
+        match packed(key) {
+            Some(packed) => self.packed.get(&packed).copied(),
+            None => self.bytes.get(key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], group: usize) {
+        match packed(key) {
+            Some(packed) => self.packed.insert(packed, group),
+            None => self.bytes.insert(key.into(), group),
+        };
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match packed(key) {
+            Some(packed) => self.packed.remove(&packed),
+            None => self.bytes.remove(key),
+        };
+    }
+}
+
 pub struct Aggregate {
     input: Box<dyn Operator>,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     arg_exprs: Vec<Option<Arc<dyn PhysicalExpr>>>,
     key_codec: RowCodec,
-    groups: FxHashMap<Box<[u8]>, usize>,
+    groups: GroupIndex,
     keys: Vec<Box<[u8]>>,
     row_counts: Vec<i64>,
     free: Vec<usize>,
@@ -74,7 +115,7 @@ impl Aggregate {
             group_exprs: group_exprs.iter().map(|e| physical(e, input_schema)).collect::<Result<_>>()?,
             arg_exprs,
             key_codec: RowCodec::new(&key_types)?,
-            groups: FxHashMap::default(),
+            groups: GroupIndex::default(),
             keys: Vec::new(),
             row_counts: Vec::new(),
             free: Vec::new(),
@@ -92,7 +133,7 @@ impl Aggregate {
     }
 
     fn group_for(&mut self, key: &[u8]) -> Result<usize> {
-        if let Some(&group) = self.groups.get(key) {
+        if let Some(group) = self.groups.get(key) {
             return Ok(group);
         }
         let group = match self.free.pop() {
@@ -112,7 +153,7 @@ impl Aggregate {
         for accumulator in &mut self.accumulators {
             accumulator.reset(group);
         }
-        self.groups.insert(key.into(), group);
+        self.groups.insert(key, group);
         Ok(group)
     }
 
@@ -241,10 +282,10 @@ impl Operator for Aggregate {
         let batch = state.next("an aggregate's groups", &[BYTES, DataType::Int64, BYTES])?;
         let count = batch.len();
         let (keys, rows) = (batch.binary(0), batch.int64(1));
-        self.groups = FxHashMap::with_capacity_and_hasher(count, Default::default());
+        self.groups = GroupIndex::default();
         self.keys = (0..count).map(|g| Box::<[u8]>::from(keys.value(g))).collect();
         for (group, key) in self.keys.iter().enumerate() {
-            self.groups.insert(key.clone(), group);
+            self.groups.insert(key, group);
         }
         self.row_counts = rows.values().to_vec();
         self.outputs = (0..count).map(|g| batch.optional_bytes(2, g).map(Box::<[u8]>::from)).collect();
