@@ -31,6 +31,10 @@ struct Last {
     taken_at: Instant,
     /// The newest checkpoint's first journal segment and source progress.
     newest: Option<(u64, BTreeMap<String, Progress>)>,
+    /// Both kept checkpoints hold the state of `key`. Sources confirm upstream only what the
+    /// older one holds, so once the engine is quiet one more checkpoint of the same state is
+    /// written: the slot then catches up even when no more WAL comes to move it.
+    settled: bool,
 }
 
 /// Sizes and times of the last checkpoint, for metrics and logs.
@@ -66,7 +70,7 @@ impl Checkpointer {
         let dir = DataDir::open(&options.data_dir)?;
         let report = engine.restore(&dir).await?;
         let newest = report.loaded.clone();
-        let last = Last { key: Some(engine.state_key()), taken_at: Instant::now(), newest };
+        let last = Last { key: Some(engine.state_key()), taken_at: Instant::now(), newest, settled: false };
         let (confirmable, _) = watch::channel(BTreeMap::new());
         let checkpointer = Self {
             dir,
@@ -104,15 +108,15 @@ impl Checkpointer {
         }
     }
 
-    /// Writes a checkpoint of the engine's current state, unless nothing changed since the
-    /// last one.
+    /// Writes a checkpoint of the engine's current state, unless both kept checkpoints hold
+    /// it already (the first time nothing changed, the same state is written once more).
     pub(crate) async fn checkpoint(&self, engine: &Mutex<Engine>) -> Result<()> {
         let mut last = self.last.lock().await;
         let started = Instant::now();
         let captured = {
             let mut engine = engine.lock().await;
             let key = engine.state_key();
-            if last.key.as_ref() == Some(&key) {
+            if last.key.as_ref() == Some(&key) && last.settled {
                 last.taken_at = Instant::now();
                 return Ok(());
             }
@@ -141,6 +145,7 @@ impl Checkpointer {
         let (file, bytes) = tokio::task::spawn_blocking(move || checkpoint::write(&dir, &captured))
             .await
             .map_err(|e| EngineError::Internal(format!("the checkpoint writer panicked: {e}")))??;
+        last.settled = last.key.as_ref() == Some(&key);
         last.key = Some(key);
         checkpoint::prune(&self.dir.checkpoint_dir())?;
         // The checkpoint before this one is now the older kept one: what it holds may be
