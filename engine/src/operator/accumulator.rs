@@ -380,7 +380,7 @@ impl Accumulator {
     }
 
     /// The aggregate's value for a group with `rows` rows.
-    pub fn value(&self, group: usize, rows: i64) -> Result<ScalarValue> {
+    fn value(&self, group: usize, rows: i64) -> Result<ScalarValue> {
         Ok(match self {
             Accumulator::CountRows => ScalarValue::Int64(Some(rows)),
             Accumulator::Count { counts } => ScalarValue::Int64(Some(counts[group])),
@@ -423,17 +423,9 @@ impl Accumulator {
                     ScalarValue::Decimal128(Some(rounded), *p, *s)
                 }
             }
-            Accumulator::Extremum { values, codec, max, input, output } => match values.extreme(group, *max) {
-                None => ScalarValue::try_from(output)?,
-                Some(key) => {
-                    let array = codec.decode([key.bytes()])?.remove(0);
-                    let array = if input != output { cast(&array, output)? } else { array };
-                    ScalarValue::try_from_array(&array, 0)?
-                }
-            },
             Accumulator::CountDistinct { values, .. } => ScalarValue::Int64(Some(values[group].len() as i64)),
-            Accumulator::Mirror { .. } => {
-                return Err(EngineError::Internal("a mirrored min/max is read through its owner".into()));
+            Accumulator::Extremum { .. } | Accumulator::Mirror { .. } => {
+                return Err(EngineError::Internal("min and max are read a batch at a time (extremes)".into()));
             }
         })
     }
