@@ -1,6 +1,9 @@
 //! Benchmarks of incremental view maintenance (run by hand, results in BENCHMARKS.md):
 //!
-//!   cargo bench -p changeflow-engine --bench incremental [-- quick] [calendar | join+agg] [ROWS]
+//!   cargo bench -p changeflow-engine --bench incremental [-- quick | profile] [calendar | join+agg] [ROWS]
+//!
+//! `profile` runs only 10k-change epochs, 200 of them, to profile the epoch path
+//! (`perf record` over the whole run sees little else but the initial load).
 //!
 //! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
 //!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
@@ -188,7 +191,15 @@ async fn engine_with_table(data: &mut Data, rows: usize) -> (Engine, f64) {
     (engine, rows as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
+/// How much of the benchmark runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Full,
+    Quick,
+    Profile,
+}
+
+async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let mut data = Data::new();
     let (mut engine, table_rate) = engine_with_table(&mut data, size).await;
     let before = rss_bytes();
@@ -200,7 +211,20 @@ async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
     let arrow_row = sample.data.get_array_memory_size() as f64 / 1000.0;
     engine.write_table("sessions", sample).expect("sample rows");
 
-    let updates = if quick { 2_000 } else { 20_000 };
+    if mode == Mode::Profile {
+        let mut elapsed = Duration::ZERO;
+        let mut changes = 0;
+        for _ in 0..200 {
+            let (change, count) = data.mixed(10_000);
+            let started = Instant::now();
+            engine.write_table("sessions", change).expect("epoch");
+            elapsed += started.elapsed();
+            changes += count;
+        }
+        println!("{name:9} {size:>8} rows | profile: {:.2} M changes/s", changes as f64 / elapsed.as_secs_f64() / 1e6);
+        return;
+    }
+    let updates = if mode == Mode::Quick { 2_000 } else { 20_000 };
     let mut samples = Vec::with_capacity(updates);
     for _ in 0..updates {
         let change = data.one_update();
@@ -221,7 +245,7 @@ async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
     );
 
     for epoch_size in [2_000usize, 10_000] {
-        let epochs = if quick { 5 } else { 30 };
+        let epochs = if mode == Mode::Quick { 5 } else { 30 };
         let mut changes = 0;
         let mut elapsed = Duration::ZERO;
         for _ in 0..epochs {
@@ -250,7 +274,13 @@ async fn bench_view(size: usize, view: &str, name: &str, quick: bool) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
+    let mode = if std::env::args().any(|a| a == "profile") {
+        Mode::Profile
+    } else if std::env::args().any(|a| a == "quick") {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
     // `calendar` or `join+agg` runs one view; a number runs one table size.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let view_filter = args.iter().find(|a| *a == "calendar" || *a == "join+agg").cloned();
@@ -262,12 +292,12 @@ fn main() {
     runtime.block_on(async {
         for size in [10_000, 100_000, 1_000_000] {
             if runs("calendar", size) {
-                bench_view(size, CALENDAR, "calendar", quick).await;
+                bench_view(size, CALENDAR, "calendar", mode).await;
             }
         }
         for size in [100_000, 1_000_000] {
             if runs("join+agg", size) {
-                bench_view(size, CITY, "join+agg", quick).await;
+                bench_view(size, CITY, "join+agg", mode).await;
             }
         }
     });

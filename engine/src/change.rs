@@ -51,6 +51,19 @@ impl ChangeBatch {
         Self { data, weights, consolidated: false }
     }
 
+    /// `retracted` retracted once and `inserted` inserted once, where the caller guarantees
+    /// that no row appears twice among them (so the change is consolidated as built).
+    pub fn distinct_rows(schema: &SchemaRef, retracted: RecordBatch, inserted: RecordBatch) -> Result<Self> {
+        let weights = std::iter::repeat_n(-1, retracted.num_rows()).chain(std::iter::repeat_n(1, inserted.num_rows()));
+        let weights = weights.collect();
+        let data = match (retracted.num_rows(), inserted.num_rows()) {
+            (_, 0) => retracted,
+            (0, _) => inserted,
+            _ => concat_batches(schema, [&retracted, &inserted])?,
+        };
+        Ok(Self { data, weights, consolidated: true })
+    }
+
     pub fn len(&self) -> usize {
         self.weights.len()
     }

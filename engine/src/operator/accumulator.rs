@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
-use datafusion::common::ScalarValue;
 use rustc_hash::FxHashMap;
 
 use super::packed_values::{PACKED_BYTES, PackedValues, pack, unpack};
@@ -344,15 +345,51 @@ impl Accumulator {
         Ok(())
     }
 
-    /// The aggregate's values for several groups at once (`rows[i]` rows in `groups[i]`).
-    /// Min and max decode all their values in one call. A mirror is read through the
-    /// accumulator it mirrors (see [`Accumulator::extremes`]).
+    /// The aggregate's values for several groups at once (`rows[i]` rows in `groups[i]`),
+    /// built straight into typed arrays. A mirror is read through the accumulator it mirrors
+    /// (see [`Accumulator::extremes`]).
     pub fn values(&self, groups: &[usize], rows: &[i64]) -> Result<ArrayRef> {
-        if let Accumulator::Extremum { max, output, .. } = self {
-            return self.extremes(groups, *max, output);
-        }
-        let scalars = groups.iter().zip(rows).map(|(&g, &r)| self.value(g, r)).collect::<Result<Vec<_>>>()?;
-        Ok(ScalarValue::iter_to_array(scalars)?)
+        let per_group = |f: &dyn Fn(usize) -> i64| Int64Array::from_iter_values(groups.iter().map(|&g| f(g)));
+        Ok(match self {
+            Accumulator::CountRows => Arc::new(Int64Array::from(rows.to_vec())),
+            Accumulator::Count { counts } => Arc::new(per_group(&|g| counts[g])),
+            Accumulator::CountDistinct { values, .. } => Arc::new(per_group(&|g| values[g].len() as i64)),
+            Accumulator::SumExact { sums, counts, output: DataType::Int64 } => {
+                let sums = groups.iter().map(|&g| match counts[g] {
+                    0 => Ok(None),
+                    _ => i64::try_from(sums[g])
+                        .map(Some)
+                        .map_err(|_| EngineError::Constraint("bigint out of range in sum".into())),
+                });
+                Arc::new(sums.collect::<Result<Int64Array>>()?)
+            }
+            Accumulator::SumExact { sums, counts, output: DataType::Decimal128(precision, scale) } => {
+                let sums = groups.iter().map(|&g| (counts[g] != 0).then_some(sums[g]));
+                Arc::new(Decimal128Array::from_iter(sums).with_precision_and_scale(*precision, *scale)?)
+            }
+            Accumulator::SumExact { output, .. } => {
+                return Err(EngineError::Internal(format!("sum into {output}")));
+            }
+            Accumulator::SumFloat { sums, counts } => {
+                Arc::new(Float64Array::from_iter(groups.iter().map(|&g| (counts[g] != 0).then_some(sums[g]))))
+            }
+            Accumulator::AvgFloat { sums, counts } => Arc::new(Float64Array::from_iter(
+                groups.iter().map(|&g| (counts[g] != 0).then(|| sums[g] / counts[g] as f64)),
+            )),
+            Accumulator::AvgDecimal { sums, counts, input_scale, output: DataType::Decimal128(precision, scale) } => {
+                let shift = 10i128.pow((*scale - *input_scale).max(0) as u32);
+                let averages =
+                    groups.iter().map(|&g| (counts[g] != 0).then(|| rounded_quotient(sums[g] * shift, counts[g])));
+                Arc::new(Decimal128Array::from_iter(averages).with_precision_and_scale(*precision, *scale)?)
+            }
+            Accumulator::AvgDecimal { output, .. } => {
+                return Err(EngineError::Internal(format!("avg into {output}")));
+            }
+            Accumulator::Extremum { max, output, .. } => self.extremes(groups, *max, output)?,
+            Accumulator::Mirror { .. } => {
+                return Err(EngineError::Internal("a mirrored min/max is read through the one it mirrors".into()));
+            }
+        })
     }
 
     /// The smallest (or with `max` largest) value of each group as `output`, for a min/max
@@ -378,57 +415,14 @@ impl Accumulator {
         }
         Err(EngineError::Internal("min/max values read from an accumulator that keeps none".into()))
     }
+}
 
-    /// The aggregate's value for a group with `rows` rows.
-    fn value(&self, group: usize, rows: i64) -> Result<ScalarValue> {
-        Ok(match self {
-            Accumulator::CountRows => ScalarValue::Int64(Some(rows)),
-            Accumulator::Count { counts } => ScalarValue::Int64(Some(counts[group])),
-            Accumulator::SumExact { sums, counts, output } => {
-                if counts[group] == 0 {
-                    ScalarValue::try_from(output)?
-                } else {
-                    match output {
-                        DataType::Int64 => ScalarValue::Int64(Some(
-                            i64::try_from(sums[group])
-                                .map_err(|_| EngineError::Constraint("bigint out of range in sum".into()))?,
-                        )),
-                        DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(sums[group]), *p, *s),
-                        other => return Err(EngineError::Internal(format!("sum into {other}"))),
-                    }
-                }
-            }
-            Accumulator::SumFloat { sums, counts } => ScalarValue::Float64((counts[group] != 0).then_some(sums[group])),
-            Accumulator::AvgFloat { sums, counts } => {
-                ScalarValue::Float64((counts[group] != 0).then(|| sums[group] / counts[group] as f64))
-            }
-            Accumulator::AvgDecimal { sums, counts, input_scale, output } => {
-                let DataType::Decimal128(p, s) = output else {
-                    return Err(EngineError::Internal(format!("avg into {output}")));
-                };
-                if counts[group] == 0 {
-                    ScalarValue::Decimal128(None, *p, *s)
-                } else {
-                    let shift = 10i128.pow((*s - *input_scale).max(0) as u32);
-                    let numerator = sums[group] * shift;
-                    let count = counts[group] as i128;
-                    // Round half away from zero, as PostgreSQL does for numeric.
-                    let quotient = numerator / count;
-                    let remainder = numerator % count;
-                    let rounded = if remainder.abs() * 2 >= count.abs() {
-                        quotient + numerator.signum() * count.signum()
-                    } else {
-                        quotient
-                    };
-                    ScalarValue::Decimal128(Some(rounded), *p, *s)
-                }
-            }
-            Accumulator::CountDistinct { values, .. } => ScalarValue::Int64(Some(values[group].len() as i64)),
-            Accumulator::Extremum { .. } | Accumulator::Mirror { .. } => {
-                return Err(EngineError::Internal("min and max are read a batch at a time (extremes)".into()));
-            }
-        })
-    }
+/// `numerator / count` rounded half away from zero, as PostgreSQL rounds numeric.
+fn rounded_quotient(numerator: i128, count: i64) -> i128 {
+    let count = count as i128;
+    let quotient = numerator / count;
+    let remainder = numerator % count;
+    if remainder.abs() * 2 >= count.abs() { quotient + numerator.signum() * count.signum() } else { quotient }
 }
 
 /// Each group's values of a min or max with their multiplicities, ordered as their row

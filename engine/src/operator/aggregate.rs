@@ -1,18 +1,21 @@
 //! GROUP BY: per-group row counts and retractable accumulators. For each epoch it emits, per
 //! group the epoch touched, a retraction of the group's previous output row and an insertion
-//! of the new one (nothing when the row did not change). A group whose row count reaches zero
+//! of the new one (nothing when the row did not change). The previous row is computed from
+//! the state before the epoch's changes, not stored: both rows come out of the accumulators
+//! as typed columns and are compared column by column. A group whose row count reaches zero
 //! disappears; an aggregate without GROUP BY always has its one row, as in SQL.
 
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::kernels::cmp::not_distinct;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use super::accumulator::Accumulator;
 use super::packed_values::{PACKED_BYTES, pack};
@@ -71,10 +74,10 @@ pub struct Aggregate {
     keys: Vec<Box<[u8]>>,
     row_counts: Vec<i64>,
     free: Vec<usize>,
+    /// Whether each group is among the current epoch's touched groups (all false between
+    /// epochs).
+    touched: Vec<bool>,
     accumulators: Vec<Accumulator>,
-    /// Each group's current output row, encoded (None: the group emits nothing).
-    outputs: Vec<Option<Box<[u8]>>>,
-    output_codec: RowCodec,
     /// No GROUP BY: exactly one group, present even when empty.
     global: bool,
     started: bool,
@@ -119,9 +122,8 @@ impl Aggregate {
             keys: Vec::new(),
             row_counts: Vec::new(),
             free: Vec::new(),
+            touched: Vec::new(),
             accumulators,
-            outputs: Vec::new(),
-            output_codec: RowCodec::for_schema(&schema)?,
             global: group_exprs.is_empty(),
             started: false,
             schema,
@@ -140,13 +142,12 @@ impl Aggregate {
             Some(group) => {
                 self.keys[group] = key.into();
                 self.row_counts[group] = 0;
-                self.outputs[group] = None;
                 group
             }
             None => {
                 self.keys.push(key.into());
                 self.row_counts.push(0);
-                self.outputs.push(None);
+                self.touched.push(false);
                 self.keys.len() - 1
             }
         };
@@ -157,26 +158,23 @@ impl Aggregate {
         Ok(group)
     }
 
-    /// The output rows of `groups` from their current state (all of them, including groups
-    /// that are now empty; the caller drops those).
-    fn output_batch(&self, groups: &[usize]) -> Result<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = if self.key_codec.width() == 0 {
-            Vec::new()
-        } else {
-            self.key_codec.decode(groups.iter().map(|&g| self.keys[g].as_ref()))?
-        };
+    /// The aggregates' columns for `groups` from their current state (rows of groups that
+    /// are empty come out too; the caller leaves them out).
+    fn value_columns(&self, groups: &[usize]) -> Result<Vec<ArrayRef>> {
         let rows: Vec<i64> = groups.iter().map(|&g| self.row_counts[g]).collect();
-        for accumulator in &self.accumulators {
-            columns.push(match accumulator {
-                Accumulator::Mirror { of, max, output } => self.accumulators[*of].extremes(groups, *max, output)?,
-                other => other.values(groups, &rows)?,
-            });
-        }
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(groups.len())),
-        )?)
+        self.accumulators
+            .iter()
+            .map(|accumulator| match accumulator {
+                Accumulator::Mirror { of, max, output } => self.accumulators[*of].extremes(groups, *max, output),
+                other => other.values(groups, &rows),
+            })
+            .collect()
+    }
+
+    /// Whether a group's row is in the output (an aggregate without GROUP BY always has its
+    /// one row once started).
+    fn exists(&self, group: usize) -> bool {
+        if self.global { self.started } else { self.row_counts[group] > 0 }
     }
 }
 
@@ -185,82 +183,90 @@ impl Operator for Aggregate {
         let change = self.input.step(changes)?;
         // Groups this epoch touched, in first-touch order.
         let mut touched: Vec<usize> = Vec::new();
-        let mut seen: FxHashSet<usize> = FxHashSet::with_capacity_and_hasher(change.len(), Default::default());
-        if !self.started && self.global {
+        let first_step = !self.started;
+        if first_step && self.global {
             touched.push(0);
-            seen.insert(0);
+            self.touched[0] = true;
         }
-        self.started = true;
+        let mut row_groups = Vec::with_capacity(change.len());
+        let mut prepared = Vec::with_capacity(self.accumulators.len());
         if !change.is_empty() {
             let key_columns = self.group_exprs.iter().map(|e| evaluate(e, &change.data)).collect::<Result<Vec<_>>>()?;
             let keys = encode_rows(&self.key_codec, &key_columns)?;
-            let mut prepared = Vec::with_capacity(self.accumulators.len());
             for (accumulator, arg) in self.accumulators.iter().zip(&self.arg_exprs) {
                 let arg = arg.as_ref().map(|a| evaluate(a, &change.data)).transpose()?;
                 prepared.push(accumulator.prepare(arg.as_ref())?);
             }
-            let mut row_groups = Vec::with_capacity(change.len());
             for row in 0..change.len() {
                 let group = self.group_for(keys.get(row))?;
-                if seen.insert(group) {
+                if !self.touched[group] {
+                    self.touched[group] = true;
                     touched.push(group);
                 }
-                self.row_counts[group] += change.weights[row];
                 row_groups.push(group);
             }
-            for (accumulator, prepared) in self.accumulators.iter_mut().zip(&prepared) {
-                accumulator.update_batch(&row_groups, prepared, &change.weights)?;
-            }
+        }
+        for &group in &touched {
+            self.touched[group] = false;
         }
         if touched.is_empty() {
+            self.started = true;
             return Ok(ChangeBatch::empty(self.schema.clone()));
         }
-        let groups = touched;
-        let current = self.output_batch(&groups)?;
-        let encoded = self.output_codec.encode(current.columns())?;
-        let mut retracted: Vec<Box<[u8]>> = Vec::new();
+        // The touched groups' rows before and after the epoch's changes.
+        let existed: Vec<bool> = touched.iter().map(|&g| self.exists(g)).collect();
+        let before = self.value_columns(&touched)?;
+        self.started = true;
+        for (row, &group) in row_groups.iter().enumerate() {
+            self.row_counts[group] += change.weights[row];
+        }
+        for (accumulator, prepared) in self.accumulators.iter_mut().zip(&prepared) {
+            accumulator.update_batch(&row_groups, prepared, &change.weights)?;
+        }
+        if touched.iter().any(|&g| self.row_counts[g] < 0) {
+            return Err(EngineError::Internal("a group has a negative row count".into()));
+        }
+        let exists: Vec<bool> = touched.iter().map(|&g| self.exists(g)).collect();
+        let after = self.value_columns(&touched)?;
+        let same = same_rows(touched.len(), &before, &after)?;
+        let mut retracted: Vec<u32> = Vec::new();
         let mut inserted: Vec<u32> = Vec::new();
-        for (i, &group) in groups.iter().enumerate() {
-            if self.row_counts[group] < 0 {
-                return Err(EngineError::Internal("a group has a negative row count".into()));
+        for (i, &group) in touched.iter().enumerate() {
+            let unchanged = existed[i] && exists[i] && same[i];
+            if existed[i] && !unchanged {
+                retracted.push(i as u32);
             }
-            let exists = self.global || self.row_counts[group] > 0;
-            let after = exists.then(|| encoded.row(i).data());
-            if self.outputs[group].as_deref() == after {
-                if !exists {
-                    self.vanish(group);
-                }
-                continue;
+            if exists[i] && !unchanged {
+                inserted.push(i as u32);
             }
-            if let Some(before) = self.outputs[group].take() {
-                retracted.push(before);
-            }
-            match after {
-                Some(row) => {
-                    self.outputs[group] = Some(row.into());
-                    inserted.push(i as u32);
-                }
-                None => self.vanish(group),
+            if !exists[i] {
+                self.vanish(group);
             }
         }
-        let mut parts = Vec::with_capacity(2);
-        if !retracted.is_empty() {
-            let columns = self.output_codec.decode(retracted.iter().map(|r| r.as_ref()))?;
-            let data = RecordBatch::try_new_with_options(
+        if retracted.is_empty() && inserted.is_empty() {
+            return Ok(ChangeBatch::empty(self.schema.clone()));
+        }
+        let keys = if self.key_codec.width() == 0 {
+            Vec::new()
+        } else {
+            // Vanished groups keep their key bytes until the slot is reused.
+            self.key_codec.decode(touched.iter().map(|&g| self.keys[g].as_ref()))?
+        };
+        let rows_of = |values: Vec<ArrayRef>, picked: &[u32]| -> Result<RecordBatch> {
+            let columns: Vec<ArrayRef> = keys.iter().cloned().chain(values).collect();
+            let all = RecordBatch::try_new_with_options(
                 self.schema.clone(),
                 columns,
-                &RecordBatchOptions::new().with_row_count(Some(retracted.len())),
+                &RecordBatchOptions::new().with_row_count(Some(touched.len())),
             )?;
-            parts.push(ChangeBatch::retractions(data));
-        }
-        if !inserted.is_empty() {
-            let data = take_record_batch(&current, &UInt32Array::from(inserted))?;
-            parts.push(ChangeBatch::inserts(data));
-        }
-        ChangeBatch::concat(&self.schema, &parts)
+            Ok(take_record_batch(&all, &UInt32Array::from(picked.to_vec()))?)
+        };
+        // Rows of distinct groups differ in their keys, and a group's two rows are both
+        // emitted only when they differ: the change is consolidated as built.
+        ChangeBatch::distinct_rows(&self.schema, rows_of(before, &retracted)?, rows_of(after, &inserted)?)
     }
 
-    /// The live groups (key, row count, current output row), then each accumulator's state.
+    /// The live groups (key, row count), then each accumulator's state.
     fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
         let mut live = vec![true; self.keys.len()];
         for &group in &self.free {
@@ -270,7 +276,6 @@ impl Operator for Aggregate {
         out.push(state_batch(vec![
             ("key", bytes_column(groups.iter().map(|&g| Some(self.keys[g].as_ref())))),
             ("rows", int64_column(groups.iter().map(|&g| self.row_counts[g]))),
-            ("output", bytes_column(groups.iter().map(|&g| self.outputs[g].as_deref()))),
         ])?);
         for accumulator in &self.accumulators {
             out.extend(accumulator.save(&groups)?);
@@ -279,7 +284,7 @@ impl Operator for Aggregate {
     }
 
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
-        let batch = state.next("an aggregate's groups", &[BYTES, DataType::Int64, BYTES])?;
+        let batch = state.next("an aggregate's groups", &[BYTES, DataType::Int64])?;
         let count = batch.len();
         let (keys, rows) = (batch.binary(0), batch.int64(1));
         self.groups = GroupIndex::default();
@@ -288,7 +293,7 @@ impl Operator for Aggregate {
             self.groups.insert(key, group);
         }
         self.row_counts = rows.values().to_vec();
-        self.outputs = (0..count).map(|g| batch.optional_bytes(2, g).map(Box::<[u8]>::from)).collect();
+        self.touched = vec![false; count];
         self.free.clear();
         for accumulator in &mut self.accumulators {
             accumulator.load(count, state)?;
@@ -306,7 +311,27 @@ impl Operator for Aggregate {
 impl Aggregate {
     fn vanish(&mut self, group: usize) {
         self.groups.remove(&self.keys[group]);
-        self.outputs[group] = None;
         self.free.push(group);
     }
+}
+
+/// Whether row `i` of `before` equals row `i` of `after` (NULLs equal, as the rows' encodings
+/// would compare), for each of the `len` rows (all equal without columns).
+fn same_rows(len: usize, before: &[ArrayRef], after: &[ArrayRef]) -> Result<Vec<bool>> {
+    let mut same = vec![true; len];
+    for (old, new) in before.iter().zip(after) {
+        let equal = match not_distinct(old, new) {
+            Ok(equal) => equal,
+            // Nested types: compare their row encodings.
+            Err(_) => {
+                let codec = RowCodec::new(&[old.data_type().clone()])?;
+                let (old, new) = (codec.encode(std::slice::from_ref(old))?, codec.encode(std::slice::from_ref(new))?);
+                BooleanArray::from_iter((0..len).map(|i| Some(old.row(i) == new.row(i))))
+            }
+        };
+        for (i, flag) in same.iter_mut().enumerate() {
+            *flag &= equal.value(i);
+        }
+    }
+    Ok(same)
 }
