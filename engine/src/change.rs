@@ -64,6 +64,13 @@ impl ChangeBatch {
         Ok(Self { data, weights, consolidated: true })
     }
 
+    /// Marks the batch consolidated when `known` (the caller derived it from a consolidated
+    /// batch in a way that keeps distinct rows distinct: a subset, an injective projection).
+    pub fn consolidated_if(mut self, known: bool) -> Self {
+        self.consolidated |= known;
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.weights.len()
     }

@@ -136,13 +136,18 @@ impl RelationStore {
             }
         }
         let rows = &encoded.rows;
-        let mut row_changes: FxHashMap<&[u8], (i64, usize)> =
-            FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
-        for (index, weight) in change.weights.iter().enumerate() {
-            row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
-        }
-        let retracted: Vec<(&[u8], i64, usize)> =
-            row_changes.into_iter().filter(|(_, (delta, _))| *delta < 0).map(|(row, (d, i))| (row, d, i)).collect();
+        // Each row's net change and where it first occurs (a consolidated change has each
+        // row once; one without retractions has none to check).
+        let retracted: Vec<(&[u8], i64, usize)> = if change.is_consolidated() || change.weights.iter().all(|w| *w > 0) {
+            (0..change.len()).filter(|&i| change.weights[i] < 0).map(|i| (rows.get(i), change.weights[i], i)).collect()
+        } else {
+            let mut row_changes: FxHashMap<&[u8], (i64, usize)> =
+                FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
+            for (index, weight) in change.weights.iter().enumerate() {
+                row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
+            }
+            row_changes.into_iter().filter(|(_, (delta, _))| *delta < 0).map(|(row, (d, i))| (row, d, i)).collect()
+        };
         let hashes: Vec<u64> = match &encoded.keys {
             Some(keys) => retracted.iter().map(|(_, _, index)| keys.hashes[*index]).collect(),
             None => Vec::new(),

@@ -6,6 +6,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
 
 use super::{EpochChanges, Operator, StateReader, evaluate};
 use crate::change::ChangeBatch;
@@ -23,7 +24,8 @@ impl Filter {
     }
 }
 
-/// Keeps the rows (and weights) where `mask` is true; NULL counts as false, as in SQL.
+/// Keeps the rows (and weights) where `mask` is true; NULL counts as false, as in SQL. A part
+/// of a consolidated change is consolidated.
 pub fn filter_changes(change: ChangeBatch, mask: &datafusion::arrow::array::BooleanArray) -> Result<ChangeBatch> {
     let mask =
         if mask.null_count() > 0 { datafusion::arrow::compute::prep_null_mask_filter(mask) } else { mask.clone() };
@@ -33,7 +35,7 @@ pub fn filter_changes(change: ChangeBatch, mask: &datafusion::arrow::array::Bool
     let data = filter_record_batch(&change.data, &mask)?;
     let weights =
         change.weights.iter().zip(mask.iter()).filter(|(_, keep)| keep == &Some(true)).map(|(w, _)| *w).collect();
-    ChangeBatch::new(data, weights)
+    Ok(ChangeBatch::new(data, weights)?.consolidated_if(change.is_consolidated()))
 }
 
 impl Operator for Filter {
@@ -62,12 +64,28 @@ impl Operator for Filter {
 pub struct Project {
     input: Box<dyn Operator>,
     exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Every input column is among the outputs as it is: distinct input rows give distinct
+    /// output rows, so a consolidated change stays consolidated.
+    injective: bool,
     schema: SchemaRef,
 }
 
 impl Project {
-    pub fn new(input: Box<dyn Operator>, exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef) -> Self {
-        Self { input, exprs, schema }
+    pub fn new(
+        input: Box<dyn Operator>,
+        input_width: usize,
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+    ) -> Self {
+        let mut kept = vec![false; input_width];
+        for expr in &exprs {
+            if let Some(column) = expr.downcast_ref::<Column>() {
+                if let Some(flag) = kept.get_mut(column.index()) {
+                    *flag = true;
+                }
+            }
+        }
+        Self { input, exprs, injective: kept.iter().all(|k| *k), schema }
     }
 }
 
@@ -83,7 +101,8 @@ impl Operator for Project {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(change.len())),
         )?;
-        ChangeBatch::new(data, change.weights)
+        let consolidated = self.injective && change.is_consolidated();
+        Ok(ChangeBatch::new(data, change.weights)?.consolidated_if(consolidated))
     }
 
     fn save_state(&self, out: &mut Vec<RecordBatch>) -> Result<()> {

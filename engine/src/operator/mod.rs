@@ -57,7 +57,7 @@ pub fn build(node: &PlanNode) -> Result<Box<dyn Operator>> {
         }
         NodeKind::Project { input, exprs } => {
             let exprs = exprs.iter().map(|e| physical(e, &input.schema)).collect::<Result<Vec<_>>>()?;
-            Box::new(map::Project::new(build(input)?, exprs, schema))
+            Box::new(map::Project::new(build(input)?, input.schema.fields().len(), exprs, schema))
         }
         NodeKind::Aggregate { input, group_exprs, aggregates } => {
             Box::new(aggregate::Aggregate::new(build(input)?, &input.schema, group_exprs, aggregates, schema)?)
