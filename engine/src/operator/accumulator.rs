@@ -14,7 +14,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use rustc_hash::FxHashMap;
 
-use super::packed_values::{PACKED_BYTES, PackedValues, pack, unpack};
+use super::packed_values::{PACKED_BYTES, PackedMultisets, pack, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
@@ -165,7 +165,7 @@ impl Accumulator {
                 slot(sums, group);
                 slot(counts, group);
             }
-            Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => slot(values, group),
+            Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => values.reset(group),
             Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => slot(values, group),
             Accumulator::CountDistinct { values, .. } => slot(values, group),
             Accumulator::Mirror { .. } => {}
@@ -192,7 +192,7 @@ impl Accumulator {
             ])?,
             Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => {
                 let rows = groups.iter().enumerate().flat_map(|(ordinal, &g)| {
-                    values[g].entries().map(move |(value, count)| (ordinal as u32, unpack(value), count))
+                    values.entries(g).map(move |(value, count)| (ordinal as u32, unpack(value), count))
                 });
                 multiset_batch(&rows.collect::<Vec<_>>())?
             }
@@ -241,10 +241,10 @@ impl Accumulator {
                 let batch = state.next("a min/max's values", &multiset_types())?;
                 match values {
                     OrderedValues::Packed(values) => {
-                        cleared(values, groups);
+                        values.clear(groups);
                         for row in 0..batch.len() {
                             let group = batch.ordinal(0, row, groups)?;
-                            values[group].adjust(pack(batch.binary(1).value(row))?, batch.int64(2).value(row))?;
+                            values.adjust(group, pack(batch.binary(1).value(row))?, batch.int64(2).value(row))?;
                         }
                     }
                     OrderedValues::Bytes(values) => {
@@ -320,11 +320,13 @@ impl Accumulator {
                 }
             }
             (Accumulator::Extremum { values: OrderedValues::Packed(values), .. }, Prepared::Encoded(keys, arg)) => {
+                let mut rows = Vec::with_capacity(groups.len());
                 for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
-                        values[group].adjust(pack(keys.get(i))?, weight)?;
+                        rows.push((group, pack(keys.get(i))?, weight));
                     }
                 }
+                values.adjust_rows(&rows)?;
             }
             (Accumulator::Extremum { values: OrderedValues::Bytes(values), .. }, Prepared::Encoded(keys, arg)) => {
                 for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
@@ -430,7 +432,7 @@ fn rounded_quotient(numerator: i128, count: i64) -> i128 {
 pub enum OrderedValues {
     /// Values of fixed-width types, whose encodings (at most 15 bytes) are packed into a
     /// `u128` that orders the same way: no allocation and no `memcmp` per value.
-    Packed(Vec<PackedValues>),
+    Packed(PackedMultisets),
     /// Any other values, as encoded byte strings.
     Bytes(Vec<BTreeMap<Box<[u8]>, i64>>),
 }
@@ -439,7 +441,7 @@ impl OrderedValues {
     fn for_type(input: &DataType) -> Self {
         // A fixed-width value encodes as a validity byte and its bytes.
         match input.primitive_width() {
-            Some(width) if width < PACKED_BYTES => OrderedValues::Packed(Vec::new()),
+            Some(width) if width < PACKED_BYTES => OrderedValues::Packed(PackedMultisets::default()),
             _ => OrderedValues::Bytes(Vec::new()),
         }
     }
@@ -447,7 +449,7 @@ impl OrderedValues {
     /// The smallest (or with `max`, largest) value of a group.
     fn extreme(&self, group: usize, max: bool) -> Option<Extreme<'_>> {
         match self {
-            OrderedValues::Packed(values) => values[group].extreme(max).map(|k| Extreme::Packed(k.to_be_bytes())),
+            OrderedValues::Packed(values) => values.extreme(group, max).map(|k| Extreme::Packed(k.to_be_bytes())),
             OrderedValues::Bytes(values) => {
                 let map = &values[group];
                 if max { map.keys().next_back() } else { map.keys().next() }.map(|k| Extreme::Bytes(k.as_ref()))

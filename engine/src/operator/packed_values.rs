@@ -1,9 +1,11 @@
-//! The multiset of one group's values for a min or max over a fixed-width type: each value's
-//! row encoding (at most 15 bytes) packed into a `u128` that orders the same way, kept in a
-//! small sorted array inside the group's slot while the group holds few distinct values (most
-//! do), in one sorted vector up to a few hundred, and in a B-tree beyond that. A change then
-//! touches the group's slot or one contiguous array, not scattered tree nodes, and compares
-//! integers, not byte strings.
+//! The multisets of every group's values for a min or max over a fixed-width type: each
+//! value's row encoding (at most 15 bytes) packed into a `u128` that orders the same way, kept
+//! in a small sorted array inside the group's slot while the group holds few distinct values
+//! (most do), in one sorted vector up to a few hundred, and in a B-tree beyond that. A change
+//! then touches the group's slot or one contiguous array, not scattered tree nodes, and
+//! compares integers, not byte strings. Each group's current smallest and largest values are
+//! also kept side by side in one dense array, which is all that reading the aggregate's
+//! output touches.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -35,6 +37,90 @@ pub fn pack(bytes: &[u8]) -> Result<u128> {
 pub fn unpack(value: u128) -> Vec<u8> {
     let packed = value.to_be_bytes();
     packed[..(packed[PACKED_BYTES] as usize).min(PACKED_BYTES)].to_vec()
+}
+
+/// Rows adjusted per group of lookahead loads (see [`PackedMultisets::adjust_rows`]).
+const AHEAD: usize = 8;
+
+/// Every group's packed values, and each group's smallest and largest value.
+#[derive(Default)]
+pub struct PackedMultisets {
+    groups: Vec<PackedValues>,
+    /// `[smallest, largest]` per group; 0 (no packed value is 0: its length byte is not) when
+    /// the group has no values.
+    bounds: Vec<[u128; 2]>,
+}
+
+impl PackedMultisets {
+    /// Makes room for group `group` (a new or reused slot) with no values.
+    pub fn reset(&mut self, group: usize) {
+        if self.groups.len() <= group {
+            self.groups.resize_with(group + 1, PackedValues::default);
+            self.bounds.resize(group + 1, [0; 2]);
+        } else {
+            self.groups[group] = PackedValues::default();
+            self.bounds[group] = [0; 2];
+        }
+    }
+
+    /// Drops every group and makes room for `groups` empty ones.
+    pub fn clear(&mut self, groups: usize) {
+        self.groups.clear();
+        self.bounds.clear();
+        self.groups.resize_with(groups, PackedValues::default);
+        self.bounds.resize(groups, [0; 2]);
+    }
+
+    /// Adds `weight` to the multiplicity of `value` in `group`.
+    pub fn adjust(&mut self, group: usize, value: u128, weight: i64) -> Result<()> {
+        let values = &mut self.groups[group];
+        values.adjust(value, weight)?;
+        self.bounds[group] = [values.extreme(false).unwrap_or(0), values.extreme(true).unwrap_or(0)];
+        Ok(())
+    }
+
+    /// Adjusts `(group, value, weight)` for each row. Groups are scattered over memory, so
+    /// every [`AHEAD`] rows it loads the slots of the next [`AHEAD`] rows' groups and the
+    /// sorted vectors of this group's (whose slots were loaded a step earlier): loads that do
+    /// not depend on each other, whose cache misses overlap instead of coming one after
+    /// another. (Plain loads: the workspace forbids the unsafe prefetch instruction.)
+    pub fn adjust_rows(&mut self, rows: &[(usize, u128, i64)]) -> Result<()> {
+        let mut touched = 0u128;
+        for (position, &(group, value, weight)) in rows.iter().enumerate() {
+            if position % AHEAD == 0 {
+                if position == 0 {
+                    for &(ahead, _, _) in rows.iter().take(AHEAD) {
+                        touched ^= self.slot_word(ahead);
+                    }
+                }
+                for &(ahead, _, _) in rows.iter().skip(position + AHEAD).take(AHEAD) {
+                    touched ^= self.slot_word(ahead);
+                }
+                for &(ahead, _, _) in rows.iter().skip(position).take(AHEAD) {
+                    touched ^= self.groups[ahead].first_stored();
+                }
+            }
+            self.adjust(group, value, weight)?;
+        }
+        std::hint::black_box(touched);
+        Ok(())
+    }
+
+    /// A word of a group's slot and of its bounds (loading it brings both into the cache).
+    fn slot_word(&self, group: usize) -> u128 {
+        self.bounds[group][0] ^ self.groups[group].first()
+    }
+
+    /// The smallest value of a group, or with `max` the largest.
+    pub fn extreme(&self, group: usize, max: bool) -> Option<u128> {
+        let bound = self.bounds[group][max as usize];
+        (bound != 0).then_some(bound)
+    }
+
+    /// Every value of a group with its multiplicity, in order.
+    pub fn entries(&self, group: usize) -> Box<dyn Iterator<Item = (u128, i64)> + '_> {
+        self.groups[group].entries()
+    }
 }
 
 /// One group's packed values with their multiplicities.
@@ -138,6 +224,23 @@ impl PackedValues {
         }
     }
 
+    /// The first word of the slot (a load of it brings the slot into the cache).
+    fn first(&self) -> u128 {
+        match self {
+            PackedValues::Inline { items, .. } => items[0].0,
+            PackedValues::Sorted(sorted) => sorted.len() as u128,
+            PackedValues::Tree(tree) => tree.len() as u128,
+        }
+    }
+
+    /// The first value stored outside the slot (a load of it brings that into the cache).
+    fn first_stored(&self) -> u128 {
+        match self {
+            PackedValues::Sorted(sorted) => sorted.first().map_or(0, |(v, _)| *v),
+            _ => 0,
+        }
+    }
+
     /// The smallest value, or with `max` the largest.
     pub fn extreme(&self, max: bool) -> Option<u128> {
         match self {
@@ -202,5 +305,35 @@ mod tests {
             }
         }
         assert!(values.adjust(1_000, -1).is_err(), "retracting an absent value is refused");
+    }
+
+    #[test]
+    fn multisets_keep_each_groups_bounds() {
+        let mut next = xorshift(0x51_7cc1_b727_220a);
+        let mut multisets = PackedMultisets::default();
+        let mut model: Vec<BTreeMap<u128, i64>> = vec![BTreeMap::new(); 50];
+        for group in 0..50 {
+            multisets.reset(group);
+        }
+        for _ in 0..200 {
+            // A batch of rows over random groups, applied with the lookahead loads.
+            let mut rows = Vec::new();
+            for _ in 0..(next() % 40) {
+                let group = (next() % 50) as usize;
+                let value = 1 + u128::from(next() % 30);
+                let present = model[group].get(&value).copied().unwrap_or(0);
+                let weight = if present > 0 && next() % 2 == 0 { -1 } else { 1 };
+                *model[group].entry(value).or_default() += weight;
+                model[group].retain(|_, count| *count != 0);
+                rows.push((group, value, weight));
+            }
+            multisets.adjust_rows(&rows).expect("valid rows");
+            for (group, values) in model.iter().enumerate() {
+                assert_eq!(multisets.extreme(group, false), values.keys().next().copied());
+                assert_eq!(multisets.extreme(group, true), values.keys().next_back().copied());
+            }
+        }
+        multisets.reset(7);
+        assert_eq!(multisets.extreme(7, false), None, "a reset group has no values");
     }
 }
