@@ -15,55 +15,14 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
-use rustc_hash::FxHashMap;
 
 use super::accumulator::Accumulator;
-use super::packed_values::{PACKED_BYTES, pack};
+use super::group_index::{GroupIndex, Probe};
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{RowCodec, encode_rows};
-
-/// Group keys to group numbers. A key of at most 15 bytes (most: a few integers or dates)
-/// is packed into a `u128` (see `packed_values::pack`): no allocation and no `memcmp` per
-/// lookup; longer keys are kept as byte strings.
-#[derive(Default)]
-struct GroupIndex {
-    packed: FxHashMap<u128, usize>,
-    bytes: FxHashMap<Box<[u8]>, usize>,
-}
-
-/// A key packed, when it is short enough.
-fn packed(key: &[u8]) -> Option<u128> {
-    if key.len() > PACKED_BYTES {
-        return None;
-    }
-    pack(key).ok()
-}
-
-impl GroupIndex {
-    fn get(&self, key: &[u8]) -> Option<usize> {
-        match packed(key) {
-            Some(packed) => self.packed.get(&packed).copied(),
-            None => self.bytes.get(key).copied(),
-        }
-    }
-
-    fn insert(&mut self, key: &[u8], group: usize) {
-        match packed(key) {
-            Some(packed) => self.packed.insert(packed, group),
-            None => self.bytes.insert(key.into(), group),
-        };
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        match packed(key) {
-            Some(packed) => self.packed.remove(&packed),
-            None => self.bytes.remove(key),
-        };
-    }
-}
 
 pub struct Aggregate {
     input: Box<dyn Operator>,
@@ -129,14 +88,15 @@ impl Aggregate {
             schema,
         };
         if aggregate.global {
-            aggregate.group_for(&[])?;
+            aggregate.group_for(Probe::of(&[]), &[]);
         }
         Ok(aggregate)
     }
 
-    fn group_for(&mut self, key: &[u8]) -> Result<usize> {
-        if let Some(group) = self.groups.get(key) {
-            return Ok(group);
+    /// The group of a key, made (empty) when the key has none.
+    fn group_for(&mut self, probe: Probe, key: &[u8]) -> usize {
+        if let Some(group) = self.groups.get(probe, key) {
+            return group;
         }
         let group = match self.free.pop() {
             Some(group) => {
@@ -154,8 +114,8 @@ impl Aggregate {
         for accumulator in &mut self.accumulators {
             accumulator.reset(group);
         }
-        self.groups.insert(key, group);
-        Ok(group)
+        self.groups.insert(probe, key, group);
+        group
     }
 
     /// The aggregates' columns for `groups` from their current state (rows of groups that
@@ -197,8 +157,10 @@ impl Operator for Aggregate {
                 let arg = arg.as_ref().map(|a| evaluate(a, &change.data)).transpose()?;
                 prepared.push(accumulator.prepare(arg.as_ref())?);
             }
-            for row in 0..change.len() {
-                let group = self.group_for(keys.get(row))?;
+            let probes: Vec<Probe> = (0..change.len()).map(|row| Probe::of(keys.get(row))).collect();
+            for (row, &probe) in probes.iter().enumerate() {
+                self.groups.load_ahead(&probes, row);
+                let group = self.group_for(probe, keys.get(row));
                 if !self.touched[group] {
                     self.touched[group] = true;
                     touched.push(group);
@@ -290,7 +252,7 @@ impl Operator for Aggregate {
         self.groups = GroupIndex::default();
         self.keys = (0..count).map(|g| Box::<[u8]>::from(keys.value(g))).collect();
         for (group, key) in self.keys.iter().enumerate() {
-            self.groups.insert(key, group);
+            self.groups.insert(Probe::of(key), key, group);
         }
         self.row_counts = rows.values().to_vec();
         self.touched = vec![false; count];

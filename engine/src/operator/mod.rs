@@ -5,6 +5,7 @@
 mod accumulator;
 mod aggregate;
 mod constant;
+mod group_index;
 mod join;
 mod map;
 mod packed_values;

@@ -1,0 +1,206 @@
+//! An aggregate's group keys to group numbers. A key of at most 15 bytes (most: a few
+//! integers or dates) is packed into a `u128` (see `packed_values::pack`) and kept in an
+//! open-addressing table of its own: no allocation and no `memcmp` per lookup, and a batch's
+//! lookups can load the slots of the next few keys together, so that their cache misses
+//! overlap. Longer keys are kept as byte strings in a hash map.
+
+use rustc_hash::FxHashMap;
+
+use super::packed_values::{PACKED_BYTES, pack};
+
+/// Lookups whose slots are loaded together (see [`GroupIndex::load_ahead`]).
+const AHEAD: usize = 8;
+/// A slot without a key.
+const VACANT: u32 = u32::MAX;
+
+/// A key prepared for lookups: packed with its hash, or too long to pack.
+#[derive(Clone, Copy)]
+pub enum Probe {
+    Packed { key: u128, hash: u64 },
+    Bytes,
+}
+
+impl Probe {
+    pub fn of(key: &[u8]) -> Self {
+        if key.len() > PACKED_BYTES {
+            return Probe::Bytes;
+        }
+        match pack(key) {
+            Ok(key) => Probe::Packed { key, hash: hash(key) },
+            Err(_) => Probe::Bytes,
+        }
+    }
+}
+
+/// Mixes all 128 bits into 64 (a folded multiply), so that the low bits that pick a slot
+/// depend on every byte of the key.
+fn hash(key: u128) -> u64 {
+    let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
+    let product = u128::from(folded) * 0x9e37_79b9_7f4a_7c15;
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    key: u128,
+    group: u32,
+}
+
+const EMPTY: Slot = Slot { key: 0, group: VACANT };
+
+#[derive(Default)]
+pub struct GroupIndex {
+    /// Linear probing, at most 3/4 full; a power of two long (or empty).
+    slots: Vec<Slot>,
+    len: usize,
+    bytes: FxHashMap<Box<[u8]>, usize>,
+}
+
+impl GroupIndex {
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The group of a key, if it has one.
+    pub fn get(&self, probe: Probe, key: &[u8]) -> Option<usize> {
+        match probe {
+            Probe::Packed { key, hash } => self.find(key, hash).map(|at| self.slots[at].group as usize),
+            Probe::Bytes => self.bytes.get(key).copied(),
+        }
+    }
+
+    fn find(&self, key: u128, hash: u64) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut at = hash as usize & mask;
+        loop {
+            let slot = self.slots[at];
+            if slot.group == VACANT {
+                return None;
+            }
+            if slot.key == key {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Gives a key (not yet in the index) its group.
+    pub fn insert(&mut self, probe: Probe, key: &[u8], group: usize) {
+        match probe {
+            Probe::Packed { key, hash } => {
+                if (self.len + 1) * 4 > self.slots.len() * 3 {
+                    self.grow();
+                }
+                let mask = self.mask();
+                let mut at = hash as usize & mask;
+                while self.slots[at].group != VACANT {
+                    at = (at + 1) & mask;
+                }
+                self.slots[at] = Slot { key, group: group as u32 };
+                self.len += 1;
+            }
+            Probe::Bytes => {
+                self.bytes.insert(key.into(), group);
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; capacity]);
+        let mask = self.mask();
+        for slot in old.into_iter().filter(|s| s.group != VACANT) {
+            let mut at = hash(slot.key) as usize & mask;
+            while self.slots[at].group != VACANT {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = slot;
+        }
+    }
+
+    /// Removes a key; the slots after it move back so that no lookup stops early.
+    pub fn remove(&mut self, key: &[u8]) {
+        let Probe::Packed { key, hash: home } = Probe::of(key) else {
+            self.bytes.remove(key);
+            return;
+        };
+        let Some(mut hole) = self.find(key, home) else { return };
+        let mask = self.mask();
+        let mut at = hole;
+        loop {
+            at = (at + 1) & mask;
+            let slot = self.slots[at];
+            if slot.group == VACANT {
+                break;
+            }
+            // The slot may fill the hole if its home is not between the hole and it.
+            let home = hash(slot.key) as usize & mask;
+            if (at.wrapping_sub(home) & mask) >= (at.wrapping_sub(hole) & mask) {
+                self.slots[hole] = slot;
+                hole = at;
+            }
+        }
+        self.slots[hole] = EMPTY;
+        self.len -= 1;
+    }
+
+    /// Called before the lookup of `probes[position]`: every [`AHEAD`] lookups it loads the
+    /// home slots of the next [`AHEAD`] (and at the start of this one's too), loads that do
+    /// not depend on each other. Plain loads: the workspace forbids the unsafe prefetch
+    /// instruction.
+    pub fn load_ahead(&self, probes: &[Probe], position: usize) {
+        if position % AHEAD != 0 || self.slots.is_empty() {
+            return;
+        }
+        let start = if position == 0 { 0 } else { position + AHEAD };
+        let mut touched = 0u32;
+        for probe in probes.iter().skip(start).take(position + 2 * AHEAD - start) {
+            if let Probe::Packed { hash, .. } = probe {
+                touched ^= self.slots[*hash as usize & self.mask()].group;
+            }
+        }
+        std::hint::black_box(touched);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn agrees_with_a_map_through_inserts_and_removals() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut index = GroupIndex::default();
+        let mut model: HashMap<Vec<u8>, usize> = HashMap::new();
+        for step in 0..50_000 {
+            // Short keys (packed) over a small range so that removals hit, and some long ones.
+            let length = if next() % 10 == 0 { 20 } else { 1 + (next() % 14) as usize };
+            let seed = next() % 3_000;
+            let key: Vec<u8> = (0..length).map(|i| (seed >> (i % 8)) as u8 ^ i as u8).collect();
+            let probe = Probe::of(&key);
+            assert_eq!(index.get(probe, &key), model.get(&key).copied(), "lookup at step {step}");
+            if model.contains_key(&key) {
+                index.remove(&key);
+                model.remove(&key);
+            } else {
+                index.insert(probe, &key, step);
+                model.insert(key, step);
+            }
+        }
+        for (key, group) in &model {
+            assert_eq!(index.get(Probe::of(key), key), Some(*group));
+        }
+        assert!(index.len + index.bytes.len() == model.len());
+    }
+}
