@@ -394,13 +394,7 @@ mod tests {
     fn agrees_with_a_model_through_growth_and_removals() {
         let mut index = KeyIndex::default();
         let mut model = std::collections::HashMap::new();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_random::xorshift(0x2545_f491_4f6c_dd1d);
         for step in 0..200_000u64 {
             // Few distinct keys at first (long runs of removals), then many (growth).
             let key = (next() % if step < 50_000 { 64 } else { 20_000 }).to_le_bytes();

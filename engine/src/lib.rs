@@ -36,6 +36,8 @@ pub mod sink;
 pub mod stats;
 pub mod store;
 pub mod subscribe;
+#[cfg(test)]
+mod test_random;
 
 pub use change::ChangeBatch;
 pub use database::Database;

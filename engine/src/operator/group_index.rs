@@ -152,7 +152,7 @@ impl GroupIndex {
     /// not depend on each other. Plain loads: the workspace forbids the unsafe prefetch
     /// instruction.
     pub fn load_ahead(&self, probes: &[Probe], position: usize) {
-        if position % AHEAD != 0 || self.slots.is_empty() {
+        if !position.is_multiple_of(AHEAD) || self.slots.is_empty() {
             return;
         }
         let start = if position == 0 { 0 } else { position + AHEAD };
@@ -174,25 +174,18 @@ mod tests {
 
     #[test]
     fn agrees_with_a_map_through_inserts_and_removals() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_random::xorshift(0x2545_f491_4f6c_dd1d);
         let mut index = GroupIndex::default();
         let mut model: HashMap<Vec<u8>, usize> = HashMap::new();
         for step in 0..50_000 {
             // Short keys (packed) over a small range so that removals hit, and some long ones.
-            let length = if next() % 10 == 0 { 20 } else { 1 + (next() % 14) as usize };
+            let length = if next().is_multiple_of(10) { 20 } else { 1 + (next() % 14) as usize };
             let seed = next() % 3_000;
             let key: Vec<u8> = (0..length).map(|i| (seed >> (i % 8)) as u8 ^ i as u8).collect();
             let probe = Probe::of(&key);
             assert_eq!(index.get(probe, &key), model.get(&key).copied(), "lookup at step {step}");
-            if model.contains_key(&key) {
+            if model.remove(&key).is_some() {
                 index.remove(&key);
-                model.remove(&key);
             } else {
                 index.insert(probe, &key, step);
                 model.insert(key, step);

@@ -79,10 +79,10 @@ impl Project {
     ) -> Self {
         let mut kept = vec![false; input_width];
         for expr in &exprs {
-            if let Some(column) = expr.downcast_ref::<Column>() {
-                if let Some(flag) = kept.get_mut(column.index()) {
-                    *flag = true;
-                }
+            if let Some(column) = expr.downcast_ref::<Column>()
+                && let Some(flag) = kept.get_mut(column.index())
+            {
+                *flag = true;
             }
         }
         Self { input, exprs, injective: kept.iter().all(|k| *k), schema }

@@ -119,7 +119,7 @@ impl PackedMultisets {
         }
         let mut touched = 0u128;
         for (position, &(group, value, weight)) in rows.iter().enumerate() {
-            if position % AHEAD == 0 {
+            if position.is_multiple_of(AHEAD) {
                 if position == 0 {
                     for &(ahead, _, _) in rows.iter().take(AHEAD) {
                         touched ^= self.slot_word(ahead);
@@ -287,16 +287,7 @@ impl PackedValues {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A seeded pseudo-random sequence.
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
+    use crate::test_random::xorshift;
 
     #[test]
     fn packed_values_order_as_their_bytes() {
@@ -326,7 +317,7 @@ mod tests {
             let value = u128::from(next() % if step < 10_000 { 8 } else { 600 });
             let present = model.get(&value).copied().unwrap_or(0);
             // Retract only what is there, so every step is valid.
-            let weight = if present > 0 && next() % 2 == 0 { -1 } else { 1 };
+            let weight = if present > 0 && next().is_multiple_of(2) { -1 } else { 1 };
             values.adjust(value, weight).expect("valid change");
             *model.entry(value).or_default() += weight;
             model.retain(|_, count| *count != 0);
@@ -354,7 +345,7 @@ mod tests {
                 let group = (next() % 50) as usize;
                 let value = 1 + u128::from(next() % 30);
                 let present = model[group].get(&value).copied().unwrap_or(0);
-                let weight = if present > 0 && next() % 2 == 0 { -1 } else { 1 };
+                let weight = if present > 0 && next().is_multiple_of(2) { -1 } else { 1 };
                 *model[group].entry(value).or_default() += weight;
                 model[group].retain(|_, count| *count != 0);
                 rows.push((group, value, weight));
@@ -385,7 +376,7 @@ mod tests {
             let group = (next() % groups as u64) as usize;
             let value = 1 + u128::from(next() % 50);
             let present = model[group].get(&value).copied().unwrap_or(0);
-            let weight = if present > 0 && next() % 3 == 0 { -1 } else { 1 };
+            let weight = if present > 0 && next().is_multiple_of(3) { -1 } else { 1 };
             *model[group].entry(value).or_default() += weight;
             model[group].retain(|_, count| *count != 0);
             rows.push((group, value, weight));
