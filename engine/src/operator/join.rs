@@ -26,6 +26,8 @@ use crate::rows::{RowCodec, encode_rows};
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
     multiplicity: i64,
+    /// Kept up to date only on a side whose unmatched rows the join emits (see
+    /// [`Join::unmatched_of`]); nothing reads it on the others.
     matches: i64,
 }
 
@@ -161,6 +163,7 @@ impl Join {
         &self,
         delta: &Delta,
         delta_is_left: bool,
+        stored_rows_wanted: bool,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
@@ -208,7 +211,9 @@ impl Join {
             .into_iter()
             .zip(passes)
             .filter(|(_, pass)| *pass)
-            .map(|((index, row, multiplicity), _)| (index, Box::<[u8]>::from(row), multiplicity))
+            .map(|((index, row, multiplicity), _)| {
+                (index, if stored_rows_wanted { Box::<[u8]>::from(row) } else { Box::default() }, multiplicity)
+            })
             .collect())
     }
 }
@@ -275,8 +280,9 @@ fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matc
 }
 
 /// Applies one side's delta after it was joined with the other side: the other side's
-/// matched rows gain the delta's weight as matches, new rows of this side start with the
-/// matches found, then the delta is added to this side.
+/// matched rows gain the delta's weight as matches (when that side's match counts are kept:
+/// it is tracked), new rows of this side start with the matches found, then the delta is
+/// added to this side.
 fn absorb(
     this: &mut Side,
     other: &mut Side,
@@ -288,6 +294,10 @@ fn absorb(
     let mut found = vec![0i64; delta.len()];
     for (index, other_row, multiplicity) in hits {
         found[index] += multiplicity;
+        if !touched_other.tracking {
+            // The other side's match counts are never read (an inner join's, for one).
+            continue;
+        }
         let (key, _, weight) = &delta[index];
         touched_other.note(other, key, &other_row);
         if let Some(entry) = other.buckets.get_mut(key).and_then(|b| b.get_mut(other_row.as_ref())) {
@@ -314,10 +324,10 @@ impl Operator for Join {
         let mut touched_left = Touched::tracking(self.unmatched_of(true).is_some());
         let mut touched_right = Touched::tracking(self.unmatched_of(false).is_some());
         // ΔL ⋈ R (right side as before the epoch), then L += ΔL.
-        let hits = self.join_delta(&left_delta, true, &mut out)?;
+        let hits = self.join_delta(&left_delta, true, touched_right.tracking, &mut out)?;
         absorb(&mut self.left, &mut self.right, &left_delta, hits, &mut touched_left, &mut touched_right)?;
         // L' ⋈ ΔR (left side including ΔL), then R += ΔR.
-        let hits = self.join_delta(&right_delta, false, &mut out)?;
+        let hits = self.join_delta(&right_delta, false, touched_left.tracking, &mut out)?;
         absorb(&mut self.right, &mut self.left, &right_delta, hits, &mut touched_right, &mut touched_left)?;
         self.emit_unmatched(&touched_left, true, &mut out)?;
         self.emit_unmatched(&touched_right, false, &mut out)?;

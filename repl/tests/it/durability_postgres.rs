@@ -188,7 +188,11 @@ async fn views_from_postgres_are_exact_across_kill_9_and_a_postgres_crash() {
         if confirmed >= target {
             break;
         }
-        assert!(Instant::now() < deadline, "the slot still lags: confirmed {confirmed:X}, written {target:X}");
+        assert!(
+            Instant::now() < deadline,
+            "the slot still lags: confirmed {confirmed:X}, written {target:X}\n{}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
