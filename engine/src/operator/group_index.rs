@@ -22,6 +22,7 @@ pub enum Probe {
 
 impl Probe {
     pub fn of(key: &[u8]) -> Self {
+        // Checked first: `pack` refuses a long key with an error, built per call.
         if key.len() > PACKED_BYTES {
             return Probe::Bytes;
         }

@@ -330,31 +330,48 @@ mod tests {
         assert!(values.adjust(1_000, -1).is_err(), "retracting an absent value is refused");
     }
 
+    /// `groups` empty groups, and their model.
+    fn empty_groups(groups: usize) -> (PackedMultisets, Vec<BTreeMap<u128, i64>>) {
+        let mut multisets = PackedMultisets::default();
+        for group in 0..groups {
+            multisets.reset(group);
+        }
+        (multisets, vec![BTreeMap::new(); groups])
+    }
+
+    /// A random row over `values` distinct values, valid after the model's rows (a value is
+    /// retracted, about one time in `retract_one_in`, only when present), applied to the model.
+    fn random_row(
+        next: &mut impl FnMut() -> u64,
+        model: &mut [BTreeMap<u128, i64>],
+        values: u64,
+        retract_one_in: u64,
+    ) -> (usize, u128, i64) {
+        let group = (next() % model.len() as u64) as usize;
+        let value = 1 + u128::from(next() % values);
+        let present = model[group].get(&value).copied().unwrap_or(0);
+        let weight = if present > 0 && next().is_multiple_of(retract_one_in) { -1 } else { 1 };
+        *model[group].entry(value).or_default() += weight;
+        model[group].retain(|_, count| *count != 0);
+        (group, value, weight)
+    }
+
+    fn assert_bounds(multisets: &PackedMultisets, model: &[BTreeMap<u128, i64>]) {
+        for (group, values) in model.iter().enumerate() {
+            assert_eq!(multisets.extreme(group, false), values.keys().next().copied(), "group {group}");
+            assert_eq!(multisets.extreme(group, true), values.keys().next_back().copied(), "group {group}");
+        }
+    }
+
     #[test]
     fn multisets_keep_each_groups_bounds() {
         let mut next = xorshift(0x51_7cc1_b727_220a);
-        let mut multisets = PackedMultisets::default();
-        let mut model: Vec<BTreeMap<u128, i64>> = vec![BTreeMap::new(); 50];
-        for group in 0..50 {
-            multisets.reset(group);
-        }
+        let (mut multisets, mut model) = empty_groups(50);
         for _ in 0..200 {
             // A batch of rows over random groups, applied with the lookahead loads.
-            let mut rows = Vec::new();
-            for _ in 0..(next() % 40) {
-                let group = (next() % 50) as usize;
-                let value = 1 + u128::from(next() % 30);
-                let present = model[group].get(&value).copied().unwrap_or(0);
-                let weight = if present > 0 && next().is_multiple_of(2) { -1 } else { 1 };
-                *model[group].entry(value).or_default() += weight;
-                model[group].retain(|_, count| *count != 0);
-                rows.push((group, value, weight));
-            }
+            let rows: Vec<_> = (0..next() % 40).map(|_| random_row(&mut next, &mut model, 30, 2)).collect();
             multisets.adjust_rows(&rows).expect("valid rows");
-            for (group, values) in model.iter().enumerate() {
-                assert_eq!(multisets.extreme(group, false), values.keys().next().copied());
-                assert_eq!(multisets.extreme(group, true), values.keys().next_back().copied());
-            }
+            assert_bounds(&multisets, &model);
         }
         multisets.reset(7);
         assert_eq!(multisets.extreme(7, false), None, "a reset group has no values");
@@ -363,29 +380,14 @@ mod tests {
     #[test]
     fn a_large_batch_keeps_each_groups_order() {
         let mut next = xorshift(0x2f6b_8c1d_a3e5_4097);
-        let mut multisets = PackedMultisets::default();
-        let groups = 1_000;
-        let mut model: Vec<BTreeMap<u128, i64>> = vec![BTreeMap::new(); groups];
-        for group in 0..groups {
-            multisets.reset(group);
-        }
+        let (mut multisets, mut model) = empty_groups(1_000);
         // Enough rows to be ordered by group; values inserted and retracted again within the
         // batch, which is valid only if each group's rows keep their order.
-        let mut rows = Vec::new();
-        while rows.len() < 100_000 {
-            let group = (next() % groups as u64) as usize;
-            let value = 1 + u128::from(next() % 50);
-            let present = model[group].get(&value).copied().unwrap_or(0);
-            let weight = if present > 0 && next().is_multiple_of(3) { -1 } else { 1 };
-            *model[group].entry(value).or_default() += weight;
-            model[group].retain(|_, count| *count != 0);
-            rows.push((group, value, weight));
-        }
+        let rows: Vec<_> = (0..100_000).map(|_| random_row(&mut next, &mut model, 50, 3)).collect();
         multisets.adjust_rows(&rows).expect("valid in order");
         for (group, values) in model.iter().enumerate() {
             assert!(multisets.entries(group).eq(values.iter().map(|(v, c)| (*v, *c))), "group {group}");
-            assert_eq!(multisets.extreme(group, false), values.keys().next().copied());
-            assert_eq!(multisets.extreme(group, true), values.keys().next_back().copied());
         }
+        assert_bounds(&multisets, &model);
     }
 }
