@@ -7,9 +7,13 @@
 //! keys) passes their hashes along, so the index loads the slots and entries of a group of
 //! lookups ahead together and their cache misses overlap.
 
+mod batch;
+
 use std::hash::BuildHasher;
 
 use rustc_hash::FxBuildHasher;
+
+pub use batch::{KeyChange, Refusal};
 
 /// Bytes before an entry's key: its length and its key's length.
 const HEADER: usize = 8;
@@ -97,8 +101,7 @@ impl KeyIndex {
     }
 
     /// Number of stored rows.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
@@ -186,27 +189,12 @@ impl KeyIndex {
         self.get(key).is_some()
     }
 
+    /// Removes `key` (one key's batch).
     #[cfg(test)]
     fn remove(&mut self, key: &[u8]) {
-        if let Ok(index) = self.probe(hash(key), key) {
-            self.remove_slot(index);
-        }
-    }
-
-    /// Removes `key` if it holds `row` (whose key it is).
-    pub fn remove_row_hashed(&mut self, hash: u64, key: &[u8], row: &[u8]) {
-        if let Ok(index) = self.probe(hash, key)
-            && entry_at(&self.arena, self.slots[index].at).3 == row
-        {
-            self.remove_slot(index);
-        }
-    }
-
-    fn remove_slot(&mut self, index: usize) {
-        let at = self.slots[index].at;
-        self.vacate(index);
-        self.kill(at);
-        self.maybe_compact();
+        let held = self.get(key).map(<[u8]>::to_vec);
+        let change = KeyChange { hash: hash(key), key, before: held.as_deref(), after: None };
+        let _ = self.apply_changes(&[change], false);
     }
 
     /// Empties a slot, shifting later slots of its run back so every probe still finds its
@@ -232,41 +220,10 @@ impl KeyIndex {
         self.len -= 1;
     }
 
+    /// Stores `row` under `key`, replacing what was there (one key's batch).
     #[cfg(test)]
-    fn insert(&mut self, key: &[u8], row: &[u8]) -> Result<(), EntryTooLarge> {
-        self.insert_hashed(hash(key), key, row)
-    }
-
-    /// Stores `row` under `key` (whose hash is `hash`), replacing what was there.
-    pub fn insert_hashed(&mut self, hash: u64, key: &[u8], row: &[u8]) -> Result<(), EntryTooLarge> {
-        let body = key.len() + row.len();
-        if !Self::fits(body) {
-            return Err(EntryTooLarge(body));
-        }
-        match self.probe(hash, key) {
-            Ok(index) => {
-                let at = self.slots[index].at;
-                let (_, _, stored_key, stored_row) = entry_at(&self.arena, at);
-                if stored_row.len() == row.len() {
-                    // Same size (most updates of fixed-width rows): overwrite in place.
-                    let row_start = at + HEADER + stored_key.len();
-                    self.arena[row_start..row_start + row.len()].copy_from_slice(row);
-                } else {
-                    self.slots[index].at = append(&mut self.arena, key, row);
-                    self.kill(at);
-                    self.maybe_compact();
-                }
-            }
-            Err(mut index) => {
-                if (self.len + 1) * 4 > self.slots.len() * 3 {
-                    self.resize(self.slots.len() * 2);
-                    index = self.probe(hash, key).err().unwrap_or(index);
-                }
-                self.slots[index] = Slot { hash, at: append(&mut self.arena, key, row) };
-                self.len += 1;
-            }
-        }
-        Ok(())
+    fn insert(&mut self, key: &[u8], row: &[u8]) -> Result<(), Refusal> {
+        self.apply_changes(&[KeyChange { hash: hash(key), key, before: None, after: Some(row) }], false)
     }
 
     /// Moves every slot into a table of `capacity` slots (a power of two).

@@ -27,6 +27,7 @@ pub mod events;
 mod exec_ddl;
 mod exec_dml;
 mod exec_query;
+mod key_changes;
 mod key_index;
 pub mod keyed;
 pub mod operator;

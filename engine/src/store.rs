@@ -4,14 +4,16 @@
 
 use std::sync::Mutex;
 
-use datafusion::arrow::array::{Array, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::array_value_to_string;
 use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::key_index::{self, EntryTooLarge, KeyIndex};
+use crate::key_changes::{Conflict, net_change};
+use crate::key_index::{self, EntryTooLarge, KeyIndex, Refusal};
 use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
 
 pub struct RelationStore {
@@ -94,31 +96,38 @@ impl RelationStore {
     /// Checks a write to a table (NOT NULL columns, existing rows for retractions, primary
     /// key uniqueness) and applies it only if it passes, encoding its rows once. A refused
     /// write changes nothing; the error names the violated constraint. Returns the change
-    /// as applied (consolidated when it had to be).
+    /// as applied (consolidated for a relation with a primary key).
     pub fn check_and_apply(&mut self, change: &ChangeBatch) -> Result<ChangeBatch> {
         if change.is_empty() {
             return Ok(change.clone());
         }
-        let (change, encoded) = self.consolidated_and_encoded(change)?;
-        self.check_encoded(&change, &encoded)?;
-        self.apply_encoded(&change, &encoded)?;
-        Ok(change)
-    }
-
-    fn encode(&self, change: &ChangeBatch) -> Result<EncodedChange> {
+        self.check_not_null(change)?;
+        if let Some(key_codec) = &self.key_codec {
+            let keys = encode_keys(key_codec, &self.primary_key, change)?;
+            return self.apply_keyed(change, &keys, true);
+        }
         let rows = encode_rows(&self.codec, change.data.columns())?;
-        Ok(EncodedChange { rows, keys: self.encode_keys(change)? })
+        self.check_retracted_rows(change, &rows)?;
+        self.apply_rows(change, &rows);
+        Ok(change.clone())
     }
 
-    fn encode_keys(&self, change: &ChangeBatch) -> Result<Option<Keys>> {
-        let Some(key_codec) = &self.key_codec else { return Ok(None) };
-        let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-        let encoded = encode_rows(key_codec, &key_columns)?;
-        let hashes = (0..change.len()).map(|i| key_index::hash(encoded.get(i))).collect();
-        Ok(Some(Keys { encoded, hashes }))
+    /// Applies a change without checks (the change is known to be valid). Returns the change
+    /// as applied (consolidated for a relation with a primary key).
+    pub fn apply(&mut self, change: &ChangeBatch) -> Result<ChangeBatch> {
+        if change.is_empty() {
+            return Ok(change.clone());
+        }
+        if let Some(key_codec) = &self.key_codec {
+            let keys = encode_keys(key_codec, &self.primary_key, change)?;
+            return self.apply_keyed(change, &keys, false);
+        }
+        let rows = encode_rows(&self.codec, change.data.columns())?;
+        self.apply_rows(change, &rows);
+        Ok(change.clone())
     }
 
-    fn check_encoded(&self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
+    fn check_not_null(&self, change: &ChangeBatch) -> Result<()> {
         for (i, field) in self.schema.fields().iter().enumerate() {
             if field.is_nullable() {
                 continue;
@@ -135,110 +144,54 @@ impl RelationStore {
                 )));
             }
         }
-        let rows = &encoded.rows;
-        // Each row's net change and where it first occurs (a consolidated change has each
-        // row once; one without retractions has none to check).
-        let retracted: Vec<(&[u8], i64, usize)> = if change.is_consolidated() || change.weights.iter().all(|w| *w > 0) {
-            (0..change.len()).filter(|&i| change.weights[i] < 0).map(|i| (rows.get(i), change.weights[i], i)).collect()
+        Ok(())
+    }
+
+    /// Checks that a relation without a primary key holds every row a change retracts.
+    fn check_retracted_rows(&self, change: &ChangeBatch, rows: &Encoded) -> Result<()> {
+        // Each row's net change (a consolidated change has each row once; one without
+        // retractions has none to check).
+        let retracted: Vec<(&[u8], i64)> = if change.is_consolidated() || change.weights.iter().all(|w| *w > 0) {
+            (0..change.len()).filter(|&i| change.weights[i] < 0).map(|i| (rows.get(i), change.weights[i])).collect()
         } else {
-            let mut row_changes: FxHashMap<&[u8], (i64, usize)> =
+            let mut row_changes: FxHashMap<&[u8], i64> =
                 FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
             for (index, weight) in change.weights.iter().enumerate() {
-                row_changes.entry(rows.get(index)).or_insert((0, index)).0 += weight;
+                *row_changes.entry(rows.get(index)).or_insert(0) += weight;
             }
-            row_changes.into_iter().filter(|(_, (delta, _))| *delta < 0).map(|(row, (d, i))| (row, d, i)).collect()
+            row_changes.into_iter().filter(|(_, delta)| *delta < 0).collect()
         };
-        let hashes: Vec<u64> = match &encoded.keys {
-            Some(keys) => retracted.iter().map(|(_, _, index)| keys.hashes[*index]).collect(),
-            None => Vec::new(),
-        };
-        for (position, &(row, delta, index)) in retracted.iter().enumerate() {
-            let stored = match &encoded.keys {
-                Some(keys) => {
-                    self.keys.prefetch_ahead(&hashes, position);
-                    (self.keys.get_hashed(hashes[position], keys.get(index)) == Some(row)) as i64
-                }
-                None => self.rows.get(row).copied().unwrap_or(0),
-            };
-            if stored + delta < 0 {
-                return Err(EngineError::Internal(format!(
-                    "a row of \"{}\" was deleted that does not exist",
-                    self.name
-                )));
-            }
-        }
-        if let Some(keys) = &encoded.keys {
-            let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-            let mut key_changes: FxHashMap<&[u8], (i64, usize)> =
-                FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
-            for (row, weight) in change.weights.iter().enumerate() {
-                let entry = key_changes.entry(keys.get(row)).or_insert((0, row));
-                entry.0 += weight;
-                if *weight > 0 {
-                    entry.1 = row;
-                }
-            }
-            let inserted: Vec<(&[u8], i64, usize)> =
-                key_changes.into_iter().filter(|(_, (delta, _))| *delta > 0).map(|(k, (d, r))| (k, d, r)).collect();
-            let hashes: Vec<u64> = inserted.iter().map(|(_, _, row)| keys.hashes[*row]).collect();
-            for (position, &(key, delta, row)) in inserted.iter().enumerate() {
-                self.keys.prefetch_ahead(&hashes, position);
-                if self.keys.get_hashed(hashes[position], key).is_some() as i64 + delta > 1 {
-                    let columns: Vec<String> =
-                        self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
-                    let values: Vec<String> = key_columns
-                        .iter()
-                        .map(|c| array_value_to_string(c, row).unwrap_or_else(|_| "?".into()))
-                        .collect();
-                    return Err(EngineError::Constraint(format!(
-                        "duplicate key value violates unique constraint \"{}_pkey\": key ({})=({}) already exists",
-                        self.name,
-                        columns.join(", "),
-                        values.join(", ")
-                    )));
-                }
+        for (row, delta) in retracted {
+            if self.rows.get(row).copied().unwrap_or(0) + delta < 0 {
+                return Err(self.conflict_error(change, Conflict::Missing(0)));
             }
         }
         Ok(())
     }
 
-    /// Applies a change without checks (the change is known to be valid). Returns the change
-    /// as applied (consolidated when it had to be).
-    pub fn apply(&mut self, change: &ChangeBatch) -> Result<ChangeBatch> {
-        if change.is_empty() {
-            return Ok(change.clone());
+    /// Applies a change to a relation without a primary key.
+    fn apply_rows(&mut self, change: &ChangeBatch, rows: &Encoded) {
+        self.rows.reserve(change.weights.iter().filter(|w| **w > 0).count());
+        for (index, weight) in change.weights.iter().enumerate() {
+            add_count(&mut self.rows, rows.get(index), *weight);
         }
-        let (change, encoded) = self.consolidated_and_encoded(change)?;
-        self.apply_encoded(&change, &encoded)?;
-        Ok(change)
+        self.total += change.weights.iter().sum::<i64>();
+        self.forget_snapshot();
     }
 
-    /// The change ready to apply, and its rows and keys encoded. The key index applies
-    /// retractions before insertions, which is right only when no row is both inserted and
-    /// retracted in the same change: such a change is consolidated first (encoding its rows
-    /// once for both).
-    fn consolidated_and_encoded(&self, change: &ChangeBatch) -> Result<(ChangeBatch, EncodedChange)> {
-        let needs_consolidation = self.key_codec.is_some()
-            && self.codec.width() > 0
-            && !change.is_consolidated()
-            && change.weights.iter().any(|w| *w < 0);
-        if !needs_consolidation {
-            return Ok((change.clone(), self.encode(change)?));
-        }
-        let (change, rows) = change.consolidate_encoded(&self.codec)?;
-        let keys = self.encode_keys(&change)?;
-        Ok((change, EncodedChange { rows: Encoded::Rows(rows), keys }))
-    }
-
-    fn apply_encoded(&mut self, change: &ChangeBatch, encoded: &EncodedChange) -> Result<()> {
-        let rows = &encoded.rows;
-        let insertions = change.weights.iter().filter(|w| **w > 0).count();
-        // A relation with a primary key keeps its rows in the key index only.
-        if let Some(keys) = &encoded.keys {
-            // Checked before anything changes, so a refused change leaves the store whole.
-            for (index, weight) in change.weights.iter().enumerate() {
-                let size = keys.get(index).len() + rows.get(index).len();
-                if *weight > 0 && !KeyIndex::fits(size) {
+    /// Applies a change to a relation with a primary key, one probe per key: strictly (a
+    /// write to a table: a key must hold the row the change retracts, and no row when it
+    /// inserts one without retracting, or nothing changes) or not. Returns the change
+    /// consolidated.
+    fn apply_keyed(&mut self, change: &ChangeBatch, keys: &Keys, strict: bool) -> Result<ChangeBatch> {
+        let rows = encode_rows(&self.codec, change.data.columns())?;
+        let net = net_change(&change.weights, &rows, &keys.encoded, &keys.hashes, strict)
+            .map_err(|conflict| self.conflict_error(change, conflict))?;
+        // Checked before anything changes, so a refused change leaves the store whole.
+        for key_change in &net.keys {
+            if let Some(after) = key_change.after {
+                let size = key_change.key.len() + after.len();
+                if !KeyIndex::fits(size) {
                     return Err(EngineError::Constraint(format!(
                         "relation \"{}\": {}",
                         self.name,
@@ -246,36 +199,51 @@ impl RelationStore {
                     )));
                 }
             }
-            self.keys.reserve(insertions);
-            // Insertions first, replacing the row stored under their key (in place when the
-            // size is the same), then retractions of rows still stored: an update's retraction
-            // finds its key holding the new row and leaves it. (A consolidated change never
-            // retracts and inserts the same row.)
-            let (retracted, inserted): (Vec<usize>, Vec<usize>) =
-                (0..change.len()).partition(|&index| change.weights[index] < 0);
-            let hashes: Vec<u64> = inserted.iter().map(|&index| keys.hashes[index]).collect();
-            for (position, &index) in inserted.iter().enumerate() {
-                self.keys.prefetch_ahead(&hashes, position);
-                self.keys
-                    .insert_hashed(hashes[position], keys.get(index), rows.get(index))
-                    .map_err(|e| EngineError::Internal(format!("relation \"{}\": {e}", self.name)))?;
+        }
+        let applied = self.keys.apply_changes(&net.keys, strict);
+        if let Err(refusal) = applied {
+            let conflict = match refusal {
+                Refusal::NotHeld(position) => Conflict::Missing(net.rows[position]),
+                Refusal::Taken(position) => Conflict::Duplicate(net.rows[position]),
+            };
+            return Err(self.conflict_error(change, conflict));
+        }
+        self.total = self.keys.len() as i64;
+        self.forget_snapshot();
+        let Some(remaining) = net.remaining else { return Ok(change.clone().consolidated_if(true)) };
+        let indices = UInt32Array::from_iter_values(remaining.iter().map(|(row, _)| *row));
+        let data = take_record_batch(&change.data, &indices)?;
+        Ok(ChangeBatch::new(data, remaining.into_iter().map(|(_, weight)| weight).collect())?.consolidated_if(true))
+    }
+
+    /// The error for a change that does not fit the stored rows.
+    fn conflict_error(&self, change: &ChangeBatch, conflict: Conflict) -> EngineError {
+        match conflict {
+            Conflict::Missing(_) => {
+                EngineError::Internal(format!("a row of \"{}\" was deleted that does not exist", self.name))
             }
-            let hashes: Vec<u64> = retracted.iter().map(|&index| keys.hashes[index]).collect();
-            for (position, &index) in retracted.iter().enumerate() {
-                self.keys.prefetch_ahead(&hashes, position);
-                self.keys.remove_row_hashed(hashes[position], keys.get(index), rows.get(index));
-            }
-        } else {
-            self.rows.reserve(insertions);
-            for (index, weight) in change.weights.iter().enumerate() {
-                add_count(&mut self.rows, rows.get(index), *weight);
+            Conflict::Duplicate(row) => {
+                let columns: Vec<String> =
+                    self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
+                let values: Vec<String> = self
+                    .primary_key
+                    .iter()
+                    .map(|&i| array_value_to_string(change.data.column(i), row as usize).unwrap_or_else(|_| "?".into()))
+                    .collect();
+                EngineError::Constraint(format!(
+                    "duplicate key value violates unique constraint \"{}_pkey\": key ({})=({}) already exists",
+                    self.name,
+                    columns.join(", "),
+                    values.join(", ")
+                ))
             }
         }
-        self.total += change.weights.iter().sum::<i64>();
+    }
+
+    fn forget_snapshot(&self) {
         if let Ok(mut cached) = self.snapshot.lock() {
             *cached = None;
         }
-        Ok(())
     }
 
     pub fn primary_key(&self) -> &[usize] {
@@ -336,22 +304,17 @@ impl RelationStore {
     }
 }
 
-/// A change's rows and primary keys, encoded.
-struct EncodedChange {
-    rows: Encoded,
-    keys: Option<Keys>,
-}
-
 /// A change's primary keys, encoded, with their hashes in the key index.
 struct Keys {
     encoded: Encoded,
     hashes: Vec<u64>,
 }
 
-impl Keys {
-    fn get(&self, index: usize) -> &[u8] {
-        self.encoded.get(index)
-    }
+fn encode_keys(key_codec: &RowCodec, primary_key: &[usize], change: &ChangeBatch) -> Result<Keys> {
+    let key_columns: Vec<_> = primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+    let encoded = encode_rows(key_codec, &key_columns)?;
+    let hashes = (0..change.len()).map(|i| key_index::hash(encoded.get(i))).collect();
+    Ok(Keys { encoded, hashes })
 }
 
 /// Adds `weight` to a multiplicity, dropping the entry at zero.

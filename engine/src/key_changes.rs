@@ -1,0 +1,185 @@
+//! A change to a relation with a primary key as one net change per key: the change's rows are
+//! brought together by key, equal rows under a key add up (an update that changes nothing
+//! cancels out), and what remains says which row the key holds before and after. The key index
+//! applies these with one probe per key ([`crate::key_index::KeyIndex::apply_changes`]).
+
+use hashbrown::hash_table::{Entry, HashTable};
+
+use crate::key_index::KeyChange;
+use crate::rows::Encoded;
+
+/// A change's net effect on each key it touches.
+pub(crate) struct NetChange<'a> {
+    /// One change per key whose row changes, in the order the keys first occur.
+    pub keys: Vec<KeyChange<'a>>,
+    /// For each of `keys`, the change's row behind it: its insertion, else its retraction.
+    pub rows: Vec<u32>,
+    /// The change's rows with their net weights, in order, when equal rows added up or
+    /// cancelled (`None`: every row stays as it is).
+    pub remaining: Option<Vec<(u32, i64)>>,
+}
+
+/// Why a change cannot apply to a relation with a primary key, by row of the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Conflict {
+    /// The row is retracted, but its key does not hold it.
+    Missing(u32),
+    /// The row is inserted, but its key already holds another row.
+    Duplicate(u32),
+}
+
+const END: u32 = u32::MAX;
+
+/// The net change per key of a change with `weights`, whose rows, keys and key hashes are
+/// given. Strict (a write to a table): a key may lose at most one row and gain at most one,
+/// anything else is a conflict. Not strict (a change known to be consistent, which never has
+/// two): one of the rows retracted and one of those inserted under a key count.
+pub(crate) fn net_change<'a>(
+    weights: &[i64],
+    rows: &'a Encoded,
+    keys: &'a Encoded,
+    hashes: &[u64],
+    strict: bool,
+) -> Result<NetChange<'a>, Conflict> {
+    let count = weights.len();
+    // Each key's rows, chained in order through `next` from its group's head.
+    let mut groups: HashTable<u32> = HashTable::with_capacity(count);
+    let mut heads: Vec<u32> = Vec::with_capacity(count);
+    let mut tails: Vec<u32> = Vec::with_capacity(count);
+    let mut next = vec![END; count];
+    for row in 0..count {
+        let key = keys.get(row);
+        let entry = groups.entry(
+            hashes[row],
+            |&group| keys.get(heads[group as usize] as usize) == key,
+            |&group| hashes[heads[group as usize] as usize],
+        );
+        match entry {
+            Entry::Occupied(found) => {
+                let group = *found.get() as usize;
+                next[tails[group] as usize] = row as u32;
+                tails[group] = row as u32;
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(heads.len() as u32);
+                heads.push(row as u32);
+                tails.push(row as u32);
+            }
+        }
+    }
+    drop(groups);
+
+    let mut net =
+        NetChange { keys: Vec::with_capacity(heads.len()), rows: Vec::with_capacity(heads.len()), remaining: None };
+    let mut kept: Vec<(u32, i64)> = Vec::with_capacity(count);
+    let mut merged = false;
+    let mut group: Vec<(u32, i64)> = Vec::new();
+    for &head in &heads {
+        group.clear();
+        let mut row = head;
+        while row != END {
+            group.push((row, weights[row as usize]));
+            row = next[row as usize];
+        }
+        let size = group.len();
+        if size > 1 {
+            // Equal rows side by side (the sort is stable: the first of them stays), added up.
+            group.sort_by(|a, b| rows.get(a.0 as usize).cmp(rows.get(b.0 as usize)));
+            group.dedup_by(|later, earlier| {
+                let equal = rows.get(later.0 as usize) == rows.get(earlier.0 as usize);
+                if equal {
+                    earlier.1 += later.1;
+                }
+                equal
+            });
+        }
+        group.retain(|(_, weight)| *weight != 0);
+        merged |= group.len() != size;
+        let (mut before, mut after) = (None, None);
+        for &(row, weight) in &group {
+            if weight < 0 {
+                if strict && (weight < -1 || before.is_some()) {
+                    return Err(Conflict::Missing(row));
+                }
+                before = Some(row);
+            } else {
+                if strict && (weight > 1 || after.is_some()) {
+                    return Err(Conflict::Duplicate(row));
+                }
+                after = Some(row);
+            }
+        }
+        let Some(behind) = after.or(before) else { continue };
+        kept.extend_from_slice(&group);
+        net.keys.push(KeyChange {
+            hash: hashes[head as usize],
+            key: keys.get(head as usize),
+            before: before.map(|row| rows.get(row as usize)),
+            after: after.map(|row| rows.get(row as usize)),
+        });
+        net.rows.push(behind);
+    }
+    if merged {
+        kept.sort_unstable_by_key(|(row, _)| *row);
+        net.remaining = Some(kept);
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::key_index::hash;
+    use crate::rows::{RowCodec, encode_rows};
+
+    /// Rows `(key, value)` encoded as whole rows and as keys, with the keys' hashes.
+    fn encoded(rows: &[(i64, &str)]) -> (Encoded, Encoded, Vec<u64>) {
+        let keys: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0)));
+        let values: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)));
+        let row_codec = RowCodec::new(&[DataType::Int64, DataType::Utf8]).expect("codec");
+        let key_codec = RowCodec::new(&[DataType::Int64]).expect("codec");
+        let whole = encode_rows(&row_codec, &[Arc::clone(&keys), values]).expect("rows");
+        let keys = encode_rows(&key_codec, &[keys]).expect("keys");
+        let hashes = (0..rows.len()).map(|i| hash(keys.get(i))).collect();
+        (whole, keys, hashes)
+    }
+
+    #[test]
+    fn rows_of_a_key_come_together_and_equal_rows_cancel() {
+        let rows = [(1, "old"), (2, "x"), (1, "new"), (3, "same"), (3, "same"), (1, "new"), (1, "newer")];
+        let weights = [-1, 1, 1, -1, 1, -1, 1];
+        let (whole, keys, hashes) = encoded(&rows);
+        let net = net_change(&weights, &whole, &keys, &hashes, true).expect("consistent");
+        // Key 1: "old" becomes "newer" ("new" came and went); key 2 gains "x"; key 3 is unchanged.
+        assert_eq!(net.keys.len(), 2);
+        assert_eq!(net.keys[0].before, Some(whole.get(0)));
+        assert_eq!(net.keys[0].after, Some(whole.get(6)));
+        assert_eq!((net.keys[1].before, net.keys[1].after), (None, Some(whole.get(1))));
+        assert_eq!(net.rows, [6, 1]);
+        assert_eq!(net.remaining, Some(vec![(0, -1), (1, 1), (6, 1)]));
+    }
+
+    #[test]
+    fn a_change_whose_rows_all_stay_is_left_as_it_is() {
+        let (whole, keys, hashes) = encoded(&[(1, "a"), (1, "b"), (2, "c")]);
+        let net = net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).expect("consistent");
+        assert_eq!(net.keys.len(), 2);
+        assert_eq!(net.remaining, None);
+    }
+
+    #[test]
+    fn two_rows_for_one_key_conflict_when_strict() {
+        let (whole, keys, hashes) = encoded(&[(1, "a"), (2, "b"), (1, "c")]);
+        assert_eq!(net_change(&[1, 1, 1], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(2)));
+        assert_eq!(net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).err(), Some(Conflict::Missing(2)));
+        assert_eq!(net_change(&[2, 1, 0], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(0)));
+        // Not strict: the last of them counts.
+        let net = net_change(&[1, 1, 1], &whole, &keys, &hashes, false).expect("lenient");
+        assert_eq!(net.keys.len(), 2);
+    }
+}

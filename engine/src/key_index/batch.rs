@@ -1,0 +1,257 @@
+//! Applying a whole change to a key index with one probe per key: the probe that finds what a
+//! key holds also changes it. A table's write is all or nothing, so a strict batch keeps an
+//! undo log and, when a key refuses its change, puts back every key it already changed.
+
+use super::{DEAD, HEADER, KeyIndex, Slot, append, entry_at, word};
+
+/// What a change does to one key: the row it holds before (`None`: no row) and after.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyChange<'a> {
+    pub hash: u64,
+    pub key: &'a [u8],
+    pub before: Option<&'a [u8]>,
+    pub after: Option<&'a [u8]>,
+}
+
+/// Why a key refused its change in a strict batch, with the change's position in the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key does not hold the row the change retracts.
+    NotHeld(usize),
+    /// The key already holds a row, and the change inserts one without retracting it.
+    Taken(usize),
+}
+
+/// How to put back one key a strict batch changed.
+enum Undo {
+    /// The key's slot was emptied; its entry (killed) starts at `at`.
+    Removed { hash: u64, at: usize },
+    /// The key was added (its entry lies past the arena's old end).
+    Added { change: usize },
+    /// The key's entry moved; the old one (killed) starts at `at`.
+    Moved { change: usize, at: usize },
+    /// The key's row was overwritten in place at `at`; its old bytes are `saved[from..from + len]`.
+    Overwritten { at: usize, from: usize, len: usize },
+}
+
+/// A strict batch's undo log.
+#[derive(Default)]
+struct UndoLog {
+    entries: Vec<Undo>,
+    saved: Vec<u8>,
+}
+
+impl KeyIndex {
+    /// Applies one change per key (no key twice), probing each key once. Strict: a key must
+    /// hold exactly the row its change retracts (`before`), or no row when `before` is `None`;
+    /// the first key that does not refuses the batch and the index is left as it was. Not
+    /// strict (a change known to be consistent): a retraction of a row the key does not hold
+    /// is skipped and an insertion replaces whatever the key holds.
+    pub fn apply_changes(&mut self, changes: &[KeyChange], strict: bool) -> Result<(), Refusal> {
+        self.reserve(changes.iter().filter(|c| c.after.is_some()).count());
+        let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
+        let (arena_len, dead_bytes) = (self.arena.len(), self.dead_bytes);
+        let mut log = strict.then(UndoLog::default);
+        for (position, change) in changes.iter().enumerate() {
+            self.prefetch_ahead(&hashes, position);
+            if let Err(refusal) = self.apply_change(position, change, log.as_mut()) {
+                if let Some(log) = log {
+                    self.undo(changes, log);
+                }
+                // Entries appended by the batch are unreachable now; dead ones are live again.
+                self.arena.truncate(arena_len);
+                self.dead_bytes = dead_bytes;
+                return Err(refusal);
+            }
+        }
+        self.maybe_compact();
+        Ok(())
+    }
+
+    fn apply_change(&mut self, position: usize, change: &KeyChange, log: Option<&mut UndoLog>) -> Result<(), Refusal> {
+        let strict = log.is_some();
+        match self.probe(change.hash, change.key) {
+            Ok(index) => {
+                let at = self.slots[index].at;
+                let held = entry_at(&self.arena, at).3;
+                match change.before {
+                    Some(before) if before == held => {}
+                    Some(_) if strict => return Err(Refusal::NotHeld(position)),
+                    None if strict => return Err(Refusal::Taken(position)),
+                    // Not strict: a retraction of another row leaves the key alone.
+                    Some(_) if change.after.is_none() => return Ok(()),
+                    _ => {}
+                }
+                match change.after {
+                    Some(after) => self.replace(index, position, change.key, after, log),
+                    None => {
+                        if let Some(log) = log {
+                            log.entries.push(Undo::Removed { hash: change.hash, at });
+                        }
+                        self.vacate(index);
+                        self.kill(at);
+                    }
+                }
+            }
+            Err(index) => {
+                if change.before.is_some() && strict {
+                    return Err(Refusal::NotHeld(position));
+                }
+                if let Some(after) = change.after {
+                    // `apply_changes` reserved room for every insertion: no resize here.
+                    self.slots[index] = Slot { hash: change.hash, at: append(&mut self.arena, change.key, after) };
+                    self.len += 1;
+                    if let Some(log) = log {
+                        log.entries.push(Undo::Added { change: position });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `row` in the occupied slot `index`, which holds `key` (in place when the size
+    /// is the same).
+    fn replace(&mut self, index: usize, position: usize, key: &[u8], row: &[u8], log: Option<&mut UndoLog>) {
+        let at = self.slots[index].at;
+        let held = entry_at(&self.arena, at).3;
+        if held.len() == row.len() {
+            let start = at + HEADER + key.len();
+            if let Some(log) = log {
+                log.entries.push(Undo::Overwritten { at: start, from: log.saved.len(), len: row.len() });
+                log.saved.extend_from_slice(held);
+            }
+            self.arena[start..start + row.len()].copy_from_slice(row);
+        } else {
+            self.slots[index].at = append(&mut self.arena, key, row);
+            self.kill(at);
+            if let Some(log) = log {
+                log.entries.push(Undo::Moved { change: position, at });
+            }
+        }
+    }
+
+    /// Puts back every key the log records, latest first. The caller then truncates the arena
+    /// to its length before the batch and restores the dead byte count.
+    fn undo(&mut self, changes: &[KeyChange], log: UndoLog) {
+        for entry in log.entries.into_iter().rev() {
+            match entry {
+                Undo::Overwritten { at, from, len } => {
+                    self.arena[at..at + len].copy_from_slice(&log.saved[from..from + len]);
+                }
+                Undo::Moved { change, at } => {
+                    if let Ok(index) = self.probe(changes[change].hash, changes[change].key) {
+                        self.slots[index].at = at;
+                        self.revive(at);
+                    }
+                }
+                Undo::Added { change } => {
+                    if let Ok(index) = self.probe(changes[change].hash, changes[change].key) {
+                        self.vacate(index);
+                    }
+                }
+                Undo::Removed { hash, at } => {
+                    let key = entry_at(&self.arena, at).2.to_vec();
+                    if let Err(index) = self.probe(hash, &key) {
+                        self.slots[index] = Slot { hash, at };
+                        self.len += 1;
+                        self.revive(at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clears the dead mark of the entry at `at` (the caller restores the dead byte count).
+    fn revive(&mut self, at: usize) {
+        let length = word(&self.arena, at) & !DEAD;
+        self.arena[at..at + 4].copy_from_slice(&length.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_index::hash;
+
+    fn change<'a>(key: &'a [u8], before: Option<&'a [u8]>, after: Option<&'a [u8]>) -> KeyChange<'a> {
+        KeyChange { hash: hash(key), key, before, after }
+    }
+
+    fn contents(index: &KeyIndex) -> Vec<Vec<u8>> {
+        let mut rows: Vec<Vec<u8>> = index.values().map(<[u8]>::to_vec).collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn strict_batch_applies_inserts_updates_and_deletes() {
+        let mut index = KeyIndex::default();
+        let batch = [change(b"a", None, Some(b"a1")), change(b"b", None, Some(b"b1")), change(b"c", None, Some(b"c1"))];
+        index.apply_changes(&batch, true).expect("fresh keys");
+        let batch = [
+            change(b"a", Some(b"a1"), Some(b"a2")),
+            change(b"b", Some(b"b1"), None),
+            change(b"c", Some(b"c1"), Some(b"c-longer")),
+            change(b"d", None, Some(b"d1")),
+        ];
+        index.apply_changes(&batch, true).expect("consistent change");
+        assert_eq!(contents(&index), [b"a2".to_vec(), b"c-longer".to_vec(), b"d1".to_vec()]);
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn a_refused_key_puts_back_every_key_changed_before_it() {
+        let mut index = KeyIndex::default();
+        let keys: Vec<[u8; 4]> = (0..1000u32).map(u32::to_le_bytes).collect();
+        let rows: Vec<Vec<u8>> = (0..1000).map(|i| format!("row {i}").into_bytes()).collect();
+        let fill: Vec<KeyChange> = keys.iter().zip(&rows).map(|(k, r)| change(k, None, Some(r))).collect();
+        index.apply_changes(&fill, true).expect("fill");
+        let before = contents(&index);
+        let arena = index.arena.len();
+        let longer: Vec<Vec<u8>> = (0..1000).map(|i| format!("a longer row {i}").into_bytes()).collect();
+        let same_size: Vec<Vec<u8>> = (0..1000).map(|i| format!("new {i:>3}").into_bytes()).collect();
+        let fresh: Vec<[u8; 4]> = (1000..1300u32).map(u32::to_le_bytes).collect();
+        for refused in [7, 8] {
+            // Deletes, in-place and moving updates, inserts, then one key that refuses: key 7
+            // retracts a row it does not hold, key 8 is inserted again.
+            let mut batch: Vec<KeyChange> = Vec::new();
+            for i in (0..1000).filter(|&i| i != refused) {
+                let after = match i % 3 {
+                    0 => None,
+                    1 => Some(longer[i].as_slice()),
+                    _ => Some(same_size[i].as_slice()),
+                };
+                batch.push(change(&keys[i], Some(&rows[i]), after));
+            }
+            batch.extend(fresh.iter().map(|k| change(k, None, Some(b"fresh"))));
+            let (refusing, expected) = if refused == 7 {
+                (change(&keys[7], Some(b"not this row"), None), Refusal::NotHeld(batch.len()))
+            } else {
+                (change(&keys[8], None, Some(b"again")), Refusal::Taken(batch.len()))
+            };
+            batch.push(refusing);
+            assert_eq!(index.apply_changes(&batch, true), Err(expected));
+            assert_eq!(contents(&index), before);
+            assert_eq!(index.len(), 1000);
+            assert_eq!(index.arena.len(), arena);
+            for (key, row) in keys.iter().zip(&rows) {
+                assert_eq!(index.get(key), Some(row.as_slice()));
+            }
+            assert_eq!(index.get(&fresh[0]), None);
+        }
+    }
+
+    #[test]
+    fn a_lenient_batch_skips_retractions_of_rows_not_held() {
+        let mut index = KeyIndex::default();
+        index.apply_changes(&[change(b"a", None, Some(b"a1"))], true).expect("fill");
+        let batch =
+            [change(b"a", Some(b"other"), None), change(b"b", Some(b"gone"), None), change(b"c", None, Some(b"c1"))];
+        index.apply_changes(&batch, false).expect("lenient");
+        assert_eq!(contents(&index), [b"a1".to_vec(), b"c1".to_vec()]);
+        // An insertion replaces whatever the key holds.
+        index.apply_changes(&[change(b"a", None, Some(b"a2"))], false).expect("lenient");
+        assert_eq!(index.get(b"a"), Some(&b"a2"[..]));
+    }
+}
