@@ -14,7 +14,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use rustc_hash::FxHashMap;
 
-use super::packed_values::{PACKED_BYTES, PackedMultisets, pack, unpack};
+use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
@@ -398,6 +398,13 @@ impl Accumulator {
     /// or a mirror of it.
     pub fn extremes(&self, groups: &[usize], max: bool, output: &DataType) -> Result<ArrayRef> {
         if let Accumulator::Extremum { values, codec, input, .. } = self {
+            if let OrderedValues::Packed(packed) = values {
+                let extremes: Vec<Option<u128>> = groups.iter().map(|&g| packed.extreme(g, max)).collect();
+                if let Some(array) = decode_integers(&extremes, input) {
+                    let array = array?;
+                    return Ok(if input != output { cast(&array, output)? } else { array });
+                }
+            }
             let extremes: Vec<Option<Extreme>> = groups.iter().map(|&g| values.extreme(g, max)).collect();
             let present: Vec<&[u8]> = extremes.iter().flatten().map(Extreme::bytes).collect();
             let decoded = if present.is_empty() {

@@ -10,6 +10,10 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
+use datafusion::arrow::array::{ArrayData, ArrayRef, make_array};
+use datafusion::arrow::buffer::{Buffer, NullBuffer};
+use datafusion::arrow::datatypes::DataType;
+
 use crate::error::{EngineError, Result};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
@@ -37,6 +41,43 @@ pub fn pack(bytes: &[u8]) -> Result<u128> {
 pub fn unpack(value: u128) -> Vec<u8> {
     let packed = value.to_be_bytes();
     packed[..(packed[PACKED_BYTES] as usize).min(PACKED_BYTES)].to_vec()
+}
+
+/// Decodes packed values of an integer-backed type (integers, dates, times, timestamps,
+/// durations) straight into an array of that type, `None` as NULL, without the row format's
+/// decoder: such a value encodes as a validity byte (1), then its bytes big-endian with the
+/// sign bit flipped when signed. `None` for any other type or a value not encoded so.
+pub fn decode_integers(values: &[Option<u128>], data_type: &DataType) -> Option<Result<ArrayRef>> {
+    use DataType::*;
+    let signed = match data_type {
+        Int8 | Int16 | Int32 | Int64 | Date32 | Date64 | Time32(_) | Time64(_) | Timestamp(..) | Duration(_) => true,
+        UInt8 | UInt16 | UInt32 | UInt64 => false,
+        _ => return None,
+    };
+    let width = data_type.primitive_width()?;
+    let bits = 8 * width as u32;
+    let encoded_as_expected = |packed: u128| packed >> 120 == 1 && packed as u8 as usize == width + 1;
+    if !values.iter().flatten().all(|&packed| encoded_as_expected(packed)) {
+        return None;
+    }
+    // The value's bits, as an unsigned integer of `width` bytes.
+    let native = values.iter().map(|value| match value {
+        Some(packed) => {
+            let raw = (packed >> (120 - bits)) as u64 & (u64::MAX >> (64 - bits));
+            if signed { raw ^ (1 << (bits - 1)) } else { raw }
+        }
+        None => 0,
+    });
+    let buffer = match width {
+        1 => Buffer::from_vec(native.map(|v| v as u8).collect::<Vec<_>>()),
+        2 => Buffer::from_vec(native.map(|v| v as u16).collect::<Vec<_>>()),
+        4 => Buffer::from_vec(native.map(|v| v as u32).collect::<Vec<_>>()),
+        8 => Buffer::from_vec(native.collect::<Vec<_>>()),
+        _ => return None,
+    };
+    let nulls = NullBuffer::from_iter(values.iter().map(Option::is_some));
+    let data = ArrayData::builder(data_type.clone()).len(values.len()).add_buffer(buffer).nulls(Some(nulls)).build();
+    Some(data.map(make_array).map_err(EngineError::from))
 }
 
 /// Rows adjusted per group of lookahead loads (see [`PackedMultisets::adjust_rows`]).
@@ -389,5 +430,47 @@ mod tests {
             assert!(multisets.entries(group).eq(values.iter().map(|(v, c)| (*v, *c))), "group {group}");
         }
         assert_bounds(&multisets, &model);
+    }
+
+    #[test]
+    fn integer_values_decode_as_the_row_format_would() {
+        use datafusion::arrow::array::{Array, Int64Array};
+        use datafusion::arrow::compute::{CastOptions, cast_with_options};
+        use datafusion::arrow::datatypes::TimeUnit;
+
+        use crate::rows::RowCodec;
+
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut raw: Vec<Option<i64>> = vec![Some(0), Some(-1), Some(1), Some(i64::MIN), Some(i64::MAX), None];
+        raw.extend((0..500).map(|i| (i % 7 != 0).then(|| next() as i64 >> (next() % 64))));
+        let int64: ArrayRef = std::sync::Arc::new(Int64Array::from(raw));
+        let types = [
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Date32,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::Time64(TimeUnit::Nanosecond),
+        ];
+        for data_type in types {
+            // The values that fit the type (a failed cast gives NULL).
+            let options = CastOptions { safe: true, ..Default::default() };
+            let expected = cast_with_options(&int64, &data_type, &options).expect("cast");
+            let codec = RowCodec::new(std::slice::from_ref(&data_type)).expect("codec");
+            let rows = codec.encode(std::slice::from_ref(&expected)).expect("encode");
+            let packed: Vec<Option<u128>> = (0..expected.len())
+                .map(|i| expected.is_valid(i).then(|| pack(rows.row(i).as_ref()).expect("packs")))
+                .collect();
+            let decoded = decode_integers(&packed, &data_type).expect("an integer type").expect("decodes");
+            assert_eq!(decoded.to_data(), expected.to_data(), "{data_type}");
+        }
+        // Other types go through the row format's decoder.
+        assert!(decode_integers(&[None], &DataType::Float64).is_none());
+        assert!(decode_integers(&[None], &DataType::Boolean).is_none());
     }
 }
