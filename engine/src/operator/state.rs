@@ -134,12 +134,13 @@ pub fn int64_column(values: impl IntoIterator<Item = i64>) -> ArrayRef {
 }
 
 pub fn int128_column(values: impl IntoIterator<Item = i128>) -> Result<ArrayRef> {
-    let array = FixedSizeBinaryArray::try_from_iter(values.into_iter().map(|v| v.to_le_bytes()))?;
-    // An empty iterator gives a zero-width array; the state's type is 16 bytes.
-    if array.is_empty() {
+    let values: Vec<[u8; 16]> = values.into_iter().map(i128::to_le_bytes).collect();
+    // Arrow refuses to build a fixed-size binary array from no values (it could not tell
+    // their width): an aggregate with no groups saves an empty column of the state's type.
+    if values.is_empty() {
         return Ok(datafusion::arrow::array::new_empty_array(&INT128));
     }
-    Ok(Arc::new(array))
+    Ok(Arc::new(FixedSizeBinaryArray::try_from_iter(values.into_iter())?))
 }
 
 /// Multiset rows: (group ordinal, encoded value, multiplicity).

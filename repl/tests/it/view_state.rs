@@ -37,6 +37,8 @@ const VIEWS: &[(&str, &str)] = &[
     ("labels", "SELECT DISTINCT label FROM items"),
     ("big", "SELECT 0 AS qty UNION ALL SELECT qty FROM items WHERE qty > 45"),
     ("busy", "SELECT grp, n FROM by_grp WHERE n > 3"),
+    // Never a group: sums and averages with no groups to save.
+    ("none", "SELECT grp, sum(qty) AS qty, avg(amount) AS amount FROM items WHERE qty > 1000 GROUP BY grp"),
 ];
 
 async fn open(dir: &Path) -> (Database, RestoreReport) {
