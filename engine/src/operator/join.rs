@@ -6,6 +6,7 @@
 //! padded output changes only when its multiplicity or its match count moves to or from zero.
 //! NULL join keys never match (unless the join says NULLs are equal).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use changeflow_sql::plan::JoinKind;
@@ -15,13 +16,14 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
-use rustc_hash::FxHashMap;
+use hashbrown::Equivalent;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
-use crate::rows::{RowCodec, encode_rows};
+use crate::rows::{Encoded, RowCodec, encode_rows};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
@@ -32,7 +34,31 @@ struct Entry {
 }
 
 /// Key `None` holds rows with a NULL key: stored, never probed.
-type Buckets = FxHashMap<Option<Box<[u8]>>, FxHashMap<Box<[u8]>, Entry>>;
+type Buckets = hashbrown::HashMap<Option<Box<[u8]>>, Bucket, FxBuildHasher>;
+type Bucket = hashbrown::HashMap<Box<[u8]>, Entry, FxBuildHasher>;
+
+/// A bucket's key, borrowed: looks up [`Buckets`] without copying the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRef<'a>(Option<&'a [u8]>);
+
+impl Hash for KeyRef<'_> {
+    /// Hashes as the owned key does (`Option<Box<[u8]>>` hashes as `Option<&[u8]>`).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Equivalent<Option<Box<[u8]>>> for KeyRef<'_> {
+    fn equivalent(&self, key: &Option<Box<[u8]>>) -> bool {
+        self.0 == key.as_deref()
+    }
+}
+
+impl KeyRef<'_> {
+    fn to_owned(self) -> Option<Box<[u8]>> {
+        self.0.map(Box::from)
+    }
+}
 
 struct Side {
     input: Box<dyn Operator>,
@@ -43,8 +69,40 @@ struct Side {
     buckets: Buckets,
 }
 
-/// One consolidated change of a side: (key, row, weight).
-type Delta = Vec<(Option<Box<[u8]>>, Box<[u8]>, i64)>;
+/// One consolidated change of a side: its keys and rows encoded, and each distinct row with
+/// a nonzero weight as (row index, whether its key is probed (not NULL), weight).
+struct Delta {
+    keys: Encoded,
+    rows: Encoded,
+    changes: Vec<(u32, bool, i64)>,
+}
+
+impl Delta {
+    fn empty() -> Self {
+        Self { keys: Encoded::Empty, rows: Encoded::Empty, changes: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn key(&self, index: usize) -> KeyRef<'_> {
+        let (row, probed, _) = self.changes[index];
+        KeyRef(probed.then(|| self.keys.get(row as usize)))
+    }
+
+    fn row(&self, index: usize) -> &[u8] {
+        self.rows.get(self.changes[index].0 as usize)
+    }
+
+    fn weight(&self, index: usize) -> i64 {
+        self.changes[index].2
+    }
+}
 
 impl Side {
     fn new(input: Box<dyn Operator>, schema: &DFSchema, keys: Vec<&Expr>, key_types: &[DataType]) -> Result<Self> {
@@ -55,13 +113,13 @@ impl Side {
             key_types: key_types.to_vec(),
             row_codec: RowCodec::for_schema(&arrow_schema)?,
             schema: arrow_schema,
-            buckets: FxHashMap::default(),
+            buckets: Buckets::default(),
         })
     }
 
     fn delta(&self, change: &ChangeBatch, key_codec: &RowCodec, nulls_equal: bool) -> Result<Delta> {
         if change.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Delta::empty());
         }
         let mut key_columns = Vec::with_capacity(self.key_exprs.len());
         for (expr, key_type) in self.key_exprs.iter().zip(&self.key_types) {
@@ -70,25 +128,29 @@ impl Side {
         }
         let keys = encode_rows(key_codec, &key_columns)?;
         let rows = encode_rows(&self.row_codec, change.data.columns())?;
-        let mut positions: FxHashMap<&[u8], usize> =
-            FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
-        let mut delta: Delta = Vec::with_capacity(change.len());
-        for (i, &weight) in change.weights.iter().enumerate() {
-            let row = rows.get(i);
-            if let Some(&at) = positions.get(row) {
-                delta[at].2 += weight;
-                continue;
+        let mut changes: Vec<(u32, bool, i64)> = Vec::with_capacity(change.len());
+        let probed = |i: usize| nulls_equal || !key_columns.iter().any(|c| c.is_null(i));
+        if change.is_consolidated() {
+            changes.extend(change.weights.iter().enumerate().map(|(i, &w)| (i as u32, probed(i), w)));
+        } else {
+            let mut positions: FxHashMap<&[u8], usize> =
+                FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
+            for (i, &weight) in change.weights.iter().enumerate() {
+                let row = rows.get(i);
+                if let Some(&at) = positions.get(row) {
+                    changes[at].2 += weight;
+                    continue;
+                }
+                positions.insert(row, changes.len());
+                changes.push((i as u32, probed(i), weight));
             }
-            let has_null = !nulls_equal && key_columns.iter().any(|c| c.is_null(i));
-            positions.insert(row, delta.len());
-            delta.push(((!has_null).then(|| keys.get(i).into()), row.into(), weight));
+            changes.retain(|(_, _, w)| *w != 0);
         }
-        delta.retain(|(_, _, w)| *w != 0);
-        Ok(delta)
+        Ok(Delta { keys, rows, changes })
     }
 
-    fn entry(&self, key: &Option<Box<[u8]>>, row: &[u8]) -> Entry {
-        self.buckets.get(key).and_then(|b| b.get(row)).copied().unwrap_or_default()
+    fn entry(&self, key: KeyRef, row: &[u8]) -> Entry {
+        self.buckets.get(&key).and_then(|b| b.get(row)).copied().unwrap_or_default()
     }
 
     /// The arrangement: (key, NULL for rows never probed; row; multiplicity; matches).
@@ -110,7 +172,7 @@ impl Side {
     fn load(&mut self, state: &mut StateReader) -> Result<()> {
         let batch = state.next("a join side's rows", &[BYTES, BYTES, DataType::Int64, DataType::Int64])?;
         let rows = batch.binary(1);
-        self.buckets = FxHashMap::default();
+        self.buckets = Buckets::default();
         for i in 0..batch.len() {
             let key = batch.optional_bytes(0, i).map(Box::<[u8]>::from);
             let entry = Entry { multiplicity: batch.int64(2).value(i), matches: batch.int64(3).value(i) };
@@ -168,18 +230,19 @@ impl Join {
     ) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
         let mut candidates: Vec<(usize, &[u8], i64)> = Vec::new();
-        for (index, (key, _, _)) in delta.iter().enumerate() {
-            if key.is_none() {
+        for index in 0..delta.len() {
+            let key = delta.key(index);
+            if key.0.is_none() {
                 continue;
             }
-            if let Some(bucket) = stored.buckets.get(key) {
+            if let Some(bucket) = stored.buckets.get(&key) {
                 candidates.extend(bucket.iter().map(|(row, entry)| (index, row.as_ref(), entry.multiplicity)));
             }
         }
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let delta_rows = candidates.iter().map(|(i, _, _)| delta[*i].1.as_ref());
+        let delta_rows = candidates.iter().map(|(i, _, _)| delta.row(*i));
         let stored_rows = candidates.iter().map(|(_, row, _)| *row);
         let (left_columns, right_columns) = if delta_is_left {
             (self.left.row_codec.decode(delta_rows)?, self.right.row_codec.decode(stored_rows)?)
@@ -202,7 +265,7 @@ impl Join {
             }
         };
         if self.join_type.emits_pairs() && passes.iter().any(|p| *p) {
-            let weights = candidates.iter().map(|(i, _, m)| delta[*i].2 * m).collect();
+            let weights = candidates.iter().map(|(i, _, m)| delta.weight(*i) * m).collect();
             let mask = datafusion::arrow::array::BooleanArray::from(passes.clone());
             let change = super::map::filter_changes(ChangeBatch::new(batch, weights)?, &mask)?;
             out.push(change.with_schema(self.schema.clone())?);
@@ -232,11 +295,11 @@ impl Touched {
         Self { tracking, ..Self::default() }
     }
 
-    fn note(&mut self, side: &Side, key: &Option<Box<[u8]>>, row: &[u8]) {
+    fn note(&mut self, side: &Side, key: KeyRef, row: &[u8]) {
         if !self.tracking {
             return;
         }
-        let id = (key.clone(), Box::<[u8]>::from(row));
+        let id = (key.to_owned(), Box::<[u8]>::from(row));
         if !self.before.contains_key(&id) {
             self.before.insert(id.clone(), side.entry(key, row));
             self.order.push(id);
@@ -245,14 +308,14 @@ impl Touched {
 }
 
 /// Adds `weight` copies of `row` to a side; `matches` gives the match count of a new row.
-fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matches: i64) -> Result<()> {
+fn apply(side: &mut Side, key: KeyRef, row: &[u8], weight: i64, matches: i64) -> Result<()> {
     let retracted_too_often =
         || EngineError::Internal("a join input row was retracted more often than inserted".into());
     // Keys and rows are copied only when they are new to the side.
-    if !side.buckets.contains_key(key) {
-        side.buckets.insert(key.clone(), FxHashMap::default());
+    if !side.buckets.contains_key(&key) {
+        side.buckets.insert(key.to_owned(), Bucket::default());
     }
-    let bucket = side.buckets.get_mut(key).ok_or_else(|| EngineError::Internal("a join bucket vanished".into()))?;
+    let bucket = side.buckets.get_mut(&key).ok_or_else(|| EngineError::Internal("a join bucket vanished".into()))?;
     match bucket.get_mut(row) {
         Some(entry) => {
             entry.multiplicity += weight;
@@ -262,7 +325,7 @@ fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matc
             if entry.multiplicity == 0 {
                 bucket.remove(row);
                 if bucket.is_empty() {
-                    side.buckets.remove(key);
+                    side.buckets.remove(&key);
                 }
             }
         }
@@ -271,7 +334,7 @@ fn apply(side: &mut Side, key: &Option<Box<[u8]>>, row: &[u8], weight: i64, matc
         }
         None => {
             if bucket.is_empty() {
-                side.buckets.remove(key);
+                side.buckets.remove(&key);
             }
             return Err(retracted_too_often());
         }
@@ -298,15 +361,16 @@ fn absorb(
             // The other side's match counts are never read (an inner join's, for one).
             continue;
         }
-        let (key, _, weight) = &delta[index];
+        let (key, weight) = (delta.key(index), delta.weight(index));
         touched_other.note(other, key, &other_row);
-        if let Some(entry) = other.buckets.get_mut(key).and_then(|b| b.get_mut(other_row.as_ref())) {
+        if let Some(entry) = other.buckets.get_mut(&key).and_then(|b| b.get_mut(other_row.as_ref())) {
             entry.matches += weight;
         }
     }
-    for (index, (key, row, weight)) in delta.iter().enumerate() {
+    for (index, &found) in found.iter().enumerate() {
+        let (key, row) = (delta.key(index), delta.row(index));
         touched_this.note(this, key, row);
-        apply(this, key, row, *weight, found[index])?;
+        apply(this, key, row, delta.weight(index), found)?;
     }
     Ok(())
 }
@@ -377,7 +441,7 @@ impl Join {
         let mut weights: Vec<i64> = Vec::new();
         for id in &touched.order {
             let before = touched.before.get(id).copied().unwrap_or_default();
-            let after = side.entry(&id.0, &id.1);
+            let after = side.entry(KeyRef(id.0.as_deref()), &id.1);
             let change = visible(after) - visible(before);
             if change != 0 {
                 rows.push(id.1.as_ref());
