@@ -74,15 +74,25 @@ pub(crate) fn net_change<'a>(
     let mut kept: Vec<(u32, i64)> = Vec::with_capacity(count);
     let mut merged = false;
     let mut group: Vec<(u32, i64)> = Vec::new();
+    let mut pair = [(0u32, 0i64); 2];
     for &head in &heads {
-        group.clear();
-        let mut row = head;
-        while row != END {
-            group.push((row, weights[row as usize]));
-            row = next[row as usize];
-        }
-        let size = group.len();
-        if size > 1 {
+        let second = next[head as usize];
+        // The key's rows with their net weights, none zero. Most keys have one row (an
+        // insertion or a deletion) or two (an update): those skip the general path.
+        let members: &[(u32, i64)] = if second == END {
+            pair[0] = (head, weights[head as usize]);
+            &pair[..1]
+        } else if next[second as usize] == END && rows.get(head as usize) != rows.get(second as usize) {
+            pair = [(head, weights[head as usize]), (second, weights[second as usize])];
+            &pair[..]
+        } else {
+            group.clear();
+            let mut row = head;
+            while row != END {
+                group.push((row, weights[row as usize]));
+                row = next[row as usize];
+            }
+            let rows_of_key = group.len();
             // Equal rows side by side (the sort is stable: the first of them stays), added up.
             group.sort_by(|a, b| rows.get(a.0 as usize).cmp(rows.get(b.0 as usize)));
             group.dedup_by(|later, earlier| {
@@ -92,11 +102,19 @@ pub(crate) fn net_change<'a>(
                 }
                 equal
             });
-        }
-        group.retain(|(_, weight)| *weight != 0);
-        merged |= group.len() != size;
+            merged |= group.len() != rows_of_key;
+            &group
+        };
+        let size = members.len();
+        let members: &[(u32, i64)] = if members.iter().any(|(_, weight)| *weight == 0) {
+            group = members.iter().copied().filter(|(_, weight)| *weight != 0).collect();
+            merged |= group.len() != size;
+            &group
+        } else {
+            members
+        };
         let (mut before, mut after) = (None, None);
-        for &(row, weight) in &group {
+        for &(row, weight) in members {
             if weight < 0 {
                 if strict && (weight < -1 || before.is_some()) {
                     return Err(Conflict::Missing(row));
@@ -110,7 +128,7 @@ pub(crate) fn net_change<'a>(
             }
         }
         let Some(behind) = after.or(before) else { continue };
-        kept.extend_from_slice(&group);
+        kept.extend_from_slice(members);
         net.keys.push(KeyChange {
             hash: hashes[head as usize],
             key: keys.get(head as usize),
