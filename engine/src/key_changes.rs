@@ -42,6 +42,10 @@ pub(crate) fn net_change<'a>(
     strict: bool,
 ) -> Result<NetChange<'a>, Conflict> {
     let count = weights.len();
+    let inserts_only = weights.iter().all(|w| *w > 0);
+    if inserts_only || weights.iter().all(|w| *w < 0) {
+        return Ok(one_sign(weights, rows, keys, hashes, strict, inserts_only)?);
+    }
     // Each key's rows, chained in order through `next` from its group's head.
     let mut groups: HashTable<u32> = HashTable::with_capacity(count);
     let mut heads: Vec<u32> = Vec::with_capacity(count);
@@ -144,6 +148,31 @@ pub(crate) fn net_change<'a>(
     Ok(net)
 }
 
+/// The net change of a change that only inserts or only retracts: one key change per row,
+/// without grouping rows by key. A key that appears twice conflicts in the index itself
+/// (its second insertion finds it taken, its second retraction finds the row gone).
+fn one_sign<'a>(
+    weights: &[i64],
+    rows: &'a Encoded,
+    keys: &'a Encoded,
+    hashes: &[u64],
+    strict: bool,
+    inserts: bool,
+) -> Result<NetChange<'a>, Conflict> {
+    let mut net =
+        NetChange { keys: Vec::with_capacity(weights.len()), rows: Vec::with_capacity(weights.len()), remaining: None };
+    for (row, &weight) in weights.iter().enumerate() {
+        if strict && weight.abs() > 1 {
+            return Err(if inserts { Conflict::Duplicate(row as u32) } else { Conflict::Missing(row as u32) });
+        }
+        let bytes = Some(rows.get(row));
+        let (before, after) = if inserts { (None, bytes) } else { (bytes, None) };
+        net.keys.push(KeyChange { hash: hashes[row], key: keys.get(row), before, after });
+        net.rows.push(row as u32);
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -193,11 +222,17 @@ mod tests {
     #[test]
     fn two_rows_for_one_key_conflict_when_strict() {
         let (whole, keys, hashes) = encoded(&[(1, "a"), (2, "b"), (1, "c")]);
-        assert_eq!(net_change(&[1, 1, 1], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(2)));
         assert_eq!(net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).err(), Some(Conflict::Missing(2)));
         assert_eq!(net_change(&[2, 1, 0], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(0)));
-        // Not strict: the last of them counts.
-        let net = net_change(&[1, 1, 1], &whole, &keys, &hashes, false).expect("lenient");
+        assert_eq!(net_change(&[1, 1, 2], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(2)));
+        // Not strict: one of them counts.
+        let net = net_change(&[-1, 1, 1], &whole, &keys, &hashes, false).expect("lenient");
         assert_eq!(net.keys.len(), 2);
+        // Insertions only are not grouped: the index finds the key taken the second time.
+        let net = net_change(&[1, 1, 1], &whole, &keys, &hashes, true).expect("one change per row");
+        assert_eq!(net.keys.len(), 3);
+        let mut index = crate::key_index::KeyIndex::default();
+        assert_eq!(index.apply_changes(&net.keys, true), Err(crate::key_index::Refusal::Taken(2)));
+        assert_eq!(index.len(), 0, "a refused change leaves nothing behind");
     }
 }
