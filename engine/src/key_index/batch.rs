@@ -48,7 +48,8 @@ impl KeyIndex {
     /// strict (a change known to be consistent): a retraction of a row the key does not hold
     /// is skipped and an insertion replaces whatever the key holds.
     pub fn apply_changes(&mut self, changes: &[KeyChange], strict: bool) -> Result<(), Refusal> {
-        self.reserve(changes.iter().filter(|c| c.after.is_some()).count());
+        // Room for the keys the batch adds (an update replaces its key's entry in place).
+        self.reserve(changes.iter().filter(|c| c.before.is_none() && c.after.is_some()).count());
         let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
         let (arena_len, dead_bytes) = (self.arena.len(), self.dead_bytes);
         let mut log = strict.then(UndoLog::default);
@@ -98,7 +99,13 @@ impl KeyIndex {
                     return Err(Refusal::NotHeld(position));
                 }
                 if let Some(after) = change.after {
-                    // `apply_changes` reserved room for every insertion: no resize here.
+                    let mut index = index;
+                    if (self.len + 1) * 4 > self.slots.len() * 3 {
+                        // Only a lenient batch gets here: a key whose retracted row was
+                        // not there is added (room for the others was reserved).
+                        self.resize(self.slots.len() * 2);
+                        index = self.probe(change.hash, change.key).err().unwrap_or(index);
+                    }
                     self.slots[index] = Slot { hash: change.hash, at: append(&mut self.arena, change.key, after) };
                     self.len += 1;
                     if let Some(log) = log {
@@ -253,5 +260,12 @@ mod tests {
         // An insertion replaces whatever the key holds.
         index.apply_changes(&[change(b"a", None, Some(b"a2"))], false).expect("lenient");
         assert_eq!(index.get(b"a"), Some(&b"a2"[..]));
+        // Updates of keys that are not there add them, growing the table as they go (no
+        // room was reserved for them).
+        let keys: Vec<[u8; 4]> = (0..100u32).map(u32::to_le_bytes).collect();
+        let batch: Vec<KeyChange> = keys.iter().map(|k| change(k, Some(b"old"), Some(k))).collect();
+        index.apply_changes(&batch, false).expect("lenient");
+        assert_eq!(index.len(), 102);
+        assert!(keys.iter().all(|k| index.get(k) == Some(&k[..])));
     }
 }
