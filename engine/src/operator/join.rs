@@ -17,6 +17,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::Equivalent;
+use hashbrown::hash_map::EntryRef;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
@@ -316,23 +317,25 @@ fn apply(side: &mut Side, key: KeyRef, row: &[u8], weight: i64, matches: i64) ->
         side.buckets.insert(key.to_owned(), Bucket::default());
     }
     let bucket = side.buckets.get_mut(&key).ok_or_else(|| EngineError::Internal("a join bucket vanished".into()))?;
-    match bucket.get_mut(row) {
-        Some(entry) => {
+    // One lookup per row: an entry for a new row is made where the lookup ended.
+    match bucket.entry_ref(row) {
+        EntryRef::Occupied(mut occupied) => {
+            let entry = occupied.get_mut();
             entry.multiplicity += weight;
             if entry.multiplicity < 0 {
                 return Err(retracted_too_often());
             }
             if entry.multiplicity == 0 {
-                bucket.remove(row);
+                occupied.remove();
                 if bucket.is_empty() {
                     side.buckets.remove(&key);
                 }
             }
         }
-        None if weight > 0 => {
-            bucket.insert(row.into(), Entry { multiplicity: weight, matches });
+        EntryRef::Vacant(vacant) if weight > 0 => {
+            vacant.insert(Entry { multiplicity: weight, matches });
         }
-        None => {
+        EntryRef::Vacant(_) => {
             if bucket.is_empty() {
                 side.buckets.remove(&key);
             }
