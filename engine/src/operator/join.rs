@@ -221,14 +221,14 @@ impl Join {
     }
 
     /// Joins a side's delta with the other side's stored rows: emits the passing pairs and
-    /// returns them as (index into `delta`, stored row, stored multiplicity).
+    /// returns them as hits (with the stored row copied only when `stored_rows_wanted`).
     fn join_delta(
         &self,
         delta: &Delta,
         delta_is_left: bool,
         stored_rows_wanted: bool,
         out: &mut Vec<ChangeBatch>,
-    ) -> Result<Vec<(usize, Box<[u8]>, i64)>> {
+    ) -> Result<Vec<Hit>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
         let mut candidates: Vec<(usize, &[u8], i64)> = Vec::new();
         for index in 0..delta.len() {
@@ -275,11 +275,24 @@ impl Join {
             .into_iter()
             .zip(passes)
             .filter(|(_, pass)| *pass)
-            .map(|((index, row, multiplicity), _)| {
-                (index, if stored_rows_wanted { Box::<[u8]>::from(row) } else { Box::default() }, multiplicity)
+            .map(|((index, row, multiplicity), _)| Hit {
+                index,
+                stored_row: stored_rows_wanted.then(|| Box::<[u8]>::from(row)),
+                multiplicity,
             })
             .collect())
     }
+}
+
+/// A pair a side's delta row formed with a stored row of the other side that passed the
+/// residual filter.
+struct Hit {
+    /// The delta row's index.
+    index: usize,
+    /// The stored row, when the caller keeps the other side's match counts.
+    stored_row: Option<Box<[u8]>>,
+    /// The stored row's multiplicity.
+    multiplicity: i64,
 }
 
 /// Before-epoch entries of rows the epoch touched, in first-touch order: kept only for a
@@ -353,17 +366,15 @@ fn absorb(
     this: &mut Side,
     other: &mut Side,
     delta: &Delta,
-    hits: Vec<(usize, Box<[u8]>, i64)>,
+    hits: Vec<Hit>,
     touched_this: &mut Touched,
     touched_other: &mut Touched,
 ) -> Result<()> {
     let mut found = vec![0i64; delta.len()];
-    for (index, other_row, multiplicity) in hits {
+    for Hit { index, stored_row, multiplicity } in hits {
         found[index] += multiplicity;
-        if !touched_other.tracking {
-            // The other side's match counts are never read (an inner join's, for one).
-            continue;
-        }
+        // Without the row, the other side's match counts are never read (an inner join's).
+        let Some(other_row) = stored_row else { continue };
         let (key, weight) = (delta.key(index), delta.weight(index));
         touched_other.note(other, key, &other_row);
         if let Some(entry) = other.buckets.get_mut(&key).and_then(|b| b.get_mut(other_row.as_ref())) {
