@@ -44,7 +44,7 @@ pub(crate) fn net_change<'a>(
     let count = weights.len();
     let inserts_only = weights.iter().all(|w| *w > 0);
     if inserts_only || weights.iter().all(|w| *w < 0) {
-        return Ok(one_sign(weights, rows, keys, hashes, strict, inserts_only)?);
+        return one_sign(weights, rows, keys, hashes, strict, inserts_only);
     }
     // Each key's rows, chained in order through `next` from its group's head.
     let mut groups: HashTable<u32> = HashTable::with_capacity(count);
