@@ -3,9 +3,10 @@
 //! the key's hash and the entry's offset. Storing a row costs no allocation of its own, growing
 //! the table never touches the entries, and reading every row walks the arena in insertion
 //! order. A replaced or removed entry is marked dead (the top bit of its length) and the arena
-//! is compacted once dead entries take more than half of it. A batch of lookups (a change's
-//! keys) passes their hashes along, so the index loads the slots and entries of a group of
-//! lookups ahead together and their cache misses overlap.
+//! is compacted once dead entries take more than half of it. Changes arrive as a batch, one
+//! per key (`batch.rs`: the probe that finds a key also changes it), with the keys' hashes,
+//! so the index loads the slots and entries of a group of keys ahead together and their cache
+//! misses overlap.
 
 mod batch;
 
