@@ -331,3 +331,109 @@ fn add_count(map: &mut FxHashMap<Box<[u8]>, i64>, key: &[u8], weight: i64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+    use crate::test_random::xorshift;
+
+    fn contents(store: &RelationStore) -> BTreeMap<i64, String> {
+        let snapshot = store.snapshot().expect("snapshot");
+        let ids = snapshot.column(0).as_primitive::<Int64Type>();
+        let values = snapshot.column(1).as_string::<i32>();
+        (0..snapshot.num_rows()).map(|i| (ids.value(i), values.value(i).to_string())).collect()
+    }
+
+    /// Random writes to a table with a primary key, some of them invalid (a key inserted
+    /// twice, a row retracted that is not there): valid writes change the table as they change
+    /// a map, refused ones change nothing.
+    #[test]
+    fn writes_agree_with_a_model_and_refused_writes_change_nothing() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let mut store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
+        let mut model: BTreeMap<i64, String> = BTreeMap::new();
+        let mut next = xorshift(0x0bad_5eed_1234_5678);
+        let (mut accepted, mut refused) = (0, 0);
+        for step in 0..3_000 {
+            // Mostly consistent operations (tracked in `planned`), some not.
+            let mut rows: Vec<(i64, String, i64)> = Vec::new();
+            let mut planned = model.clone();
+            for _ in 0..(next() % 12) {
+                let key = (next() % 40) as i64;
+                // Values of several lengths: updates both overwrite in place and move entries.
+                let value = "x".repeat((next() % 4) as usize) + &(next() % 5).to_string();
+                match (next() % 10, planned.get(&key).cloned()) {
+                    // A retraction of a row that is probably not there.
+                    (0, _) => rows.push((key, value, -1)),
+                    // An insertion under a key that is there.
+                    (1, Some(_)) => rows.push((key, value, 1)),
+                    // An update that changes nothing: the same row out and in.
+                    (2, Some(held)) => rows.extend([(key, held.clone(), -1), (key, held, 1)]),
+                    (3..=5, Some(held)) => {
+                        rows.extend([(key, held, -1), (key, value.clone(), 1)]);
+                        planned.insert(key, value);
+                    }
+                    (_, Some(held)) => {
+                        rows.push((key, held, -1));
+                        planned.remove(&key);
+                    }
+                    (_, None) => {
+                        rows.push((key, value.clone(), 1));
+                        planned.insert(key, value);
+                    }
+                }
+            }
+            // What the write means, whatever the order of its rows: each key's rows after it
+            // (the row it held plus the net change) must be at most one row, each once.
+            let mut counts: BTreeMap<(i64, String), i64> = BTreeMap::new();
+            for (key, value) in &model {
+                *counts.entry((*key, value.clone())).or_default() += 1;
+            }
+            for (key, value, weight) in &rows {
+                *counts.entry((*key, value.clone())).or_default() += weight;
+            }
+            let mut after: BTreeMap<i64, String> = BTreeMap::new();
+            let mut valid = true;
+            for ((key, value), count) in counts {
+                match count {
+                    0 => {}
+                    1 => valid &= after.insert(key, value).is_none(),
+                    _ => valid = false,
+                }
+            }
+            let data = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+                ],
+            )
+            .expect("batch");
+            let change = ChangeBatch::new(data, rows.iter().map(|r| r.2).collect()).expect("change");
+            match store.check_and_apply(&change) {
+                Ok(applied) => {
+                    assert!(valid, "step {step}: an invalid write was accepted: {rows:?}");
+                    assert!(applied.is_consolidated() || applied.is_empty(), "step {step}");
+                    model = after;
+                    accepted += 1;
+                }
+                Err(error) => {
+                    assert!(!valid, "step {step}: a valid write was refused ({error}): {rows:?}");
+                    refused += 1;
+                }
+            }
+            assert_eq!(contents(&store), model, "step {step}");
+            assert_eq!(store.len(), model.len() as i64, "step {step}");
+        }
+        assert!(accepted > 1_000 && refused > 300, "both kinds of write occurred: {accepted} / {refused}");
+    }
+}
