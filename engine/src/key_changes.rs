@@ -17,6 +17,10 @@ pub(crate) struct NetChange<'a> {
     /// The change's rows with their net weights, in order, when equal rows added up or
     /// cancelled (`None`: every row stays as it is).
     pub remaining: Option<Vec<(u32, i64)>>,
+    /// Whether the remaining rows are known to differ from each other (the change is then
+    /// consolidated): rows grouped by key and added up, or one row per key, which the index
+    /// verifies when strict (it refuses a key named twice).
+    pub distinct: bool,
 }
 
 /// Why a change cannot apply to a relation with a primary key, by row of the change.
@@ -73,8 +77,12 @@ pub(crate) fn net_change<'a>(
     }
     drop(groups);
 
-    let mut net =
-        NetChange { keys: Vec::with_capacity(heads.len()), rows: Vec::with_capacity(heads.len()), remaining: None };
+    let mut net = NetChange {
+        keys: Vec::with_capacity(heads.len()),
+        rows: Vec::with_capacity(heads.len()),
+        remaining: None,
+        distinct: true,
+    };
     let mut kept: Vec<(u32, i64)> = Vec::with_capacity(count);
     let mut merged = false;
     let mut group: Vec<(u32, i64)> = Vec::new();
@@ -159,8 +167,13 @@ fn one_sign<'a>(
     strict: bool,
     inserts: bool,
 ) -> Result<NetChange<'a>, Conflict> {
-    let mut net =
-        NetChange { keys: Vec::with_capacity(weights.len()), rows: Vec::with_capacity(weights.len()), remaining: None };
+    let mut net = NetChange {
+        keys: Vec::with_capacity(weights.len()),
+        rows: Vec::with_capacity(weights.len()),
+        remaining: None,
+        // Not strict, two equal rows (or two rows of one key) would both stay.
+        distinct: strict,
+    };
     for (row, &weight) in weights.iter().enumerate() {
         if strict && weight.abs() > 1 {
             return Err(if inserts { Conflict::Duplicate(row as u32) } else { Conflict::Missing(row as u32) });

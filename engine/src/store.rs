@@ -210,7 +210,7 @@ impl RelationStore {
         }
         self.total = self.keys.len() as i64;
         self.forget_snapshot();
-        let Some(remaining) = net.remaining else { return Ok(change.clone().consolidated_if(true)) };
+        let Some(remaining) = net.remaining else { return Ok(change.clone().consolidated_if(net.distinct)) };
         let indices = UInt32Array::from_iter_values(remaining.iter().map(|(row, _)| *row));
         let data = take_record_batch(&change.data, &indices)?;
         Ok(ChangeBatch::new(data, remaining.into_iter().map(|(_, weight)| weight).collect())?.consolidated_if(true))
@@ -435,5 +435,33 @@ mod tests {
             assert_eq!(store.len(), model.len() as i64, "step {step}");
         }
         assert!(accepted > 1_000 && refused > 300, "both kinds of write occurred: {accepted} / {refused}");
+    }
+
+    /// An unchecked change that names a row twice (not consistent, but not refused either)
+    /// comes back without the consolidated flag: the flag promises distinct rows.
+    #[test]
+    fn an_unchecked_change_with_a_row_twice_is_not_called_consolidated() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let mut store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
+        let data = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(vec![1, 1])), Arc::new(StringArray::from(vec!["a", "a"]))],
+        )
+        .expect("batch");
+        let applied = store.apply(&ChangeBatch::inserts(data.clone())).expect("applies");
+        assert!(!applied.is_consolidated());
+        assert_eq!(store.len(), 1);
+        // Checked, the same change is refused; a change with one row per key is consolidated.
+        let error = store.check_and_apply(&ChangeBatch::inserts(data)).expect_err("duplicate key");
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+        let fresh = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(vec![2, 3])), Arc::new(StringArray::from(vec!["b", "c"]))],
+        )
+        .expect("batch");
+        assert!(store.check_and_apply(&ChangeBatch::inserts(fresh)).expect("fresh keys").is_consolidated());
     }
 }
