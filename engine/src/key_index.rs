@@ -6,15 +6,18 @@
 //! is compacted once dead entries take more than half of it. Changes arrive as a batch, one
 //! per key (`batch.rs`: the probe that finds a key also changes it), with the keys' hashes,
 //! so the index loads the slots and entries of a group of keys ahead together and their cache
-//! misses overlap.
+//! misses overlap. `entry.rs` changes one key at a time through an entry and tells callers
+//! where entries live (a join's arrangement lists its rows by offset).
 
 mod batch;
+mod entry;
 
 use std::hash::BuildHasher;
 
 use rustc_hash::FxBuildHasher;
 
 pub use batch::{KeyChange, Refusal};
+pub use entry::Entry;
 
 /// Bytes before an entry's key: its length and its key's length.
 const HEADER: usize = 8;
@@ -262,10 +265,11 @@ impl KeyIndex {
         self.dead_bytes += HEADER + length as usize;
     }
 
-    /// Copies the live entries into a fresh arena once dead ones take more than half of it.
-    fn maybe_compact(&mut self) {
+    /// Copies the live entries into a fresh arena once dead ones take more than half of it;
+    /// says whether it did.
+    fn maybe_compact(&mut self) -> bool {
         if self.dead_bytes < COMPACT_AFTER || self.dead_bytes * 2 < self.arena.len() {
-            return;
+            return false;
         }
         let old = std::mem::take(&mut self.arena);
         self.arena.reserve(old.len() - self.dead_bytes);
@@ -287,6 +291,7 @@ impl KeyIndex {
             at += size;
         }
         self.dead_bytes = 0;
+        true
     }
 }
 

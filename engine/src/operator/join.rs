@@ -6,7 +6,6 @@
 //! padded output changes only when its multiplicity or its match count moves to or from zero.
 //! NULL join keys never match (unless the join says NULLs are equal).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use changeflow_sql::plan::JoinKind;
@@ -16,50 +15,14 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
-use hashbrown::Equivalent;
-use hashbrown::hash_map::EntryRef;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 
+use super::arrangement::{Arrangement, Counts, RowChange};
 use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    multiplicity: i64,
-    /// Kept up to date only on a side whose unmatched rows the join emits (see
-    /// [`Join::unmatched_of`]); nothing reads it on the others.
-    matches: i64,
-}
-
-/// Key `None` holds rows with a NULL key: stored, never probed.
-type Buckets = hashbrown::HashMap<Option<Box<[u8]>>, Bucket, FxBuildHasher>;
-type Bucket = hashbrown::HashMap<Box<[u8]>, Entry, FxBuildHasher>;
-
-/// A bucket's key, borrowed: looks up [`Buckets`] without copying the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct KeyRef<'a>(Option<&'a [u8]>);
-
-impl Hash for KeyRef<'_> {
-    /// Hashes as the owned key does (`Option<Box<[u8]>>` hashes as `Option<&[u8]>`).
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-impl Equivalent<Option<Box<[u8]>>> for KeyRef<'_> {
-    fn equivalent(&self, key: &Option<Box<[u8]>>) -> bool {
-        self.0 == key.as_deref()
-    }
-}
-
-impl KeyRef<'_> {
-    fn to_owned(self) -> Option<Box<[u8]>> {
-        self.0.map(Box::from)
-    }
-}
 
 struct Side {
     input: Box<dyn Operator>,
@@ -67,7 +30,7 @@ struct Side {
     key_types: Vec<DataType>,
     row_codec: RowCodec,
     schema: SchemaRef,
-    buckets: Buckets,
+    rows: Arrangement,
 }
 
 /// One consolidated change of a side: its keys and rows encoded, and each distinct row with
@@ -91,9 +54,10 @@ impl Delta {
         self.changes.is_empty()
     }
 
-    fn key(&self, index: usize) -> KeyRef<'_> {
+    /// The join key of a changed row, `None` when it is never probed.
+    fn key(&self, index: usize) -> Option<&[u8]> {
         let (row, probed, _) = self.changes[index];
-        KeyRef(probed.then(|| self.keys.get(row as usize)))
+        probed.then(|| self.keys.get(row as usize))
     }
 
     fn row(&self, index: usize) -> &[u8] {
@@ -114,7 +78,7 @@ impl Side {
             key_types: key_types.to_vec(),
             row_codec: RowCodec::for_schema(&arrow_schema)?,
             schema: arrow_schema,
-            buckets: Buckets::default(),
+            rows: Arrangement::default(),
         })
     }
 
@@ -150,17 +114,9 @@ impl Side {
         Ok(Delta { keys, rows, changes })
     }
 
-    fn entry(&self, key: KeyRef, row: &[u8]) -> Entry {
-        self.buckets.get(&key).and_then(|b| b.get(row)).copied().unwrap_or_default()
-    }
-
     /// The arrangement: (key, NULL for rows never probed; row; multiplicity; matches).
     fn save(&self, out: &mut Vec<RecordBatch>) -> Result<()> {
-        let entries: Vec<(Option<&[u8]>, &[u8], Entry)> = self
-            .buckets
-            .iter()
-            .flat_map(|(key, bucket)| bucket.iter().map(move |(row, entry)| (key.as_deref(), row.as_ref(), *entry)))
-            .collect();
+        let entries: Vec<_> = self.rows.rows().collect();
         out.push(state_batch(vec![
             ("key", bytes_column(entries.iter().map(|e| e.0))),
             ("row", bytes_column(entries.iter().map(|e| Some(e.1)))),
@@ -173,13 +129,17 @@ impl Side {
     fn load(&mut self, state: &mut StateReader) -> Result<()> {
         let batch = state.next("a join side's rows", &[BYTES, BYTES, DataType::Int64, DataType::Int64])?;
         let rows = batch.binary(1);
-        self.buckets = Buckets::default();
-        for i in 0..batch.len() {
-            let key = batch.optional_bytes(0, i).map(Box::<[u8]>::from);
-            let entry = Entry { multiplicity: batch.int64(2).value(i), matches: batch.int64(3).value(i) };
-            self.buckets.entry(key).or_default().insert(rows.value(i).into(), entry);
-        }
-        Ok(())
+        let changes: Vec<RowChange> = (0..batch.len())
+            .map(|i| RowChange {
+                hash: Arrangement::hash(rows.value(i)),
+                key: batch.optional_bytes(0, i),
+                row: rows.value(i),
+                weight: batch.int64(2).value(i),
+                matches: batch.int64(3).value(i),
+            })
+            .collect();
+        self.rows = Arrangement::default();
+        self.rows.apply(&changes)
     }
 }
 
@@ -221,7 +181,7 @@ impl Join {
     }
 
     /// Joins a side's delta with the other side's stored rows: emits the passing pairs and
-    /// returns them as hits (with the stored row copied only when `stored_rows_wanted`).
+    /// returns them as hits (with the stored row's offset when `stored_rows_wanted`).
     fn join_delta(
         &self,
         delta: &Delta,
@@ -230,21 +190,19 @@ impl Join {
         out: &mut Vec<ChangeBatch>,
     ) -> Result<Vec<Hit>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
-        let mut candidates: Vec<(usize, &[u8], i64)> = Vec::new();
+        // (delta row, stored row's offset, stored row, its multiplicity)
+        let mut candidates: Vec<(usize, usize, &[u8], i64)> = Vec::new();
         for index in 0..delta.len() {
-            let key = delta.key(index);
-            if key.0.is_none() {
-                continue;
-            }
-            if let Some(bucket) = stored.buckets.get(&key) {
-                candidates.extend(bucket.iter().map(|(row, entry)| (index, row.as_ref(), entry.multiplicity)));
+            if let Some(key) = delta.key(index) {
+                candidates
+                    .extend(stored.rows.probe(key).map(|(at, row, counts)| (index, at, row, counts.multiplicity)));
             }
         }
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let delta_rows = candidates.iter().map(|(i, _, _)| delta.row(*i));
-        let stored_rows = candidates.iter().map(|(_, row, _)| *row);
+        let delta_rows = candidates.iter().map(|(i, _, _, _)| delta.row(*i));
+        let stored_rows = candidates.iter().map(|(_, _, row, _)| *row);
         let (left_columns, right_columns) = if delta_is_left {
             (self.left.row_codec.decode(delta_rows)?, self.right.row_codec.decode(stored_rows)?)
         } else {
@@ -266,7 +224,7 @@ impl Join {
             }
         };
         if self.join_type.emits_pairs() && passes.iter().any(|p| *p) {
-            let weights = candidates.iter().map(|(i, _, m)| delta.weight(*i) * m).collect();
+            let weights = candidates.iter().map(|(i, _, _, m)| delta.weight(*i) * m).collect();
             let mask = datafusion::arrow::array::BooleanArray::from(passes.clone());
             let change = super::map::filter_changes(ChangeBatch::new(batch, weights)?, &mask)?;
             out.push(change.with_schema(self.schema.clone())?);
@@ -275,9 +233,9 @@ impl Join {
             .into_iter()
             .zip(passes)
             .filter(|(_, pass)| *pass)
-            .map(|((index, row, multiplicity), _)| Hit {
+            .map(|((index, at, _, multiplicity), _)| Hit {
                 index,
-                stored_row: stored_rows_wanted.then(|| Box::<[u8]>::from(row)),
+                stored_at: stored_rows_wanted.then_some(at),
                 multiplicity,
             })
             .collect())
@@ -289,19 +247,19 @@ impl Join {
 struct Hit {
     /// The delta row's index.
     index: usize,
-    /// The stored row, when the caller keeps the other side's match counts.
-    stored_row: Option<Box<[u8]>>,
+    /// Where the stored row's entry is, when the caller keeps the other side's match counts.
+    stored_at: Option<usize>,
     /// The stored row's multiplicity.
     multiplicity: i64,
 }
 
-/// Before-epoch entries of rows the epoch touched, in first-touch order: kept only for a
+/// Before-epoch counts of rows the epoch touched, in first-touch order: kept only for a
 /// side whose unmatched rows the join emits (outer-join padding, semi and anti joins).
 #[derive(Default)]
 struct Touched {
     tracking: bool,
-    order: Vec<(Option<Box<[u8]>>, Box<[u8]>)>,
-    before: FxHashMap<(Option<Box<[u8]>>, Box<[u8]>), Entry>,
+    order: Vec<Box<[u8]>>,
+    before: FxHashMap<Box<[u8]>, Counts>,
 }
 
 impl Touched {
@@ -309,53 +267,13 @@ impl Touched {
         Self { tracking, ..Self::default() }
     }
 
-    fn note(&mut self, side: &Side, key: KeyRef, row: &[u8]) {
-        if !self.tracking {
+    fn note(&mut self, side: &Side, row: &[u8]) {
+        if !self.tracking || self.before.contains_key(row) {
             return;
         }
-        let id = (key.to_owned(), Box::<[u8]>::from(row));
-        if !self.before.contains_key(&id) {
-            self.before.insert(id.clone(), side.entry(key, row));
-            self.order.push(id);
-        }
+        self.before.insert(row.into(), side.rows.counts(row));
+        self.order.push(row.into());
     }
-}
-
-/// Adds `weight` copies of `row` to a side; `matches` gives the match count of a new row.
-fn apply(side: &mut Side, key: KeyRef, row: &[u8], weight: i64, matches: i64) -> Result<()> {
-    let retracted_too_often =
-        || EngineError::Internal("a join input row was retracted more often than inserted".into());
-    // Keys and rows are copied only when they are new to the side.
-    if !side.buckets.contains_key(&key) {
-        side.buckets.insert(key.to_owned(), Bucket::default());
-    }
-    let bucket = side.buckets.get_mut(&key).ok_or_else(|| EngineError::Internal("a join bucket vanished".into()))?;
-    // One lookup per row: an entry for a new row is made where the lookup ended.
-    match bucket.entry_ref(row) {
-        EntryRef::Occupied(mut occupied) => {
-            let entry = occupied.get_mut();
-            entry.multiplicity += weight;
-            if entry.multiplicity < 0 {
-                return Err(retracted_too_often());
-            }
-            if entry.multiplicity == 0 {
-                occupied.remove();
-                if bucket.is_empty() {
-                    side.buckets.remove(&key);
-                }
-            }
-        }
-        EntryRef::Vacant(vacant) if weight > 0 => {
-            vacant.insert(Entry { multiplicity: weight, matches });
-        }
-        EntryRef::Vacant(_) => {
-            if bucket.is_empty() {
-                side.buckets.remove(&key);
-            }
-            return Err(retracted_too_often());
-        }
-    }
-    Ok(())
 }
 
 /// Applies one side's delta after it was joined with the other side: the other side's
@@ -371,22 +289,28 @@ fn absorb(
     touched_other: &mut Touched,
 ) -> Result<()> {
     let mut found = vec![0i64; delta.len()];
-    for Hit { index, stored_row, multiplicity } in hits {
+    for Hit { index, stored_at, multiplicity } in hits {
         found[index] += multiplicity;
-        // Without the row, the other side's match counts are never read (an inner join's).
-        let Some(other_row) = stored_row else { continue };
-        let (key, weight) = (delta.key(index), delta.weight(index));
-        touched_other.note(other, key, &other_row);
-        if let Some(entry) = other.buckets.get_mut(&key).and_then(|b| b.get_mut(other_row.as_ref())) {
-            entry.matches += weight;
+        // Without the offset, the other side's match counts are never read (an inner join's).
+        let Some(at) = stored_at else { continue };
+        if let Some(row) = other.rows.row_at(at) {
+            touched_other.note(other, row);
         }
+        other.rows.add_matches(at, delta.weight(index))?;
     }
-    for (index, &found) in found.iter().enumerate() {
-        let (key, row) = (delta.key(index), delta.row(index));
-        touched_this.note(this, key, row);
-        apply(this, key, row, delta.weight(index), found)?;
+    let mut changes = Vec::with_capacity(delta.len());
+    for (index, &matches) in found.iter().enumerate() {
+        let row = delta.row(index);
+        touched_this.note(this, row);
+        changes.push(RowChange {
+            hash: Arrangement::hash(row),
+            key: delta.key(index),
+            row,
+            weight: delta.weight(index),
+            matches,
+        });
     }
-    Ok(())
+    this.rows.apply(&changes)
 }
 
 impl Operator for Join {
@@ -447,18 +371,17 @@ impl Join {
     fn emit_unmatched(&self, touched: &Touched, is_left: bool, out: &mut Vec<ChangeBatch>) -> Result<()> {
         let Some((pads, semi)) = self.unmatched_of(is_left) else { return Ok(()) };
         let side = if is_left { &self.left } else { &self.right };
-        let visible = |entry: Entry| -> i64 {
-            let keep = if semi { entry.matches > 0 } else { entry.matches == 0 };
-            if keep { entry.multiplicity } else { 0 }
+        let visible = |counts: Counts| -> i64 {
+            let keep = if semi { counts.matches > 0 } else { counts.matches == 0 };
+            if keep { counts.multiplicity } else { 0 }
         };
         let mut rows: Vec<&[u8]> = Vec::new();
         let mut weights: Vec<i64> = Vec::new();
-        for id in &touched.order {
-            let before = touched.before.get(id).copied().unwrap_or_default();
-            let after = side.entry(KeyRef(id.0.as_deref()), &id.1);
-            let change = visible(after) - visible(before);
+        for row in &touched.order {
+            let before = touched.before.get(row).copied().unwrap_or_default();
+            let change = visible(side.rows.counts(row)) - visible(before);
             if change != 0 {
-                rows.push(id.1.as_ref());
+                rows.push(row);
                 weights.push(change);
             }
         }

@@ -4,6 +4,7 @@
 
 mod accumulator;
 mod aggregate;
+mod arrangement;
 mod constant;
 mod group_index;
 mod join;
