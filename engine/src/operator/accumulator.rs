@@ -320,10 +320,22 @@ impl Accumulator {
                 }
             }
             (Accumulator::Extremum { values: OrderedValues::Packed(values), .. }, Prepared::Encoded(keys, arg)) => {
-                let mut rows = Vec::with_capacity(groups.len());
+                // An update that keeps a row's group and value (its retraction and insertion
+                // side by side, as changes from a primary key or a source come) nets out here
+                // and leaves the multiset alone.
+                let mut rows: Vec<(usize, u128, i64)> = Vec::with_capacity(groups.len());
                 for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
-                        rows.push((group, pack(keys.get(i))?, weight));
+                        let value = pack(keys.get(i))?;
+                        match rows.last_mut() {
+                            Some(last) if last.0 == group && last.1 == value => {
+                                last.2 += weight;
+                                if last.2 == 0 {
+                                    rows.pop();
+                                }
+                            }
+                            _ => rows.push((group, value, weight)),
+                        }
                     }
                 }
                 values.adjust_rows(&rows)?;
