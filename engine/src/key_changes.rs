@@ -150,8 +150,13 @@ pub(crate) fn net_change<'a>(
         net.rows.push(behind);
     }
     if merged {
-        kept.sort_unstable_by_key(|(row, _)| *row);
-        net.remaining = Some(kept);
+        // Back in the change's order: each kept row's weight at its place, then a pass.
+        let mut net_weights = vec![0i64; count];
+        for (row, weight) in kept {
+            net_weights[row as usize] = weight;
+        }
+        let remaining = net_weights.iter().enumerate().filter(|(_, w)| **w != 0);
+        net.remaining = Some(remaining.map(|(row, &weight)| (row as u32, weight)).collect());
     }
     Ok(net)
 }
