@@ -51,6 +51,20 @@ impl ChangeBatch {
         Self { data, weights, consolidated: false }
     }
 
+    /// An update of each row of `old` to the row of `new` at the same position: each row's
+    /// retraction beside its insertion, the order a source sends updates in (operators that
+    /// net a row's two halves, such as min/max, find them side by side).
+    pub fn updates(schema: &SchemaRef, old: RecordBatch, new: RecordBatch) -> Result<Self> {
+        let count = old.num_rows();
+        if new.num_rows() != count {
+            return Err(EngineError::Internal(format!("an update of {count} rows into {} rows", new.num_rows())));
+        }
+        let both = concat_batches(schema, [&old, &new])?;
+        let order = UInt32Array::from_iter_values((0..count as u32).flat_map(|row| [row, row + count as u32]));
+        let weights = std::iter::repeat_n([-1, 1], count).flatten().collect();
+        Ok(Self { data: take_record_batch(&both, &order)?, weights, consolidated: false })
+    }
+
     /// `retracted` retracted once and `inserted` inserted once, where the caller guarantees
     /// that no row appears twice among them (so the change is consolidated as built).
     pub fn distinct_rows(schema: &SchemaRef, retracted: RecordBatch, inserted: RecordBatch) -> Result<Self> {
@@ -164,5 +178,26 @@ impl ChangeBatch {
         let indices = UInt32Array::from_iter_values(order.iter().map(|(i, _)| *i));
         let data = take_record_batch(&self.data, &indices)?;
         Ok((Self { data, weights: order.into_iter().map(|(_, w)| w).collect(), consolidated: true }, kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    #[test]
+    fn an_update_puts_each_rows_retraction_beside_its_insertion() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = |values: Vec<i64>| {
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(values))]).unwrap()
+        };
+        let change = ChangeBatch::updates(&schema, batch(vec![1, 2, 3]), batch(vec![10, 20, 30])).unwrap();
+        let values: Vec<i64> = change.data.column(0).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(values, [1, 10, 2, 20, 3, 30]);
+        assert_eq!(change.weights, [-1, 1, -1, 1, -1, 1]);
+        assert!(ChangeBatch::updates(&schema, batch(vec![1]), batch(vec![])).is_err());
     }
 }

@@ -80,7 +80,7 @@ impl Engine {
                 let old = conform(&name, &schema, both.project(&(0..width).collect::<Vec<_>>())?)?;
                 let new = conform(&name, &schema, both.project(&(width..2 * width).collect::<Vec<_>>())?)?;
                 let count = old.num_rows();
-                let change = ChangeBatch::concat(&schema, &[ChangeBatch::retractions(old), ChangeBatch::inserts(new)])?;
+                let change = ChangeBatch::updates(&schema, old, new)?;
                 (change, format!("UPDATE {count}"))
             }
             other => return Err(SqlError::Unsupported(format!("{other} is not supported")).into()),
