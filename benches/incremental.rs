@@ -10,7 +10,8 @@
 //! 2. Initial load rate, and throughput of 2k- and 10k-change epochs (mixed inserts, updates,
 //!    deletes) through the calendar view and through a join + aggregate view.
 //! 3. DataFusion recomputing the view from scratch, beside one incremental epoch.
-//! 4. Memory: resident bytes of view state per input row, beside the Arrow size of a row.
+//! 4. Memory: heap bytes of the view's operator state per input row (as `/metrics` reports
+//!    them, see `changeflow_engine::heap_bytes`), beside the Arrow size of a row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,11 +149,6 @@ impl Data {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
-
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
@@ -202,11 +198,12 @@ enum Mode {
 async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let mut data = Data::new();
     let (mut engine, table_rate) = engine_with_table(&mut data, size).await;
-    let before = rss_bytes();
     let started = Instant::now();
     engine.execute_sql_text(view).await.expect("view");
     let initial = started.elapsed();
-    let state = rss_bytes().saturating_sub(before);
+    let stats = engine.stats();
+    let view_stats = stats.views.first().expect("the view's stats");
+    let (state, stored) = (view_stats.state_bytes, view_stats.stored_bytes);
     let sample = data.inserts(1000);
     let arrow_row = sample.data.get_array_memory_size() as f64 / 1000.0;
     engine.write_table("sessions", sample).expect("sample rows");
@@ -235,12 +232,13 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let p50 = percentile(&mut samples, 0.5);
     let p99 = percentile(&mut samples, 0.99);
     println!(
-        "{name:9} {size:>8} rows | initial load {:>6.2} M rows/s (table writes {:.2} M rows/s) | 1-row update p50 {:>6.1} us p99 {:>7.1} us | state ~{:>4.0} B/row (Arrow row {:.0} B)",
+        "{name:9} {size:>8} rows | initial load {:>6.2} M rows/s (table writes {:.2} M rows/s) | 1-row update p50 {:>6.1} us p99 {:>7.1} us | state {:>4.0} B/row, view rows {:.0} B/row (Arrow row {:.0} B)",
         size as f64 / initial.as_secs_f64() / 1e6,
         table_rate / 1e6,
         micros(p50),
         micros(p99),
         state as f64 / size as f64,
+        stored as f64 / size as f64,
         arrow_row
     );
 

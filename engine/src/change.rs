@@ -192,9 +192,10 @@ mod tests {
     fn an_update_puts_each_rows_retraction_beside_its_insertion() {
         let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let batch = |values: Vec<i64>| {
-            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(values))]).unwrap()
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(values))]).expect("a valid batch")
         };
-        let change = ChangeBatch::updates(&schema, batch(vec![1, 2, 3]), batch(vec![10, 20, 30])).unwrap();
+        let change =
+            ChangeBatch::updates(&schema, batch(vec![1, 2, 3]), batch(vec![10, 20, 30])).expect("a valid batch");
         let values: Vec<i64> = change.data.column(0).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(values, [1, 10, 2, 20, 3, 30]);
         assert_eq!(change.weights, [-1, 1, -1, 1, -1, 1]);

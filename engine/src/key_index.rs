@@ -104,6 +104,11 @@ impl KeyIndex {
         }
     }
 
+    /// Heap bytes of the table and the arena.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity()
+    }
+
     /// Number of stored rows.
     pub fn len(&self) -> usize {
         self.len

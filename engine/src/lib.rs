@@ -27,6 +27,7 @@ pub mod events;
 mod exec_ddl;
 mod exec_dml;
 mod exec_query;
+pub mod heap_bytes;
 mod key_changes;
 mod key_index;
 pub mod keyed;

@@ -21,6 +21,10 @@ pub struct ViewStats {
     pub epochs: u64,
     pub last_apply_seconds: f64,
     pub failed: bool,
+    /// Heap bytes of the view's operator state (arrangements, accumulators).
+    pub state_bytes: usize,
+    /// Heap bytes of the view's stored rows.
+    pub stored_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,8 @@ impl Engine {
                 epochs: view.epochs,
                 last_apply_seconds: view.last_apply.as_secs_f64(),
                 failed: view.error.is_some(),
+                state_bytes: view.dataflow.as_ref().map_or(0, |dataflow| dataflow.state_bytes()),
+                stored_bytes: self.stores.get(&view.name).map_or(0, |s| s.heap_bytes()),
             })
             .collect();
         EngineStats { epoch: self.epoch, sources, views, subscriptions: self.subscription_count() }

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 use crate::key_changes::{Conflict, net_change};
 use crate::key_index::{self, EntryTooLarge, KeyIndex, Refusal};
 use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
@@ -244,6 +245,11 @@ impl RelationStore {
         if let Ok(mut cached) = self.snapshot.lock() {
             *cached = None;
         }
+    }
+
+    /// Heap bytes of the stored rows (the key index, or the row counts without a key).
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.heap_bytes() + self.rows.heap_bytes()
     }
 
     pub fn primary_key(&self) -> &[usize] {

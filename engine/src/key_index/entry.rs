@@ -127,7 +127,7 @@ mod tests {
 
     fn insert(index: &mut KeyIndex, key: &[u8], row: &[u8]) -> usize {
         match index.entry(hash(key), key) {
-            Entry::Vacant(vacant) => vacant.insert(row).unwrap(),
+            Entry::Vacant(vacant) => vacant.insert(row).expect("a small entry fits"),
             Entry::Occupied(_) => panic!("{key:?} is held already"),
         }
     }
@@ -168,7 +168,8 @@ mod tests {
             held.remove();
         }
         assert!(index.compact_if_sparse(), "three quarters of the arena is dead");
-        let live: Vec<u32> = index.entries().map(|(_, k, _)| u32::from_le_bytes(k.try_into().unwrap())).collect();
+        let live: Vec<u32> =
+            index.entries().map(|(_, k, _)| u32::from_le_bytes(k.try_into().expect("four-byte keys"))).collect();
         assert_eq!(live, (0..200_000).step_by(4).collect::<Vec<_>>());
         for (at, key, _) in index.entries().collect::<Vec<_>>() {
             assert_eq!(index.get(key).map(|_| index.live_at(at).is_some()), Some(true));

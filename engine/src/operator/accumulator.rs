@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 use crate::rows::{Encoded, RowCodec, encode_rows};
 
 /// The state of one aggregate call across all groups.
@@ -143,6 +144,23 @@ impl Accumulator {
                 Prepared::Encoded(encode_rows(codec, std::slice::from_ref(arg))?, arg.clone())
             }
         })
+    }
+
+    /// Heap bytes of the state of every group.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Accumulator::CountRows | Accumulator::Mirror { .. } => 0,
+            Accumulator::Count { counts } => counts.heap_bytes(),
+            Accumulator::SumExact { sums, counts, .. } | Accumulator::AvgDecimal { sums, counts, .. } => {
+                sums.heap_bytes() + counts.heap_bytes()
+            }
+            Accumulator::SumFloat { sums, counts } | Accumulator::AvgFloat { sums, counts } => {
+                sums.heap_bytes() + counts.heap_bytes()
+            }
+            Accumulator::Extremum { values: OrderedValues::Packed(values), .. } => values.heap_bytes(),
+            Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => values.heap_bytes(),
+            Accumulator::CountDistinct { values, .. } => values.heap_bytes(),
+        }
     }
 
     /// Makes room for group `group` (a new or reused slot) with an empty state.

@@ -22,6 +22,7 @@ use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 use crate::rows::{RowCodec, encode_rows};
 
 pub struct Aggregate {
@@ -243,6 +244,16 @@ impl Operator for Aggregate {
             out.extend(accumulator.save(&groups)?);
         }
         self.input.save_state(out)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.groups.heap_bytes()
+            + self.keys.heap_bytes()
+            + self.row_counts.heap_bytes()
+            + self.free.heap_bytes()
+            + self.touched.heap_bytes()
+            + self.accumulators.iter().map(Accumulator::heap_bytes).sum::<usize>()
+            + self.input.state_bytes()
     }
 
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {

@@ -9,6 +9,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 use crate::key_index::{self, Entry, KeyIndex};
 
 /// A row's counts: how many copies the side holds, and how many rows of the other side it
@@ -232,6 +233,16 @@ impl Arrangement {
         }
     }
 
+    /// Heap bytes of the rows, the buckets and their lists.
+    pub fn heap_bytes(&self) -> usize {
+        let lists: usize = self.buckets.list.iter().map(|b| b.key.heap_bytes() + b.offsets.heap_bytes()).sum();
+        self.rows.heap_bytes()
+            + self.buckets.of_key.heap_bytes()
+            + self.buckets.list.capacity() * std::mem::size_of::<Bucket>()
+            + lists
+            + self.buckets.free.heap_bytes()
+    }
+
     /// Every row as (join key, row, counts), the key `None` for rows never probed.
     pub fn rows(&self) -> impl Iterator<Item = (Option<&[u8]>, &[u8], Counts)> {
         self.rows.entries().map(|(_, row, value)| {
@@ -259,9 +270,10 @@ mod tests {
     #[test]
     fn rows_are_counted_and_listed_by_key() {
         let mut side = Arrangement::default();
-        side.apply(&[change(Some(b"k"), b"r1", 2), change(Some(b"k"), b"r2", 1), change(None, b"n", 1)]).unwrap();
+        side.apply(&[change(Some(b"k"), b"r1", 2), change(Some(b"k"), b"r2", 1), change(None, b"n", 1)])
+            .expect("a consistent change");
         assert_eq!(probed(&side, b"k"), [(b"r1".to_vec(), 2), (b"r2".to_vec(), 1)]);
-        side.apply(&[change(Some(b"k"), b"r1", -2), change(Some(b"k"), b"r1", 1)]).unwrap();
+        side.apply(&[change(Some(b"k"), b"r1", -2), change(Some(b"k"), b"r1", 1)]).expect("a consistent change");
         assert_eq!(probed(&side, b"k"), [(b"r1".to_vec(), 1), (b"r2".to_vec(), 1)]);
         assert_eq!(side.counts(b"n").multiplicity, 1, "a row with a NULL key is held");
         let mut rows: Vec<_> =
@@ -281,9 +293,9 @@ mod tests {
     #[test]
     fn matches_are_added_at_a_probed_offset() {
         let mut side = Arrangement::default();
-        side.apply(&[change(Some(b"k"), b"r", 1)]).unwrap();
-        let (at, _, _) = side.probe(b"k").next().unwrap();
-        side.add_matches(at, 3).unwrap();
+        side.apply(&[change(Some(b"k"), b"r", 1)]).expect("a consistent change");
+        let (at, _, _) = side.probe(b"k").next().expect("the row is listed");
+        side.add_matches(at, 3).expect("a consistent change");
         assert_eq!(side.counts(b"r"), Counts { multiplicity: 1, matches: 3 });
     }
 
@@ -301,13 +313,13 @@ mod tests {
                 let key = (next() % 7) as u8;
                 let row = (next() % if step < 1_000 { 3 } else { 300 }) as u32;
                 let held = model.get(&(key, row)).copied().unwrap_or(0);
-                let weight = if held > 0 && next() % 2 == 0 { -held.min(1 + (next() % 2) as i64) } else { 1 };
+                let weight = if held > 0 && next().is_multiple_of(2) { -held.min(1 + (next() % 2) as i64) } else { 1 };
                 *model.entry((key, row)).or_default() += weight;
                 rows.push(([key], [&[key][..], &row.to_le_bytes()].concat(), weight));
             }
             model.retain(|_, m| *m != 0);
             let changes: Vec<RowChange> = rows.iter().map(|(k, r, w)| change(Some(&k[..]), r, *w)).collect();
-            side.apply(&changes).unwrap();
+            side.apply(&changes).expect("a consistent change");
             if step >= 1_000 && step % 10 != 0 {
                 continue;
             }

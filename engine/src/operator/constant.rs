@@ -70,4 +70,9 @@ impl Operator for Constant {
         }
         Ok(())
     }
+
+    /// The rows until they are emitted.
+    fn state_bytes(&self) -> usize {
+        self.pending.as_ref().map_or(0, |rows| rows.data.get_array_memory_size())
+    }
 }

@@ -8,6 +8,8 @@ use rustc_hash::FxHashMap;
 
 use super::packed_values::{PACKED_BYTES, pack};
 
+use crate::heap_bytes::HeapBytes;
+
 /// Lookups whose slots are loaded together (see [`GroupIndex::load_ahead`]).
 const AHEAD: usize = 8;
 /// A slot without a key.
@@ -58,6 +60,11 @@ pub struct GroupIndex {
 }
 
 impl GroupIndex {
+    /// Heap bytes of the table and the long keys' map.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>() + self.bytes.heap_bytes()
+    }
+
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }

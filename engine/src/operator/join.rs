@@ -344,6 +344,13 @@ impl Operator for Join {
         self.right.input.save_state(out)
     }
 
+    fn state_bytes(&self) -> usize {
+        self.left.rows.heap_bytes()
+            + self.right.rows.heap_bytes()
+            + self.left.input.state_bytes()
+            + self.right.input.state_bytes()
+    }
+
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
         self.left.load(state)?;
         self.right.load(state)?;

@@ -59,6 +59,10 @@ impl Operator for Filter {
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
         self.input.load_state(state)
     }
+
+    fn state_bytes(&self) -> usize {
+        self.input.state_bytes()
+    }
 }
 
 pub struct Project {
@@ -111,5 +115,9 @@ impl Operator for Project {
 
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
         self.input.load_state(state)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.input.state_bytes()
     }
 }

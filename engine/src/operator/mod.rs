@@ -46,6 +46,9 @@ pub trait Operator: Send + Sync {
     /// Replaces this node's state, then its inputs', with what [`Operator::save_state`] of a
     /// dataflow of the same plan wrote.
     fn load_state(&mut self, state: &mut StateReader) -> Result<()>;
+
+    /// Heap bytes of this node's state and its inputs' (see [`crate::heap_bytes`]).
+    fn state_bytes(&self) -> usize;
 }
 
 /// Builds the operator tree of a dataflow plan.

@@ -15,6 +15,7 @@ use datafusion::arrow::buffer::{Buffer, NullBuffer};
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -188,6 +189,20 @@ impl PackedMultisets {
     pub fn extreme(&self, group: usize, max: bool) -> Option<u128> {
         let bound = self.bounds[group][max as usize];
         (bound != 0).then_some(bound)
+    }
+
+    /// Heap bytes of every group's slot, values and bounds.
+    pub fn heap_bytes(&self) -> usize {
+        let stored: usize = self
+            .groups
+            .iter()
+            .map(|values| match values {
+                PackedValues::Inline { .. } => 0,
+                PackedValues::Sorted(sorted) => sorted.capacity() * std::mem::size_of::<(u128, i64)>(),
+                PackedValues::Tree(tree) => tree.heap_bytes(),
+            })
+            .sum();
+        self.groups.capacity() * std::mem::size_of::<PackedValues>() + stored + self.bounds.heap_bytes()
     }
 
     /// Every value of a group with its multiplicity, in order.

@@ -33,4 +33,8 @@ impl Operator for Scan {
     fn load_state(&mut self, _state: &mut StateReader) -> Result<()> {
         Ok(())
     }
+
+    fn state_bytes(&self) -> usize {
+        0
+    }
 }

@@ -18,6 +18,7 @@ use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
+use crate::heap_bytes::HeapBytes;
 use crate::rows::{RowCodec, encode_owned};
 
 pub struct TopK {
@@ -153,5 +154,9 @@ impl Operator for TopK {
         self.emitted =
             (0..emitted.len()).map(|i| (emitted.binary(0).value(i).into(), emitted.int64(1).value(i))).collect();
         self.input.load_state(state)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.rows.heap_bytes() + self.emitted.heap_bytes() + self.input.state_bytes()
     }
 }

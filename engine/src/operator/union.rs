@@ -34,4 +34,8 @@ impl Operator for Union {
     fn load_state(&mut self, state: &mut StateReader) -> Result<()> {
         self.inputs.iter_mut().try_for_each(|input| input.load_state(state))
     }
+
+    fn state_bytes(&self) -> usize {
+        self.inputs.iter().map(|input| input.state_bytes()).sum()
+    }
 }

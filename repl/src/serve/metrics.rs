@@ -131,13 +131,19 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             label(state)
         );
     }
-    let view_series: [(&str, &str, &str, fn(&ViewStats) -> String); 4] = [
+    let view_series: [(&str, &str, &str, fn(&ViewStats) -> String); 6] = [
         ("changeflow_view_rows", "gauge", "Rows a materialized view holds.", |v| v.rows.to_string()),
         ("changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.", |v| v.epochs.to_string()),
         ("changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.", |v| {
             v.last_apply_seconds.to_string()
         }),
         ("changeflow_view_failed", "gauge", "1 when maintaining the view failed.", |v| u8::from(v.failed).to_string()),
+        ("changeflow_view_state_bytes", "gauge", "Heap bytes of the view's operator state.", |v| {
+            v.state_bytes.to_string()
+        }),
+        ("changeflow_view_stored_bytes", "gauge", "Heap bytes of the view's stored rows.", |v| {
+            v.stored_bytes.to_string()
+        }),
     ];
     for (name, kind, help, value) in view_series {
         labeled(&mut out, name, kind, help, "view", views(value));

@@ -15,6 +15,7 @@ mod postgres_source;
 mod serve;
 mod serve_server;
 mod sinks;
+mod state_size;
 mod support;
 mod view_state;
 mod workload;

@@ -441,6 +441,12 @@ async fn health_metrics_and_a_clean_stop_on_sigterm() {
     // Two epochs changed the view's input: the file's INSERT and this UPDATE.
     assert!(metrics.contains("changeflow_view_epochs_total{view=\"calendar\"} 2"), "{metrics}");
     assert!(metrics.contains("changeflow_view_rows{view=\"calendar\"} 1"), "{metrics}");
+    // The view's state and rows take some memory, and say how much.
+    for series in ["changeflow_view_state_bytes", "changeflow_view_stored_bytes"] {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{series}{{view=\"calendar\"}}")));
+        let bytes: u64 = line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
+        assert!(bytes > 0, "{series} missing or zero:\n{metrics}");
+    }
     let (status, _) = server.http_get("/nothing");
     assert!(status.contains("404"), "{status}");
     let status = server.terminate(Duration::from_secs(20));
