@@ -2,7 +2,6 @@
 //! weights directly; min and max keep a multiset of values per group (ordered by the row
 //! encoding), so deleting the current minimum finds the next one.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
@@ -14,6 +13,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use rustc_hash::FxHashMap;
 
+use super::byte_values::ByteValues;
 use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
@@ -215,9 +215,11 @@ impl Accumulator {
                 multiset_batch(&rows.collect::<Vec<_>>())?
             }
             Accumulator::Extremum { values: OrderedValues::Bytes(values), .. } => {
-                multiset_batch(&multiset_rows(groups, |g| values[g].iter()))?
+                multiset_batch(&multiset_rows(groups, |g| values[g].entries()))?
             }
-            Accumulator::CountDistinct { values, .. } => multiset_batch(&multiset_rows(groups, |g| values[g].iter()))?,
+            Accumulator::CountDistinct { values, .. } => {
+                multiset_batch(&multiset_rows(groups, |g| values[g].iter().map(|(v, c)| (v.as_ref(), *c))))?
+            }
         }))
     }
 
@@ -471,7 +473,7 @@ pub enum OrderedValues {
     /// `u128` that orders the same way: no allocation and no `memcmp` per value.
     Packed(PackedMultisets),
     /// Any other values, as encoded byte strings.
-    Bytes(Vec<BTreeMap<Box<[u8]>, i64>>),
+    Bytes(Vec<ByteValues>),
 }
 
 impl OrderedValues {
@@ -487,10 +489,7 @@ impl OrderedValues {
     fn extreme(&self, group: usize, max: bool) -> Option<Extreme<'_>> {
         match self {
             OrderedValues::Packed(values) => values.extreme(group, max).map(|k| Extreme::Packed(k.to_be_bytes())),
-            OrderedValues::Bytes(values) => {
-                let map = &values[group];
-                if max { map.keys().next_back() } else { map.keys().next() }.map(|k| Extreme::Bytes(k.as_ref()))
-            }
+            OrderedValues::Bytes(values) => values[group].extreme(max).map(Extreme::Bytes),
         }
     }
 }
@@ -513,11 +512,11 @@ impl Extreme<'_> {
 /// The multiset rows of `groups` (by position) for a checkpoint.
 fn multiset_rows<'a, I>(groups: &[usize], entries: impl Fn(usize) -> I) -> Vec<(u32, Vec<u8>, i64)>
 where
-    I: Iterator<Item = (&'a Box<[u8]>, &'a i64)>,
+    I: Iterator<Item = (&'a [u8], i64)>,
 {
     let mut rows = Vec::new();
     for (ordinal, &group) in groups.iter().enumerate() {
-        rows.extend(entries(group).map(|(value, count)| (ordinal as u32, value.to_vec(), *count)));
+        rows.extend(entries(group).map(|(value, count)| (ordinal as u32, value.to_vec(), count)));
     }
     rows
 }
@@ -529,15 +528,15 @@ trait Multiset {
     fn delete(&mut self, key: &[u8]);
 }
 
-impl Multiset for BTreeMap<Box<[u8]>, i64> {
+impl Multiset for ByteValues {
     fn count_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
-        self.get_mut(key)
+        ByteValues::count_mut(self, key)
     }
     fn put(&mut self, key: Box<[u8]>, count: i64) {
-        self.insert(key, count);
+        ByteValues::put(self, key, count);
     }
     fn delete(&mut self, key: &[u8]) {
-        self.remove(key);
+        ByteValues::delete(self, key);
     }
 }
 

@@ -5,6 +5,7 @@
 mod accumulator;
 mod aggregate;
 mod arrangement;
+mod byte_values;
 mod constant;
 mod group_index;
 mod join;
