@@ -1,6 +1,6 @@
-//! Joins over arrangements: each side's rows indexed by join key, each distinct row with its
-//! multiplicity and the number of rows of the other side it matches (key equal and residual
-//! filter true). One epoch computes ΔL⋈R (against the old right side), applies ΔL, then
+//! Joins over arrangements (`arrangement.rs`): each side's rows indexed by join key, each
+//! distinct row with its multiplicity and the number of rows of the other side it matches (key
+//! equal and residual filter true). One epoch computes ΔL⋈R (against the old right side), applies ΔL, then
 //! L'⋈ΔR, then applies ΔR: the classic delta rule, costing work proportional to the change
 //! and the matching rows. Match counts give outer-join padding, semi and anti joins: a row's
 //! padded output changes only when its multiplicity or its match count moves to or from zero.
