@@ -271,8 +271,8 @@ impl KeyIndex {
     }
 
     /// Copies the live entries into a fresh arena once dead ones take more than half of it;
-    /// says whether it did.
-    fn maybe_compact(&mut self) -> bool {
+    /// says whether it did (every offset given out before is then stale).
+    pub fn compact_if_sparse(&mut self) -> bool {
         if self.dead_bytes < COMPACT_AFTER || self.dead_bytes * 2 < self.arena.len() {
             return false;
         }

@@ -349,6 +349,16 @@ mod tests {
     use super::*;
     use crate::test_random::xorshift;
 
+    /// A store keyed by `id BIGINT`, with a nullable `v TEXT`, and its schema.
+    fn keyed_store() -> (SchemaRef, RelationStore) {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
+        (schema, store)
+    }
+
     fn contents(store: &RelationStore) -> BTreeMap<i64, String> {
         let snapshot = store.snapshot().expect("snapshot");
         let ids = snapshot.column(0).as_primitive::<Int64Type>();
@@ -361,11 +371,7 @@ mod tests {
     /// a map, refused ones change nothing.
     #[test]
     fn writes_agree_with_a_model_and_refused_writes_change_nothing() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("v", DataType::Utf8, true),
-        ]));
-        let mut store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
+        let (schema, mut store) = keyed_store();
         let mut model: BTreeMap<i64, String> = BTreeMap::new();
         let mut next = xorshift(0x0bad_5eed_1234_5678);
         let (mut accepted, mut refused) = (0, 0);
@@ -447,11 +453,7 @@ mod tests {
     /// comes back without the consolidated flag: the flag promises distinct rows.
     #[test]
     fn an_unchecked_change_with_a_row_twice_is_not_called_consolidated() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("v", DataType::Utf8, true),
-        ]));
-        let mut store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
+        let (schema, mut store) = keyed_store();
         let data = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![Arc::new(Int64Array::from(vec![1, 1])), Arc::new(StringArray::from(vec!["a", "a"]))],

@@ -65,7 +65,7 @@ impl KeyIndex {
                 return Err(refusal);
             }
         }
-        self.maybe_compact();
+        self.compact_if_sparse();
         Ok(())
     }
 

@@ -65,12 +65,6 @@ impl KeyIndex {
             None
         })
     }
-
-    /// Compacts the arena when dead entries take more than half of it; says whether it did
-    /// (every offset given out before is then stale).
-    pub fn compact_if_sparse(&mut self) -> bool {
-        self.maybe_compact()
-    }
 }
 
 impl OccupiedEntry<'_> {
