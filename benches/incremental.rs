@@ -1,9 +1,10 @@
 //! Benchmarks of incremental view maintenance (run by hand, results in BENCHMARKS.md):
 //!
-//!   cargo bench -p changeflow-engine --bench incremental [-- quick | profile] [calendar | join+agg] [ROWS]
+//!   cargo bench -p changeflow-engine --bench incremental [-- quick | profile [epoch=N]] [calendar | join+agg] [ROWS]
 //!
-//! `profile` runs only 10k-change epochs, 200 of them, to profile the epoch path
-//! (`perf record` over the whole run sees little else but the initial load).
+//! `profile` runs only 10k-change epochs (`epoch=N`: N-change epochs), 2M changes in all, to
+//! profile the epoch path (`perf record` over the whole run sees little else but the initial
+//! load).
 //!
 //! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
 //!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
@@ -192,7 +193,8 @@ async fn engine_with_table(data: &mut Data, rows: usize) -> (Engine, f64) {
 enum Mode {
     Full,
     Quick,
-    Profile,
+    /// Epochs of this many changes only.
+    Profile(usize),
 }
 
 async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
@@ -208,17 +210,20 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let arrow_row = sample.data.get_array_memory_size() as f64 / 1000.0;
     engine.write_table("sessions", sample).expect("sample rows");
 
-    if mode == Mode::Profile {
+    if let Mode::Profile(epoch_size) = mode {
         let mut elapsed = Duration::ZERO;
         let mut changes = 0;
-        for _ in 0..200 {
-            let (change, count) = data.mixed(10_000);
+        for _ in 0..2_000_000 / epoch_size {
+            let (change, count) = data.mixed(epoch_size);
             let started = Instant::now();
             engine.write_table("sessions", change).expect("epoch");
             elapsed += started.elapsed();
             changes += count;
         }
-        println!("{name:9} {size:>8} rows | profile: {:.2} M changes/s", changes as f64 / elapsed.as_secs_f64() / 1e6);
+        println!(
+            "{name:9} {size:>8} rows | profile, {epoch_size}-change epochs: {:.2} M changes/s",
+            changes as f64 / elapsed.as_secs_f64() / 1e6
+        );
         return;
     }
     let updates = if mode == Mode::Quick { 2_000 } else { 20_000 };
@@ -272,8 +277,9 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
 }
 
 fn main() {
+    let epoch_size = std::env::args().find_map(|a| a.strip_prefix("epoch=").and_then(|n| n.parse().ok()));
     let mode = if std::env::args().any(|a| a == "profile") {
-        Mode::Profile
+        Mode::Profile(epoch_size.unwrap_or(10_000))
     } else if std::env::args().any(|a| a == "quick") {
         Mode::Quick
     } else {
