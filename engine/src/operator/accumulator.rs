@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, Float64Array, Int64Array, PrimitiveArray, RecordBatch, UInt32Array,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
@@ -383,38 +384,38 @@ impl Accumulator {
     /// built straight into typed arrays. A mirror is read through the accumulator it mirrors
     /// (see [`Accumulator::extremes`]).
     pub fn values(&self, groups: &[usize], rows: &[i64]) -> Result<ArrayRef> {
-        let per_group = |f: &dyn Fn(usize) -> i64| Int64Array::from_iter_values(groups.iter().map(|&g| f(g)));
+        let counted = |counts: &[i64]| per_group::<Int64Type>(groups, |g| Some(counts[g]));
         Ok(match self {
             Accumulator::CountRows => Arc::new(Int64Array::from(rows.to_vec())),
-            Accumulator::Count { counts } => Arc::new(per_group(&|g| counts[g])),
-            Accumulator::CountDistinct { values, .. } => Arc::new(per_group(&|g| values[g].len() as i64)),
+            Accumulator::Count { counts } => Arc::new(counted(counts)),
+            Accumulator::CountDistinct { values, .. } => {
+                Arc::new(per_group::<Int64Type>(groups, |g| Some(values[g].len() as i64)))
+            }
             Accumulator::SumExact { sums, counts, output: DataType::Int64 } => {
-                let sums = groups.iter().map(|&g| match counts[g] {
-                    0 => Ok(None),
-                    _ => i64::try_from(sums[g])
-                        .map(Some)
-                        .map_err(|_| EngineError::Constraint("bigint out of range in sum".into())),
-                });
-                Arc::new(sums.collect::<Result<Int64Array>>()?)
+                if groups.iter().any(|&g| counts[g] != 0 && i64::try_from(sums[g]).is_err()) {
+                    return Err(EngineError::Constraint("bigint out of range in sum".into()));
+                }
+                Arc::new(per_group::<Int64Type>(groups, |g| (counts[g] != 0).then_some(sums[g] as i64)))
             }
             Accumulator::SumExact { sums, counts, output: DataType::Decimal128(precision, scale) } => {
-                let sums = groups.iter().map(|&g| (counts[g] != 0).then_some(sums[g]));
-                Arc::new(Decimal128Array::from_iter(sums).with_precision_and_scale(*precision, *scale)?)
+                let sums = per_group::<Decimal128Type>(groups, |g| (counts[g] != 0).then_some(sums[g]));
+                Arc::new(sums.with_precision_and_scale(*precision, *scale)?)
             }
             Accumulator::SumExact { output, .. } => {
                 return Err(EngineError::Internal(format!("sum into {output}")));
             }
             Accumulator::SumFloat { sums, counts } => {
-                Arc::new(Float64Array::from_iter(groups.iter().map(|&g| (counts[g] != 0).then_some(sums[g]))))
+                Arc::new(per_group::<Float64Type>(groups, |g| (counts[g] != 0).then_some(sums[g])))
             }
-            Accumulator::AvgFloat { sums, counts } => Arc::new(Float64Array::from_iter(
-                groups.iter().map(|&g| (counts[g] != 0).then(|| sums[g] / counts[g] as f64)),
-            )),
+            Accumulator::AvgFloat { sums, counts } => {
+                Arc::new(per_group::<Float64Type>(groups, |g| (counts[g] != 0).then(|| sums[g] / counts[g] as f64)))
+            }
             Accumulator::AvgDecimal { sums, counts, input_scale, output: DataType::Decimal128(precision, scale) } => {
                 let shift = 10i128.pow((*scale - *input_scale).max(0) as u32);
-                let averages =
-                    groups.iter().map(|&g| (counts[g] != 0).then(|| rounded_quotient(sums[g] * shift, counts[g])));
-                Arc::new(Decimal128Array::from_iter(averages).with_precision_and_scale(*precision, *scale)?)
+                let averages = per_group::<Decimal128Type>(groups, |g| {
+                    (counts[g] != 0).then(|| rounded_quotient(sums[g] * shift, counts[g]))
+                });
+                Arc::new(averages.with_precision_and_scale(*precision, *scale)?)
             }
             Accumulator::AvgDecimal { output, .. } => {
                 return Err(EngineError::Internal(format!("avg into {output}")));
@@ -431,7 +432,8 @@ impl Accumulator {
     pub fn extremes(&self, groups: &[usize], max: bool, output: &DataType) -> Result<ArrayRef> {
         if let Accumulator::Extremum { values, codec, input, .. } = self {
             if let OrderedValues::Packed(packed) = values {
-                let extremes: Vec<Option<u128>> = groups.iter().map(|&g| packed.extreme(g, max)).collect();
+                // 0: the group has no value (a packed value never is 0).
+                let extremes: Vec<u128> = groups.iter().map(|&g| packed.extreme(g, max).unwrap_or(0)).collect();
                 if let Some(array) = decode_integers(&extremes, input) {
                     let array = array?;
                     return Ok(if input != output { cast(&array, output)? } else { array });
@@ -456,6 +458,24 @@ impl Accumulator {
         }
         Err(EngineError::Internal("min/max values read from an accumulator that keeps none".into()))
     }
+}
+
+/// A primitive array of `value(group)` for each of `groups` (`None`: NULL), built in one pass
+/// into a plain vector; the validity bitmap, in a second pass, only when a value is NULL.
+fn per_group<T: ArrowPrimitiveType>(groups: &[usize], value: impl Fn(usize) -> Option<T::Native>) -> PrimitiveArray<T> {
+    let mut values = Vec::with_capacity(groups.len());
+    let mut all_valid = true;
+    for &group in groups {
+        match value(group) {
+            Some(v) => values.push(v),
+            None => {
+                all_valid = false;
+                values.push(T::Native::default());
+            }
+        }
+    }
+    let nulls = (!all_valid).then(|| NullBuffer::from_iter(groups.iter().map(|&g| value(g).is_some())));
+    PrimitiveArray::new(values.into(), nulls)
 }
 
 /// `numerator / count` rounded half away from zero, as PostgreSQL rounds numeric.

@@ -142,7 +142,7 @@ impl Aggregate {
 impl Operator for Aggregate {
     fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch> {
         let change = self.input.step(changes)?;
-        // Groups this epoch touched, in first-touch order.
+        // Groups this epoch touched.
         let mut touched: Vec<usize> = Vec::new();
         let first_step = !self.started;
         if first_step && self.global {
@@ -168,6 +168,16 @@ impl Operator for Aggregate {
                 }
                 row_groups.push(group);
             }
+        }
+        // In ascending order: the passes below read each touched group's state in every
+        // accumulator's per-group arrays, and in address order those reads stream instead of
+        // missing the cache one group at a time. Read off the flags when the epoch touched
+        // many groups, sorted otherwise.
+        if touched.len() * 16 >= self.touched.len() {
+            touched.clear();
+            touched.extend(self.touched.iter().enumerate().filter(|(_, flag)| **flag).map(|(group, _)| group));
+        } else {
+            touched.sort_unstable();
         }
         for &group in &touched {
             self.touched[group] = false;

@@ -45,10 +45,10 @@ pub fn unpack(value: u128) -> Vec<u8> {
 }
 
 /// Decodes packed values of an integer-backed type (integers, dates, times, timestamps,
-/// durations) straight into an array of that type, `None` as NULL, without the row format's
+/// durations) straight into an array of that type, 0 (no value) as NULL, without the row format's
 /// decoder: such a value encodes as a validity byte (1), then its bytes big-endian with the
 /// sign bit flipped when signed. `None` for any other type or a value not encoded so.
-pub fn decode_integers(values: &[Option<u128>], data_type: &DataType) -> Option<Result<ArrayRef>> {
+pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<ArrayRef>> {
     use DataType::*;
     let signed = match data_type {
         Int8 | Int16 | Int32 | Int64 | Date32 | Date64 | Time32(_) | Time64(_) | Timestamp(..) | Duration(_) => true,
@@ -57,17 +57,18 @@ pub fn decode_integers(values: &[Option<u128>], data_type: &DataType) -> Option<
     };
     let width = data_type.primitive_width()?;
     let bits = 8 * width as u32;
-    let encoded_as_expected = |packed: u128| packed >> 120 == 1 && packed as u8 as usize == width + 1;
-    if !values.iter().flatten().all(|&packed| encoded_as_expected(packed)) {
+    let encoded_as_expected = |packed: u128| packed == 0 || (packed >> 120 == 1 && packed as u8 as usize == width + 1);
+    if !values.iter().all(|&packed| encoded_as_expected(packed)) {
         return None;
     }
-    // The value's bits, as an unsigned integer of `width` bytes.
-    let native = values.iter().map(|value| match value {
-        Some(packed) => {
-            let raw = (packed >> (120 - bits)) as u64 & (u64::MAX >> (64 - bits));
-            if signed { raw ^ (1 << (bits - 1)) } else { raw }
+    // The value's bits, as an unsigned integer of `width` bytes (NULL slots zero).
+    let native = values.iter().map(|&packed| {
+        let raw = (packed >> (120 - bits)) as u64 & (u64::MAX >> (64 - bits));
+        match packed {
+            0 => 0,
+            _ if signed => raw ^ (1 << (bits - 1)),
+            _ => raw,
         }
-        None => 0,
     });
     let buffer = match width {
         1 => Buffer::from_vec(native.map(|v| v as u8).collect::<Vec<_>>()),
@@ -76,8 +77,8 @@ pub fn decode_integers(values: &[Option<u128>], data_type: &DataType) -> Option<
         8 => Buffer::from_vec(native.collect::<Vec<_>>()),
         _ => return None,
     };
-    let nulls = NullBuffer::from_iter(values.iter().map(Option::is_some));
-    let data = ArrayData::builder(data_type.clone()).len(values.len()).add_buffer(buffer).nulls(Some(nulls)).build();
+    let nulls = values.contains(&0).then(|| NullBuffer::from_iter(values.iter().map(|&packed| packed != 0)));
+    let data = ArrayData::builder(data_type.clone()).len(values.len()).add_buffer(buffer).nulls(nulls).build();
     Some(data.map(make_array).map_err(EngineError::from))
 }
 
@@ -478,14 +479,14 @@ mod tests {
             let expected = cast_with_options(&int64, &data_type, &options).expect("cast");
             let codec = RowCodec::new(std::slice::from_ref(&data_type)).expect("codec");
             let rows = codec.encode(std::slice::from_ref(&expected)).expect("encode");
-            let packed: Vec<Option<u128>> = (0..expected.len())
-                .map(|i| expected.is_valid(i).then(|| pack(rows.row(i).as_ref()).expect("packs")))
+            let packed: Vec<u128> = (0..expected.len())
+                .map(|i| if expected.is_valid(i) { pack(rows.row(i).as_ref()).expect("packs") } else { 0 })
                 .collect();
             let decoded = decode_integers(&packed, &data_type).expect("an integer type").expect("decodes");
             assert_eq!(decoded.to_data(), expected.to_data(), "{data_type}");
         }
         // Other types go through the row format's decoder.
-        assert!(decode_integers(&[None], &DataType::Float64).is_none());
-        assert!(decode_integers(&[None], &DataType::Boolean).is_none());
+        assert!(decode_integers(&[0], &DataType::Float64).is_none());
+        assert!(decode_integers(&[0], &DataType::Boolean).is_none());
     }
 }
