@@ -74,14 +74,18 @@ impl KeyIndex {
         match self.probe(change.hash, change.key) {
             Ok(index) => {
                 let at = self.slots[index].at;
-                let held = entry_at(&self.arena, at).3;
-                match change.before {
-                    Some(before) if before == held => {}
-                    Some(_) if strict => return Err(Refusal::NotHeld(position)),
-                    None if strict => return Err(Refusal::Taken(position)),
-                    // Not strict: a retraction of another row leaves the key alone.
-                    Some(_) if change.after.is_none() => return Ok(()),
-                    _ => {}
+                // Not strict, an insertion replaces whatever the key holds: the row held
+                // need not be read.
+                if strict || change.after.is_none() {
+                    let held = entry_at(&self.arena, at).3;
+                    match change.before {
+                        Some(before) if before == held => {}
+                        Some(_) if strict => return Err(Refusal::NotHeld(position)),
+                        None if strict => return Err(Refusal::Taken(position)),
+                        // Not strict: a retraction of another row leaves the key alone.
+                        Some(_) => return Ok(()),
+                        None => {}
+                    }
                 }
                 match change.after {
                     Some(after) => self.replace(index, position, change.key, after, log),
