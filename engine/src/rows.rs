@@ -1,8 +1,10 @@
 //! Row encoding with `arrow::row`: rows and keys become byte strings that hash, compare and
-//! sort like the values they encode (NULLs included), and decode back to Arrow arrays.
+//! sort like the values they encode (NULLs included), and decode back to Arrow arrays. Rows
+//! of integer-backed columns only (the keys of most groups and joins) decode without the row
+//! format's general decoder: each column sits at a fixed place in every row.
 
 use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, make_array};
-use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::buffer::{Buffer, NullBuffer};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -14,21 +16,48 @@ use crate::error::Result;
 pub struct RowCodec {
     converter: RowConverter,
     width: usize,
+    /// Each column's type and layout when every column is integer-backed and in the default
+    /// order (see [`integer_layout`]).
+    integers: Option<Vec<(DataType, IntegerLayout)>>,
+}
+
+/// Where an integer-backed value lies in the row format: a validity byte (1; 0 for NULL),
+/// then `width` bytes big-endian, the sign bit flipped when `signed`.
+#[derive(Debug, Clone, Copy)]
+pub struct IntegerLayout {
+    pub width: usize,
+    pub signed: bool,
+}
+
+/// The layout of an integer-backed type (integers, dates, times, timestamps, durations) in
+/// the row format's default order; `None` for any other type.
+pub fn integer_layout(data_type: &DataType) -> Option<IntegerLayout> {
+    use DataType::*;
+    let signed = match data_type {
+        Int8 | Int16 | Int32 | Int64 | Date32 | Date64 | Time32(_) | Time64(_) | Timestamp(..) | Duration(_) => true,
+        UInt8 | UInt16 | UInt32 | UInt64 => false,
+        _ => return None,
+    };
+    Some(IntegerLayout { width: data_type.primitive_width()?, signed })
 }
 
 impl RowCodec {
     pub fn new(types: &[DataType]) -> Result<Self> {
-        Self::with_fields(types.iter().map(|t| SortField::new(t.clone())).collect())
+        Self::sorted(types.iter().map(|t| (t.clone(), SortOptions::default())).collect())
     }
 
     /// A codec whose byte order is the given sort order (for ORDER BY keys).
     pub fn sorted(fields: Vec<(DataType, SortOptions)>) -> Result<Self> {
-        Self::with_fields(fields.into_iter().map(|(t, o)| SortField::new_with_options(t, o)).collect())
-    }
-
-    fn with_fields(fields: Vec<SortField>) -> Result<Self> {
         let width = fields.len();
-        Ok(Self { converter: RowConverter::new(fields)?, width })
+        let integers = fields
+            .iter()
+            .map(|(data_type, options)| {
+                let layout = integer_layout(data_type).filter(|_| *options == SortOptions::default());
+                layout.map(|layout| (data_type.clone(), layout))
+            })
+            .collect();
+        let fields = fields.into_iter().map(|(t, o)| SortField::new_with_options(t, o)).collect();
+        Ok(Self { converter: RowConverter::new(fields)?, width, integers })
     }
 
     pub fn for_schema(schema: &Schema) -> Result<Self> {
@@ -52,10 +81,59 @@ impl RowCodec {
 
     /// Decodes encoded rows (as stored byte strings) back into columns.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        if let Some(columns) = &self.integers {
+            let rows: Vec<&[u8]> = rows.into_iter().collect();
+            if let Some(decoded) = decode_integer_rows(&rows, columns) {
+                return decoded;
+            }
+            return self.decode_general(rows);
+        }
+        self.decode_general(rows)
+    }
+
+    fn decode_general<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();
         let columns = self.converter.convert_rows(rows.into_iter().map(|bytes| parser.parse(bytes)))?;
         columns.into_iter().map(zero_null_slots).collect()
     }
+}
+
+/// Decodes rows of integer-backed columns column by column, each from its fixed place in
+/// every row; `None` (the general decoder then decides) when a row is not laid out as
+/// expected.
+fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
+    let row_width: usize = columns.iter().map(|(_, layout)| 1 + layout.width).sum();
+    let mut starts = Vec::with_capacity(columns.len());
+    let mut at = 0;
+    for (_, layout) in columns {
+        starts.push(at);
+        at += 1 + layout.width;
+    }
+    let well_formed = |row: &&[u8]| row.len() == row_width && starts.iter().all(|&at| row[at] <= 1);
+    if !rows.iter().all(well_formed) {
+        return None;
+    }
+    let decoded = columns.iter().zip(&starts).map(|((data_type, layout), &at)| {
+        let IntegerLayout { width, signed } = *layout;
+        let value = |row: &[u8]| -> u64 {
+            if row[at] == 0 {
+                return 0;
+            }
+            let raw = row[at + 1..at + 1 + width].iter().fold(0u64, |v, &byte| (v << 8) | u64::from(byte));
+            if signed { raw ^ (1 << (8 * width - 1)) } else { raw }
+        };
+        let buffer = match width {
+            1 => Buffer::from_vec(rows.iter().map(|row| value(row) as u8).collect::<Vec<_>>()),
+            2 => Buffer::from_vec(rows.iter().map(|row| value(row) as u16).collect::<Vec<_>>()),
+            4 => Buffer::from_vec(rows.iter().map(|row| value(row) as u32).collect::<Vec<_>>()),
+            _ => Buffer::from_vec(rows.iter().map(|row| value(row)).collect::<Vec<_>>()),
+        };
+        let nulls =
+            rows.iter().any(|row| row[at] == 0).then(|| NullBuffer::from_iter(rows.iter().map(|row| row[at] != 0)));
+        let data = ArrayDataBuilder::new(data_type.clone()).len(rows.len()).add_buffer(buffer).nulls(nulls).build()?;
+        Ok(make_array(data))
+    });
+    Some(decoded.collect())
 }
 
 /// Decoded NULLs of fixed-width types carry arbitrary values behind the null bit (i64::MIN
@@ -115,4 +193,88 @@ pub fn encode_rows(codec: &RowCodec, columns: &[ArrayRef]) -> Result<Encoded> {
         return Ok(Encoded::Empty);
     }
     Ok(Encoded::Rows(codec.encode(columns)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::compute::{CastOptions, cast_with_options};
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    use super::*;
+
+    /// Every integer-backed type, from values around each type's limits and NULLs.
+    fn columns() -> Vec<ArrayRef> {
+        let mut values: Vec<Option<i64>> = vec![Some(i64::MIN), Some(i64::MAX), None, Some(0), Some(-1), Some(1)];
+        for shift in [7, 8, 15, 16, 31, 32, 63] {
+            values.extend([Some(1i64.wrapping_shl(shift)), Some(1i64.wrapping_shl(shift).wrapping_neg()), None]);
+            values.extend([Some((1i64.wrapping_shl(shift)).wrapping_sub(1)), Some(-(1i64 << (shift.min(62))) + 7)]);
+        }
+        let int64: ArrayRef = Arc::new(Int64Array::from(values));
+        let types = [
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Duration(TimeUnit::Millisecond),
+        ];
+        // A value that does not fit a type casts to NULL.
+        let options = CastOptions { safe: true, ..Default::default() };
+        types.iter().map(|t| cast_with_options(&int64, t, &options).expect("cast")).collect()
+    }
+
+    fn round_trip(codec: &RowCodec, columns: &[ArrayRef]) -> Vec<ArrayRef> {
+        let rows = codec.encode(columns).expect("encode");
+        codec.decode(rows.iter().map(|row| row.data())).expect("decode")
+    }
+
+    #[test]
+    fn integer_columns_decode_as_the_general_decoder_does() {
+        let columns = columns();
+        // One column at a time, then all of them in one row.
+        for column in &columns {
+            let codec = RowCodec::new(&[column.data_type().clone()]).expect("codec");
+            assert!(codec.integers.is_some(), "{}", column.data_type());
+            let decoded = round_trip(&codec, std::slice::from_ref(column));
+            assert_eq!(decoded[0].to_data(), column.to_data(), "{}", column.data_type());
+        }
+        let types: Vec<DataType> = columns.iter().map(|c| c.data_type().clone()).collect();
+        let codec = RowCodec::new(&types).expect("codec");
+        let rows = codec.encode(&columns).expect("encode");
+        let fast = codec.decode(rows.iter().map(|row| row.data())).expect("decode");
+        let general = codec.decode_general(rows.iter().map(|row| row.data())).expect("decode");
+        for ((fast, general), original) in fast.iter().zip(&general).zip(&columns) {
+            assert_eq!(fast.to_data(), general.to_data(), "{}", original.data_type());
+            assert_eq!(fast.to_data(), original.to_data(), "{}", original.data_type());
+        }
+    }
+
+    #[test]
+    fn other_columns_and_orders_take_the_general_decoder() {
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(3), None, Some(-5)]));
+        let names: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), None]));
+        let codec = RowCodec::new(&[DataType::Int64, DataType::Utf8]).expect("codec");
+        assert!(codec.integers.is_none());
+        let decoded = round_trip(&codec, &[ids.clone(), names.clone()]);
+        assert_eq!(decoded[0].to_data(), ids.to_data());
+        assert_eq!(decoded[1].to_data(), names.to_data());
+        let descending = SortOptions { descending: true, nulls_first: false };
+        let codec = RowCodec::sorted(vec![(DataType::Int64, descending)]).expect("codec");
+        assert!(codec.integers.is_none());
+        assert_eq!(round_trip(&codec, std::slice::from_ref(&ids))[0].to_data(), ids.to_data());
+        // A row not laid out as the columns are (here: too short) is left to the general
+        // decoder.
+        let codec = RowCodec::new(&[DataType::Int64]).expect("codec");
+        assert!(decode_integer_rows(&[&[1u8, 0, 0][..]], codec.integers.as_deref().expect("integers")).is_none());
+    }
 }

@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
+use crate::rows::{IntegerLayout, integer_layout};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -49,13 +50,7 @@ pub fn unpack(value: u128) -> Vec<u8> {
 /// decoder: such a value encodes as a validity byte (1), then its bytes big-endian with the
 /// sign bit flipped when signed. `None` for any other type or a value not encoded so.
 pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<ArrayRef>> {
-    use DataType::*;
-    let signed = match data_type {
-        Int8 | Int16 | Int32 | Int64 | Date32 | Date64 | Time32(_) | Time64(_) | Timestamp(..) | Duration(_) => true,
-        UInt8 | UInt16 | UInt32 | UInt64 => false,
-        _ => return None,
-    };
-    let width = data_type.primitive_width()?;
+    let IntegerLayout { width, signed } = integer_layout(data_type)?;
     let bits = 8 * width as u32;
     let encoded_as_expected = |packed: u128| packed == 0 || (packed >> 120 == 1 && packed as u8 as usize == width + 1);
     if !values.iter().all(|&packed| encoded_as_expected(packed)) {
