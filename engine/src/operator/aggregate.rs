@@ -17,7 +17,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::accumulator::Accumulator;
-use super::group_index::{GroupIndex, Probe};
+use super::group_index::{GroupIndex, GroupKeys, KeyBytes, Probe};
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
@@ -31,7 +31,7 @@ pub struct Aggregate {
     arg_exprs: Vec<Option<Arc<dyn PhysicalExpr>>>,
     key_codec: RowCodec,
     groups: GroupIndex,
-    keys: Vec<Box<[u8]>>,
+    keys: GroupKeys,
     row_counts: Vec<i64>,
     free: Vec<usize>,
     /// Whether each group is among the current epoch's touched groups (all false between
@@ -79,7 +79,7 @@ impl Aggregate {
             arg_exprs,
             key_codec: RowCodec::new(&key_types)?,
             groups: GroupIndex::default(),
-            keys: Vec::new(),
+            keys: GroupKeys::default(),
             row_counts: Vec::new(),
             free: Vec::new(),
             touched: Vec::new(),
@@ -101,17 +101,16 @@ impl Aggregate {
         }
         let group = match self.free.pop() {
             Some(group) => {
-                self.keys[group] = key.into();
                 self.row_counts[group] = 0;
                 group
             }
             None => {
-                self.keys.push(key.into());
                 self.row_counts.push(0);
                 self.touched.push(false);
-                self.keys.len() - 1
+                self.keys.len()
             }
         };
+        self.keys.set(group, probe, key);
         for accumulator in &mut self.accumulators {
             accumulator.reset(group);
         }
@@ -223,7 +222,8 @@ impl Operator for Aggregate {
             Vec::new()
         } else {
             // Vanished groups keep their key bytes until the slot is reused.
-            self.key_codec.decode(touched.iter().map(|&g| self.keys[g].as_ref()))?
+            let keys: Vec<KeyBytes> = touched.iter().map(|&g| self.keys.get(g)).collect();
+            self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))?
         };
         let rows_of = |values: Vec<ArrayRef>, picked: &[u32]| -> Result<RecordBatch> {
             let columns: Vec<ArrayRef> = keys.iter().cloned().chain(values).collect();
@@ -246,8 +246,9 @@ impl Operator for Aggregate {
             live[group] = false;
         }
         let groups: Vec<usize> = (0..self.keys.len()).filter(|&g| live[g]).collect();
+        let keys: Vec<KeyBytes> = groups.iter().map(|&g| self.keys.get(g)).collect();
         out.push(state_batch(vec![
-            ("key", bytes_column(groups.iter().map(|&g| Some(self.keys[g].as_ref())))),
+            ("key", bytes_column(keys.iter().map(|key| Some(key.as_slice())))),
             ("rows", int64_column(groups.iter().map(|&g| self.row_counts[g]))),
         ])?);
         for accumulator in &self.accumulators {
@@ -271,9 +272,12 @@ impl Operator for Aggregate {
         let count = batch.len();
         let (keys, rows) = (batch.binary(0), batch.int64(1));
         self.groups = GroupIndex::default();
-        self.keys = (0..count).map(|g| Box::<[u8]>::from(keys.value(g))).collect();
-        for (group, key) in self.keys.iter().enumerate() {
-            self.groups.insert(Probe::of(key), key, group);
+        self.keys = GroupKeys::default();
+        for group in 0..count {
+            let key = keys.value(group);
+            let probe = Probe::of(key);
+            self.keys.set(group, probe, key);
+            self.groups.insert(probe, key, group);
         }
         self.row_counts = rows.values().to_vec();
         self.touched = vec![false; count];
@@ -293,7 +297,7 @@ impl Operator for Aggregate {
 
 impl Aggregate {
     fn vanish(&mut self, group: usize) {
-        self.groups.remove(&self.keys[group]);
+        self.groups.remove(self.keys.get(group).as_slice());
         self.free.push(group);
     }
 }

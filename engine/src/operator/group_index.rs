@@ -2,7 +2,8 @@
 //! integers or dates) is packed into a `u128` (see `packed_values::pack`) and kept in an
 //! open-addressing table of its own: no allocation and no `memcmp` per lookup, and a batch's
 //! lookups can load the slots of the next few keys together, so that their cache misses
-//! overlap. Longer keys are kept as byte strings in a hash map.
+//! overlap. Longer keys are kept as byte strings in a hash map. [`GroupKeys`] keeps each
+//! group's key by group number, packed in place when it fits.
 
 use rustc_hash::FxHashMap;
 
@@ -174,6 +175,65 @@ impl GroupIndex {
     }
 }
 
+/// Each group's key by group number: packed in place when it fits (most keys), so that reading
+/// the keys of many groups in group order streams through one vector instead of following a
+/// pointer per group.
+#[derive(Default)]
+pub struct GroupKeys {
+    keys: Vec<GroupKey>,
+}
+
+enum GroupKey {
+    Packed(u128),
+    Bytes(Box<[u8]>),
+}
+
+/// A group's key bytes, borrowed or unpacked.
+pub enum KeyBytes<'a> {
+    Packed([u8; 16]),
+    Bytes(&'a [u8]),
+}
+
+impl KeyBytes<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Packed(bytes) => &bytes[..usize::from(bytes[PACKED_BYTES]).min(PACKED_BYTES)],
+            KeyBytes::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+impl GroupKeys {
+    /// Number of group numbers given out (groups that vanished keep their key until reused).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Sets the key of `group`, a group number given out before or the next one.
+    pub fn set(&mut self, group: usize, probe: Probe, key: &[u8]) {
+        let key = match probe {
+            Probe::Packed { key, .. } => GroupKey::Packed(key),
+            Probe::Bytes => GroupKey::Bytes(key.into()),
+        };
+        match self.keys.get_mut(group) {
+            Some(slot) => *slot = key,
+            None => self.keys.push(key),
+        }
+    }
+
+    pub fn get(&self, group: usize) -> KeyBytes<'_> {
+        match &self.keys[group] {
+            GroupKey::Packed(key) => KeyBytes::Packed(key.to_be_bytes()),
+            GroupKey::Bytes(key) => KeyBytes::Bytes(key),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        let long: usize = self.keys.iter().map(|k| if let GroupKey::Bytes(bytes) = k { bytes.len() } else { 0 }).sum();
+        self.keys.capacity() * std::mem::size_of::<GroupKey>() + long
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -203,5 +263,21 @@ mod tests {
             assert_eq!(index.get(Probe::of(key), key), Some(*group));
         }
         assert!(index.len + index.bytes.len() == model.len());
+    }
+
+    #[test]
+    fn group_keys_come_back_as_they_were_set() {
+        let mut keys = GroupKeys::default();
+        let short: &[u8] = b"\x01abc";
+        let long: &[u8] = b"a key of more than fifteen bytes";
+        let empty: &[u8] = b"";
+        for (group, key) in [short, long, empty].into_iter().enumerate() {
+            keys.set(group, Probe::of(key), key);
+        }
+        keys.set(0, Probe::of(long), long);
+        keys.set(1, Probe::of(short), short);
+        assert_eq!(keys.len(), 3);
+        assert_eq!([0, 1, 2].map(|g| keys.get(g).as_slice().to_vec()), [long.to_vec(), short.to_vec(), empty.to_vec()]);
+        assert!(keys.heap_bytes() >= long.len());
     }
 }
