@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
 use super::arrangement::{Arrangement, Counts, RowChange};
@@ -38,12 +39,14 @@ struct Side {
 struct Delta {
     keys: Encoded,
     rows: Encoded,
+    /// Each row's hash (as the arrangement hashes rows), by row of the change.
+    hashes: Vec<u64>,
     changes: Vec<(u32, bool, i64)>,
 }
 
 impl Delta {
     fn empty() -> Self {
-        Self { keys: Encoded::Empty, rows: Encoded::Empty, changes: Vec::new() }
+        Self { keys: Encoded::Empty, rows: Encoded::Empty, hashes: Vec::new(), changes: Vec::new() }
     }
 
     fn len(&self) -> usize {
@@ -66,6 +69,10 @@ impl Delta {
 
     fn weight(&self, index: usize) -> i64 {
         self.changes[index].2
+    }
+
+    fn hash(&self, index: usize) -> u64 {
+        self.hashes[self.changes[index].0 as usize]
     }
 }
 
@@ -93,25 +100,29 @@ impl Side {
         }
         let keys = encode_rows(key_codec, &key_columns)?;
         let rows = encode_rows(&self.row_codec, change.data.columns())?;
+        let hashes: Vec<u64> = (0..change.len()).map(|i| Arrangement::hash(rows.get(i))).collect();
         let mut changes: Vec<(u32, bool, i64)> = Vec::with_capacity(change.len());
         let probed = |i: usize| nulls_equal || !key_columns.iter().any(|c| c.is_null(i));
         if change.is_consolidated() {
             changes.extend(change.weights.iter().enumerate().map(|(i, &w)| (i as u32, probed(i), w)));
         } else {
-            let mut positions: FxHashMap<&[u8], usize> =
-                FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
+            // Equal rows added up (a projection may make rows equal): positions in `changes`
+            // by the rows' hashes, which the arrangement reuses.
+            let mut positions: HashTable<u32> = HashTable::with_capacity(change.len());
             for (i, &weight) in change.weights.iter().enumerate() {
                 let row = rows.get(i);
-                if let Some(&at) = positions.get(row) {
-                    changes[at].2 += weight;
+                let same_row = |&at: &u32| rows.get(changes[at as usize].0 as usize) == row;
+                if let Some(&at) = positions.find(hashes[i], same_row) {
+                    changes[at as usize].2 += weight;
                     continue;
                 }
-                positions.insert(row, changes.len());
+                let at = changes.len() as u32;
+                positions.insert_unique(hashes[i], at, |&at| hashes[changes[at as usize].0 as usize]);
                 changes.push((i as u32, probed(i), weight));
             }
             changes.retain(|(_, _, w)| *w != 0);
         }
-        Ok(Delta { keys, rows, changes })
+        Ok(Delta { keys, rows, hashes, changes })
     }
 
     /// The arrangement: (key, NULL for rows never probed; row; multiplicity; matches).
@@ -303,7 +314,7 @@ fn absorb(
         let row = delta.row(index);
         touched_this.note(this, row);
         changes.push(RowChange {
-            hash: Arrangement::hash(row),
+            hash: delta.hash(index),
             key: delta.key(index),
             row,
             weight: delta.weight(index),
