@@ -199,39 +199,10 @@ pub fn encode_rows(codec: &RowCodec, columns: &[ArrayRef]) -> Result<Encoded> {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Array, Int64Array, StringArray};
-    use datafusion::arrow::compute::{CastOptions, cast_with_options};
-    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::arrow::array::{Int64Array, StringArray};
 
     use super::*;
-
-    /// Every integer-backed type, from values around each type's limits and NULLs.
-    fn columns() -> Vec<ArrayRef> {
-        let mut values: Vec<Option<i64>> = vec![Some(i64::MIN), Some(i64::MAX), None, Some(0), Some(-1), Some(1)];
-        for shift in [7, 8, 15, 16, 31, 32, 63] {
-            values.extend([Some(1i64.wrapping_shl(shift)), Some(1i64.wrapping_shl(shift).wrapping_neg()), None]);
-            values.extend([Some((1i64.wrapping_shl(shift)).wrapping_sub(1)), Some(-(1i64 << (shift.min(62))) + 7)]);
-        }
-        let int64: ArrayRef = Arc::new(Int64Array::from(values));
-        let types = [
-            DataType::Int8,
-            DataType::Int16,
-            DataType::Int32,
-            DataType::Int64,
-            DataType::UInt8,
-            DataType::UInt16,
-            DataType::UInt32,
-            DataType::UInt64,
-            DataType::Date32,
-            DataType::Date64,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            DataType::Time64(TimeUnit::Nanosecond),
-            DataType::Duration(TimeUnit::Millisecond),
-        ];
-        // A value that does not fit a type casts to NULL.
-        let options = CastOptions { safe: true, ..Default::default() };
-        types.iter().map(|t| cast_with_options(&int64, t, &options).expect("cast")).collect()
-    }
+    use crate::test_random::integer_columns;
 
     fn round_trip(codec: &RowCodec, columns: &[ArrayRef]) -> Vec<ArrayRef> {
         let rows = codec.encode(columns).expect("encode");
@@ -240,7 +211,7 @@ mod tests {
 
     #[test]
     fn integer_columns_decode_as_the_general_decoder_does() {
-        let columns = columns();
+        let columns = integer_columns();
         // One column at a time, then all of them in one row.
         for column in &columns {
             let codec = RowCodec::new(&[column.data_type().clone()]).expect("codec");

@@ -445,33 +445,13 @@ mod tests {
 
     #[test]
     fn integer_values_decode_as_the_row_format_would() {
-        use datafusion::arrow::array::{Array, Int64Array};
-        use datafusion::arrow::compute::{CastOptions, cast_with_options};
-        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::arrow::array::Array;
 
         use crate::rows::RowCodec;
+        use crate::test_random::integer_columns;
 
-        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
-        let mut raw: Vec<Option<i64>> = vec![Some(0), Some(-1), Some(1), Some(i64::MIN), Some(i64::MAX), None];
-        raw.extend((0..500).map(|i| (i % 7 != 0).then(|| next() as i64 >> (next() % 64))));
-        let int64: ArrayRef = std::sync::Arc::new(Int64Array::from(raw));
-        let types = [
-            DataType::Int8,
-            DataType::Int16,
-            DataType::Int32,
-            DataType::Int64,
-            DataType::UInt8,
-            DataType::UInt16,
-            DataType::UInt32,
-            DataType::UInt64,
-            DataType::Date32,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            DataType::Time64(TimeUnit::Nanosecond),
-        ];
-        for data_type in types {
-            // The values that fit the type (a failed cast gives NULL).
-            let options = CastOptions { safe: true, ..Default::default() };
-            let expected = cast_with_options(&int64, &data_type, &options).expect("cast");
+        for expected in integer_columns() {
+            let data_type = expected.data_type().clone();
             let codec = RowCodec::new(std::slice::from_ref(&data_type)).expect("codec");
             let rows = codec.encode(std::slice::from_ref(&expected)).expect("encode");
             let packed: Vec<u128> = (0..expected.len())
