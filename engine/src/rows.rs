@@ -101,7 +101,7 @@ impl RowCodec {
 /// Decodes rows of integer-backed columns column by column, each from its fixed place in
 /// every row; `None` (the general decoder then decides) when a row is not laid out as
 /// expected.
-fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
+pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
     let row_width: usize = columns.iter().map(|(_, layout)| 1 + layout.width).sum();
     let mut starts = Vec::with_capacity(columns.len());
     let mut at = 0;

@@ -10,13 +10,12 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use datafusion::arrow::array::{ArrayData, ArrayRef, make_array};
-use datafusion::arrow::buffer::{Buffer, NullBuffer};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
-use crate::rows::{IntegerLayout, integer_layout};
+use crate::rows::{decode_integer_rows, integer_layout};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -46,35 +45,21 @@ pub fn unpack(value: u128) -> Vec<u8> {
 }
 
 /// Decodes packed values of an integer-backed type (integers, dates, times, timestamps,
-/// durations) straight into an array of that type, 0 (no value) as NULL, without the row format's
-/// decoder: such a value encodes as a validity byte (1), then its bytes big-endian with the
-/// sign bit flipped when signed. `None` for any other type or a value not encoded so.
+/// durations) straight into an array of that type, 0 (no value) as NULL: a packed value's
+/// leading bytes are its row encoding, decoded by the row module's decoder for such columns.
+/// `None` for any other type or a value not encoded so.
 pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<ArrayRef>> {
-    let IntegerLayout { width, signed } = integer_layout(data_type)?;
-    let bits = 8 * width as u32;
-    let encoded_as_expected = |packed: u128| packed == 0 || (packed >> 120 == 1 && packed as u8 as usize == width + 1);
+    let layout = integer_layout(data_type)?;
+    let encoded = 1 + layout.width;
+    let encoded_as_expected = |packed: u128| packed == 0 || (packed >> 120 == 1 && packed as u8 as usize == encoded);
     if !values.iter().all(|&packed| encoded_as_expected(packed)) {
         return None;
     }
-    // The value's bits, as an unsigned integer of `width` bytes (NULL slots zero).
-    let native = values.iter().map(|&packed| {
-        let raw = (packed >> (120 - bits)) as u64 & (u64::MAX >> (64 - bits));
-        match packed {
-            0 => 0,
-            _ if signed => raw ^ (1 << (bits - 1)),
-            _ => raw,
-        }
-    });
-    let buffer = match width {
-        1 => Buffer::from_vec(native.map(|v| v as u8).collect::<Vec<_>>()),
-        2 => Buffer::from_vec(native.map(|v| v as u16).collect::<Vec<_>>()),
-        4 => Buffer::from_vec(native.map(|v| v as u32).collect::<Vec<_>>()),
-        8 => Buffer::from_vec(native.collect::<Vec<_>>()),
-        _ => return None,
-    };
-    let nulls = values.contains(&0).then(|| NullBuffer::from_iter(values.iter().map(|&packed| packed != 0)));
-    let data = ArrayData::builder(data_type.clone()).len(values.len()).add_buffer(buffer).nulls(nulls).build();
-    Some(data.map(make_array).map_err(EngineError::from))
+    // 0 unpacks to a NULL: a validity byte of 0.
+    let bytes: Vec<[u8; 16]> = values.iter().map(|packed| packed.to_be_bytes()).collect();
+    let rows: Vec<&[u8]> = bytes.iter().map(|b| &b[..encoded]).collect();
+    let columns = decode_integer_rows(&rows, &[(data_type.clone(), layout)])?;
+    Some(columns.and_then(|mut columns| columns.pop().ok_or_else(|| EngineError::Internal("no column decoded".into()))))
 }
 
 /// Rows adjusted per group of lookahead loads (see [`PackedMultisets::adjust_rows`]).
