@@ -1,10 +1,11 @@
 //! Benchmarks of incremental view maintenance (run by hand, results in BENCHMARKS.md):
 //!
-//!   cargo bench -p changeflow-engine --bench incremental [-- quick | profile [epoch=N]] [calendar | join+agg] [ROWS]
+//!   cargo bench -p changeflow-engine --bench incremental [-- quick | profile [epoch=N] | load] [calendar | join+agg] [ROWS]
 //!
 //! `profile` runs only 10k-change epochs (`epoch=N`: N-change epochs), 2M changes in all, to
 //! profile the epoch path (`perf record` over the whole run sees little else but the initial
-//! load).
+//! load). `load` only loads the table and creates the view over it, five times, and prints
+//! each view load's rate.
 //!
 //! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
 //!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
@@ -195,6 +196,8 @@ enum Mode {
     Quick,
     /// Epochs of this many changes only.
     Profile(usize),
+    /// The initial load only.
+    Load,
 }
 
 async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
@@ -203,6 +206,10 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let started = Instant::now();
     engine.execute_sql_text(view).await.expect("view");
     let initial = started.elapsed();
+    if mode == Mode::Load {
+        println!("{name:9} {size:>8} rows | view load {:.2} M rows/s", size as f64 / initial.as_secs_f64() / 1e6);
+        return;
+    }
     let stats = engine.stats();
     let view_stats = stats.views.first().expect("the view's stats");
     let (state, stored) = (view_stats.state_bytes, view_stats.stored_bytes);
@@ -280,6 +287,8 @@ fn main() {
     let epoch_size = std::env::args().find_map(|a| a.strip_prefix("epoch=").and_then(|n| n.parse().ok()));
     let mode = if std::env::args().any(|a| a == "profile") {
         Mode::Profile(epoch_size.unwrap_or(10_000))
+    } else if std::env::args().any(|a| a == "load") {
+        Mode::Load
     } else if std::env::args().any(|a| a == "quick") {
         Mode::Quick
     } else {
@@ -296,12 +305,16 @@ fn main() {
     runtime.block_on(async {
         for size in [10_000, 100_000, 1_000_000] {
             if runs("calendar", size) {
-                bench_view(size, CALENDAR, "calendar", mode).await;
+                for _ in 0..if mode == Mode::Load { 5 } else { 1 } {
+                    bench_view(size, CALENDAR, "calendar", mode).await;
+                }
             }
         }
         for size in [100_000, 1_000_000] {
             if runs("join+agg", size) {
-                bench_view(size, CITY, "join+agg", mode).await;
+                for _ in 0..if mode == Mode::Load { 5 } else { 1 } {
+                    bench_view(size, CITY, "join+agg", mode).await;
+                }
             }
         }
     });

@@ -1,7 +1,8 @@
 //! Row encoding with `arrow::row`: rows and keys become byte strings that hash, compare and
 //! sort like the values they encode (NULLs included), and decode back to Arrow arrays. Rows
 //! of integer-backed columns only (the keys of most groups and joins) decode without the row
-//! format's general decoder: each column sits at a fixed place in every row.
+//! format's general decoder, in one pass over the rows: each column sits at a fixed place in
+//! every row.
 
 use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, make_array};
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
@@ -98,42 +99,99 @@ impl RowCodec {
     }
 }
 
-/// Decodes rows of integer-backed columns column by column, each from its fixed place in
-/// every row; `None` (the general decoder then decides) when a row is not laid out as
-/// expected.
+/// Decodes rows of integer-backed columns in one pass over the rows, each value from its
+/// fixed place in its row straight into its column's buffer; `None` (the general decoder then
+/// decides) when a row is not laid out as expected.
 pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
-    let row_width: usize = columns.iter().map(|(_, layout)| 1 + layout.width).sum();
-    let mut starts = Vec::with_capacity(columns.len());
-    let mut at = 0;
+    let mut decoders = Vec::with_capacity(columns.len());
+    let mut row_width = 0;
     for (_, layout) in columns {
-        starts.push(at);
-        at += 1 + layout.width;
+        decoders.push(IntegerColumn::new(row_width, *layout, rows.len()));
+        row_width += 1 + layout.width;
     }
-    let well_formed = |row: &&[u8]| row.len() == row_width && starts.iter().all(|&at| row[at] <= 1);
-    if !rows.iter().all(well_formed) {
-        return None;
+    for row in rows {
+        if row.len() != row_width {
+            return None;
+        }
+        for decoder in &mut decoders {
+            decoder.push(row)?;
+        }
     }
-    let decoded = columns.iter().zip(&starts).map(|((data_type, layout), &at)| {
-        let IntegerLayout { width, signed } = *layout;
-        let value = |row: &[u8]| -> u64 {
-            if row[at] == 0 {
-                return 0;
+    let decoded = decoders.into_iter().zip(columns).map(|(decoder, (data_type, _))| decoder.finish(data_type, rows));
+    Some(decoded.collect())
+}
+
+/// One integer-backed column being decoded from rows: where its value lies in each row, and
+/// the values so far (NULL as 0, as Arrow's builders leave them).
+struct IntegerColumn {
+    at: usize,
+    signed: bool,
+    values: IntegerValues,
+    nulls: usize,
+}
+
+/// Decoded values by width, in the native representation Arrow's buffers hold.
+enum IntegerValues {
+    W1(Vec<u8>),
+    W2(Vec<u16>),
+    W4(Vec<u32>),
+    W8(Vec<u64>),
+}
+
+impl IntegerColumn {
+    fn new(at: usize, layout: IntegerLayout, rows: usize) -> Self {
+        let values = match layout.width {
+            1 => IntegerValues::W1(Vec::with_capacity(rows)),
+            2 => IntegerValues::W2(Vec::with_capacity(rows)),
+            4 => IntegerValues::W4(Vec::with_capacity(rows)),
+            _ => IntegerValues::W8(Vec::with_capacity(rows)),
+        };
+        Self { at, signed: layout.signed, values, nulls: 0 }
+    }
+
+    /// Decodes this column's value of `row` (of the expected length); `None` when its
+    /// validity byte is neither 0 nor 1.
+    fn push(&mut self, row: &[u8]) -> Option<()> {
+        let valid = match row[self.at] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        self.nulls += usize::from(!valid);
+        let bytes = &row[self.at + 1..];
+        // The sign bit is flipped in the encoding of a signed value; NULL decodes as 0.
+        let flip = u64::from(self.signed && valid);
+        let keep = if valid { u64::MAX } else { 0 };
+        match &mut self.values {
+            IntegerValues::W1(values) => values.push(((u64::from(bytes[0]) ^ (flip << 7)) & keep) as u8),
+            IntegerValues::W2(values) => {
+                let raw = u64::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+                values.push(((raw ^ (flip << 15)) & keep) as u16)
             }
-            let raw = row[at + 1..at + 1 + width].iter().fold(0u64, |v, &byte| (v << 8) | u64::from(byte));
-            if signed { raw ^ (1 << (8 * width - 1)) } else { raw }
+            IntegerValues::W4(values) => {
+                let raw = u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+                values.push(((raw ^ (flip << 31)) & keep) as u32)
+            }
+            IntegerValues::W8(values) => {
+                let raw = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+                values.push((raw ^ (flip << 63)) & keep)
+            }
+        }
+        Some(())
+    }
+
+    fn finish(self, data_type: &DataType, rows: &[&[u8]]) -> Result<ArrayRef> {
+        let buffer = match self.values {
+            IntegerValues::W1(values) => Buffer::from_vec(values),
+            IntegerValues::W2(values) => Buffer::from_vec(values),
+            IntegerValues::W4(values) => Buffer::from_vec(values),
+            IntegerValues::W8(values) => Buffer::from_vec(values),
         };
-        let buffer = match width {
-            1 => Buffer::from_vec(rows.iter().map(|row| value(row) as u8).collect::<Vec<_>>()),
-            2 => Buffer::from_vec(rows.iter().map(|row| value(row) as u16).collect::<Vec<_>>()),
-            4 => Buffer::from_vec(rows.iter().map(|row| value(row) as u32).collect::<Vec<_>>()),
-            _ => Buffer::from_vec(rows.iter().map(|row| value(row)).collect::<Vec<_>>()),
-        };
-        let nulls =
-            rows.iter().any(|row| row[at] == 0).then(|| NullBuffer::from_iter(rows.iter().map(|row| row[at] != 0)));
+        let at = self.at;
+        let nulls = (self.nulls > 0).then(|| NullBuffer::from_iter(rows.iter().map(|row| row[at] != 0)));
         let data = ArrayDataBuilder::new(data_type.clone()).len(rows.len()).add_buffer(buffer).nulls(nulls).build()?;
         Ok(make_array(data))
-    });
-    Some(decoded.collect())
+    }
 }
 
 /// Decoded NULLs of fixed-width types carry arbitrary values behind the null bit (i64::MIN
