@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64T
 use rustc_hash::FxHashMap;
 
 use super::byte_values::ByteValues;
-use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, unpack};
+use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, pack_integers, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
@@ -76,6 +76,8 @@ pub enum Prepared {
     Float(ArrayRef),
     /// Encoded values, and the argument (for its NULLs).
     Encoded(Encoded, ArrayRef),
+    /// Packed values (0: NULL), for a min/max whose values pack.
+    Packed(Vec<u128>),
 }
 
 impl Accumulator {
@@ -141,6 +143,14 @@ impl Accumulator {
             Accumulator::SumFloat { .. } | Accumulator::AvgFloat { .. } => {
                 Prepared::Float(cast(arg, &DataType::Float64)?)
             }
+            Accumulator::Extremum { values: OrderedValues::Packed(_), codec, .. } => match pack_integers(arg) {
+                Some(packed) => Prepared::Packed(packed),
+                None => {
+                    let keys = encode_rows(codec, std::slice::from_ref(arg))?;
+                    let packed = (0..arg.len()).map(|i| if arg.is_valid(i) { pack(keys.get(i)) } else { Ok(0) });
+                    Prepared::Packed(packed.collect::<Result<_>>()?)
+                }
+            },
             Accumulator::Extremum { codec, .. } | Accumulator::CountDistinct { codec, .. } => {
                 Prepared::Encoded(encode_rows(codec, std::slice::from_ref(arg))?, arg.clone())
             }
@@ -340,26 +350,8 @@ impl Accumulator {
                     }
                 }
             }
-            (Accumulator::Extremum { values: OrderedValues::Packed(values), .. }, Prepared::Encoded(keys, arg)) => {
-                // An update that keeps a row's group and value (its retraction and insertion
-                // side by side, as changes from a primary key or a source come) nets out here
-                // and leaves the multiset alone.
-                let mut rows: Vec<(usize, u128, i64)> = Vec::with_capacity(groups.len());
-                for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {
-                    if arg.is_valid(i) {
-                        let value = pack(keys.get(i))?;
-                        match rows.last_mut() {
-                            Some(last) if last.0 == group && last.1 == value => {
-                                last.2 += weight;
-                                if last.2 == 0 {
-                                    rows.pop();
-                                }
-                            }
-                            _ => rows.push((group, value, weight)),
-                        }
-                    }
-                }
-                values.adjust_rows(&rows)?;
+            (Accumulator::Extremum { values: OrderedValues::Packed(values), .. }, Prepared::Packed(packed)) => {
+                values.adjust_rows(groups, packed, weights)?;
             }
             (Accumulator::Extremum { values: OrderedValues::Bytes(values), .. }, Prepared::Encoded(keys, arg)) => {
                 for (i, (&group, &weight)) in groups.iter().zip(weights).enumerate() {

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayData, ArrayRef};
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
-use crate::rows::{decode_integer_rows, integer_layout};
+use crate::rows::{IntegerLayout, decode_integer_rows, integer_layout};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -62,28 +62,77 @@ pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<A
     Some(columns.and_then(|mut columns| columns.pop().ok_or_else(|| EngineError::Internal("no column decoded".into()))))
 }
 
+/// Packs the values of an integer-backed array (integers, dates, times, timestamps,
+/// durations) as [`pack`] would pack their row encodings, straight from the array's buffer:
+/// a validity byte of 1, the value big-endian with the sign bit flipped when signed, the
+/// length last. NULL packs as 0. `None` for any other type.
+pub fn pack_integers(array: &ArrayRef) -> Option<Vec<u128>> {
+    let IntegerLayout { width, signed } = integer_layout(array.data_type())?;
+    let data = array.to_data();
+    let start = data.offset() * width;
+    let bytes = data.buffers().first()?.as_slice().get(start..start + data.len() * width)?;
+    Some(match width {
+        1 => pack_fixed(&data, bytes, signed, |[byte]: [u8; 1]| u64::from(byte)),
+        2 => pack_fixed(&data, bytes, signed, |value: [u8; 2]| u64::from(u16::from_ne_bytes(value))),
+        4 => pack_fixed(&data, bytes, signed, |value: [u8; 4]| u64::from(u32::from_ne_bytes(value))),
+        8 => pack_fixed(&data, bytes, signed, u64::from_ne_bytes),
+        _ => return None,
+    })
+}
+
+/// [`pack_integers`] for values of `W` bytes, each read by `raw`.
+fn pack_fixed<const W: usize>(data: &ArrayData, bytes: &[u8], signed: bool, raw: impl Fn([u8; W]) -> u64) -> Vec<u128> {
+    let shift = 120 - 8 * W as u32;
+    let sign = if signed { 1u64 << (8 * W - 1) } else { 0 };
+    let header = (1u128 << 120) | (1 + W) as u128;
+    let values = bytes.as_chunks::<W>().0.iter().enumerate();
+    values
+        .map(|(i, &value)| if data.is_null(i) { 0 } else { header | (u128::from(raw(value) ^ sign) << shift) })
+        .collect()
+}
+
 /// Rows adjusted per group of lookahead loads (see [`PackedMultisets::adjust_rows`]).
 const AHEAD: usize = 8;
 
 /// Rows from which a batch is worth ordering by group before it is applied.
 const BY_GROUP_FROM: usize = 65_536;
 
-/// `rows` ordered by group (a counting sort over `groups` groups: stable, linear).
-fn ordered_by_group(rows: &[(usize, u128, i64)], groups: usize) -> Vec<(usize, u128, i64)> {
-    let mut starts = vec![0usize; groups + 1];
-    for &(group, _, _) in rows {
+/// The rows `(groups[i], values[i], weights[i])` ordered by group (a counting sort over
+/// `group_count` groups: stable, linear).
+fn ordered_by_group(groups: &[usize], values: &[u128], weights: &[i64], group_count: usize) -> Vec<(usize, u128, i64)> {
+    let mut starts = vec![0usize; group_count + 1];
+    for &group in groups {
         starts[group + 1] += 1;
     }
-    for group in 0..groups {
+    for group in 0..group_count {
         starts[group + 1] += starts[group];
     }
-    let mut ordered = vec![(0, 0, 0); rows.len()];
-    for &row in rows {
-        let at = &mut starts[row.0];
-        ordered[*at] = row;
+    let mut ordered = vec![(0, 0, 0); groups.len()];
+    for ((&group, &value), &weight) in groups.iter().zip(values).zip(weights) {
+        let at = &mut starts[group];
+        ordered[*at] = (group, value, weight);
         *at += 1;
     }
     ordered
+}
+
+/// The rows `(group, value, weight)` without those whose value is 0 (NULL), each run of the
+/// same group and value netted into one row, and rows netted to a weight of 0 dropped: an
+/// update that keeps a row's group and value (its retraction and insertion side by side, as
+/// changes from a primary key or a source come) leaves the multiset alone.
+fn netted(rows: impl Iterator<Item = (usize, u128, i64)>) -> impl Iterator<Item = (usize, u128, i64)> {
+    let mut rows = rows.filter(|row| row.1 != 0).peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let (group, value, mut weight) = rows.next()?;
+            while let Some((_, _, more)) = rows.next_if(|row| row.0 == group && row.1 == value) {
+                weight += more;
+            }
+            if weight != 0 {
+                return Some((group, value, weight));
+            }
+        }
+    })
 }
 
 /// Every group's packed values, and each group's smallest and largest value.
@@ -123,23 +172,24 @@ impl PackedMultisets {
         Ok(())
     }
 
-    /// Adjusts `(group, value, weight)` for each row. Groups are scattered over memory, so
-    /// every [`AHEAD`] rows it loads the slots of the next [`AHEAD`] rows' groups and the
-    /// sorted vectors of this group's (whose slots were loaded a step earlier): loads that do
-    /// not depend on each other, whose cache misses overlap instead of coming one after
-    /// another. (Plain loads: the workspace forbids the unsafe prefetch instruction.)
+    /// Adjusts `(groups[i], values[i], weights[i])` for each row `i`, skipping values of 0
+    /// (NULL). Groups are scattered over memory, so every [`AHEAD`] rows it loads the slots of
+    /// the next [`AHEAD`] rows' groups and the sorted vectors of this group's (whose slots
+    /// were loaded a step earlier): loads that do not depend on each other, whose cache misses
+    /// overlap instead of coming one after another. (Plain loads: the workspace forbids the
+    /// unsafe prefetch instruction.)
     ///
     /// A large batch with several rows per group (an initial load) is first ordered by group,
     /// keeping each group's rows in their order, so that a group's slot and vector stay in
     /// the cache while all its values go in.
-    pub fn adjust_rows(&mut self, rows: &[(usize, u128, i64)]) -> Result<()> {
-        if rows.len() >= BY_GROUP_FROM && rows.len() >= self.groups.len() {
-            let ordered = ordered_by_group(rows, self.groups.len());
-            for &(group, value, weight) in &ordered {
-                self.adjust(group, value, weight)?;
-            }
-            return Ok(());
+    pub fn adjust_rows(&mut self, groups: &[usize], values: &[u128], weights: &[i64]) -> Result<()> {
+        if groups.len() >= BY_GROUP_FROM && groups.len() >= self.groups.len() {
+            let ordered = ordered_by_group(groups, values, weights, self.groups.len());
+            return netted(ordered.into_iter())
+                .try_for_each(|(group, value, weight)| self.adjust(group, value, weight));
         }
+        let rows = groups.iter().zip(values).zip(weights).map(|((&group, &value), &weight)| (group, value, weight));
+        let rows: Vec<(usize, u128, i64)> = netted(rows).collect();
         let mut touched = 0u128;
         for (position, &(group, value, weight)) in rows.iter().enumerate() {
             if position.is_multiple_of(AHEAD) {
@@ -393,6 +443,13 @@ mod tests {
         (group, value, weight)
     }
 
+    fn adjust_all(multisets: &mut PackedMultisets, rows: &[(usize, u128, i64)]) -> Result<()> {
+        let groups: Vec<usize> = rows.iter().map(|row| row.0).collect();
+        let values: Vec<u128> = rows.iter().map(|row| row.1).collect();
+        let weights: Vec<i64> = rows.iter().map(|row| row.2).collect();
+        multisets.adjust_rows(&groups, &values, &weights)
+    }
+
     fn assert_bounds(multisets: &PackedMultisets, model: &[BTreeMap<u128, i64>]) {
         for (group, values) in model.iter().enumerate() {
             assert_eq!(multisets.extreme(group, false), values.keys().next().copied(), "group {group}");
@@ -407,7 +464,7 @@ mod tests {
         for _ in 0..200 {
             // A batch of rows over random groups, applied with the lookahead loads.
             let rows: Vec<_> = (0..next() % 40).map(|_| random_row(&mut next, &mut model, 30, 2)).collect();
-            multisets.adjust_rows(&rows).expect("valid rows");
+            adjust_all(&mut multisets, &rows).expect("valid rows");
             assert_bounds(&multisets, &model);
         }
         multisets.reset(7);
@@ -421,7 +478,7 @@ mod tests {
         // Enough rows to be ordered by group; values inserted and retracted again within the
         // batch, which is valid only if each group's rows keep their order.
         let rows: Vec<_> = (0..100_000).map(|_| random_row(&mut next, &mut model, 50, 3)).collect();
-        multisets.adjust_rows(&rows).expect("valid in order");
+        adjust_all(&mut multisets, &rows).expect("valid in order");
         for (group, values) in model.iter().enumerate() {
             assert!(multisets.entries(group).eq(values.iter().map(|(v, c)| (*v, *c))), "group {group}");
         }
@@ -429,8 +486,10 @@ mod tests {
     }
 
     #[test]
-    fn integer_values_decode_as_the_row_format_would() {
-        use datafusion::arrow::array::Array;
+    fn integer_values_pack_and_decode_as_the_row_format_would() {
+        use std::sync::Arc;
+
+        use datafusion::arrow::array::{Array, Float64Array};
 
         use crate::rows::RowCodec;
         use crate::test_random::integer_columns;
@@ -444,8 +503,18 @@ mod tests {
                 .collect();
             let decoded = decode_integers(&packed, &data_type).expect("an integer type").expect("decodes");
             assert_eq!(decoded.to_data(), expected.to_data(), "{data_type}");
+            // Packed straight from the array, also from a slice of it.
+            assert_eq!(pack_integers(&expected).expect("an integer type"), packed, "{data_type}");
+            let (offset, len) = (expected.len() / 3, expected.len() / 2);
+            let slice = expected.slice(offset, len);
+            assert_eq!(
+                pack_integers(&slice).expect("an integer type"),
+                packed[offset..offset + len],
+                "{data_type} slice"
+            );
         }
         // Other types go through the row format's decoder.
+        assert!(pack_integers(&(Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)).is_none());
         assert!(decode_integers(&[0], &DataType::Float64).is_none());
         assert!(decode_integers(&[0], &DataType::Boolean).is_none());
     }
