@@ -25,6 +25,9 @@ use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::rows::{Encoded, RowCodec, encode_rows};
 
+/// Distinct rows a delta's consolidation table is first sized for (it grows beyond).
+const CONSOLIDATION_CAPACITY: usize = 4096;
+
 struct Side {
     input: Box<dyn Operator>,
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
@@ -107,11 +110,17 @@ impl Side {
             changes.extend(change.weights.iter().enumerate().map(|(i, &w)| (i as u32, probed(i), w)));
         } else {
             // Equal rows added up (a projection may make rows equal): positions in `changes`
-            // by the rows' hashes, which the arrangement reuses.
-            let mut positions: HashTable<u32> = HashTable::with_capacity(change.len());
+            // by the rows' hashes, which the arrangement reuses. The table grows with the
+            // distinct rows (often far fewer than the rows), and a row is compared with a
+            // copy of the distinct row beside the others, not with that row's first place in
+            // a batch of millions: both stay in the cache.
+            let mut positions: HashTable<u32> = HashTable::with_capacity(change.len().min(CONSOLIDATION_CAPACITY));
+            let mut distinct: Vec<u8> = Vec::new();
+            let mut distinct_starts: Vec<usize> = vec![0];
             for (i, &weight) in change.weights.iter().enumerate() {
                 let row = rows.get(i);
-                let same_row = |&at: &u32| rows.get(changes[at as usize].0 as usize) == row;
+                let same_row =
+                    |&at: &u32| &distinct[distinct_starts[at as usize]..distinct_starts[at as usize + 1]] == row;
                 if let Some(&at) = positions.find(hashes[i], same_row) {
                     changes[at as usize].2 += weight;
                     continue;
@@ -119,6 +128,8 @@ impl Side {
                 let at = changes.len() as u32;
                 positions.insert_unique(hashes[i], at, |&at| hashes[changes[at as usize].0 as usize]);
                 changes.push((i as u32, probed(i), weight));
+                distinct.extend_from_slice(row);
+                distinct_starts.push(distinct.len());
             }
             changes.retain(|(_, _, w)| *w != 0);
         }
