@@ -14,7 +14,9 @@ mod entry;
 
 use std::hash::BuildHasher;
 
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+
+use crate::heap_bytes::HeapBytes;
 
 pub use batch::{KeyChange, Refusal};
 pub use entry::Entry;
@@ -44,11 +46,16 @@ pub struct KeyIndex {
     arena: Vec<u8>,
     /// Bytes of dead entries, headers included.
     dead_bytes: usize,
+    /// In an index made [`KeyIndex::reusing_space`]: dead entries by size (header included),
+    /// where a batch stores a new key's entry of that size instead of appending it.
+    free: Option<FxHashMap<usize, Vec<usize>>>,
+    /// Entries the current batch killed, as (size, offset): free once the batch applies.
+    freed: Vec<(usize, usize)>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        Self { slots: vec![Slot::EMPTY; 8], len: 0, arena: Vec::new(), dead_bytes: 0 }
+        Self { slots: vec![Slot::EMPTY; 8], len: 0, arena: Vec::new(), dead_bytes: 0, free: None, freed: Vec::new() }
     }
 }
 
@@ -91,6 +98,16 @@ fn key_at(arena: &[u8], at: usize) -> &[u8] {
 const GROUP: usize = 8;
 
 impl KeyIndex {
+    /// An index whose batches store new keys in the space of entries that earlier batches
+    /// removed, when the sizes match (rows of fixed-width columns always do): a table whose
+    /// rows come and go then keeps its arena's size, instead of growing it into fresh memory
+    /// and compacting it. Its entries' offsets are not stable (an offset may come to hold
+    /// another key), so it is for stores, never for the entry API's callers, and it no
+    /// longer reads its rows in the order they were stored.
+    pub fn reusing_space() -> Self {
+        Self { free: Some(FxHashMap::default()), ..Self::default() }
+    }
+
     /// Whether a key and row of `size` bytes together can be stored.
     pub fn fits(size: usize) -> bool {
         size < DEAD as usize
@@ -106,7 +123,8 @@ impl KeyIndex {
 
     /// Heap bytes of the table and the arena.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity()
+        let free = self.free.iter().flat_map(|free| free.values()).map(|offsets| offsets.heap_bytes()).sum::<usize>();
+        self.slots.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity() + free
     }
 
     /// Number of stored rows.
@@ -248,7 +266,8 @@ impl KeyIndex {
         }
     }
 
-    /// Every stored row, in the order they were stored.
+    /// Every stored row, in the order they were stored (in an index reusing space: in the
+    /// order of their places in the arena).
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         let arena = &self.arena;
         let mut at = 0;
@@ -296,6 +315,9 @@ impl KeyIndex {
             at += size;
         }
         self.dead_bytes = 0;
+        if let Some(free) = &mut self.free {
+            free.clear();
+        }
         true
     }
 }
@@ -303,11 +325,18 @@ impl KeyIndex {
 /// Appends an entry to the arena and returns its offset. The caller checked its size.
 fn append(arena: &mut Vec<u8>, key: &[u8], row: &[u8]) -> usize {
     let at = arena.len();
-    arena.extend_from_slice(&((key.len() + row.len()) as u32).to_le_bytes());
-    arena.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    arena.extend_from_slice(key);
-    arena.extend_from_slice(row);
+    arena.resize(at + HEADER + key.len() + row.len(), 0);
+    write_entry(arena, at, key, row);
     at
+}
+
+/// Writes an entry at `at`, over bytes of exactly its size.
+fn write_entry(arena: &mut [u8], at: usize, key: &[u8], row: &[u8]) {
+    let key_start = at + HEADER;
+    arena[at..at + 4].copy_from_slice(&((key.len() + row.len()) as u32).to_le_bytes());
+    arena[at + 4..key_start].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    arena[key_start..key_start + key.len()].copy_from_slice(key);
+    arena[key_start + key.len()..key_start + key.len() + row.len()].copy_from_slice(row);
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl RelationStore {
             rows: FxHashMap::default(),
             primary_key: primary_key.to_vec(),
             key_codec,
-            keys: KeyIndex::default(),
+            keys: KeyIndex::reusing_space(),
             total: 0,
             snapshot: Mutex::new(None),
         })

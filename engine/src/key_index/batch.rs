@@ -2,7 +2,7 @@
 //! key holds also changes it. A table's write is all or nothing, so a strict batch keeps an
 //! undo log and, when a key refuses its change, puts back every key it already changed.
 
-use super::{DEAD, HEADER, KeyIndex, Slot, append, entry_at, word};
+use super::{DEAD, HEADER, KeyIndex, Slot, append, entry_at, word, write_entry};
 
 /// What a change does to one key: the row it holds before (`None`: no row) and after.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,9 @@ enum Undo {
     Removed { hash: u64, at: usize },
     /// The key was added (its entry lies past the arena's old end).
     Added { change: usize },
+    /// The key was added into the dead entry at `at`, of `size` bytes, taken from the free
+    /// ones.
+    Reused { change: usize, at: usize, size: usize },
     /// The key's entry moved; the old one (killed) starts at `at`.
     Moved { change: usize, at: usize },
     /// The key's row was overwritten in place at `at`; its old bytes are `saved[from..from + len]`.
@@ -53,20 +56,49 @@ impl KeyIndex {
         let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
         let (arena_len, dead_bytes) = (self.arena.len(), self.dead_bytes);
         let mut log = strict.then(UndoLog::default);
+        self.freed.clear();
         for (position, change) in changes.iter().enumerate() {
             self.prefetch_ahead(&hashes, position);
             if let Err(refusal) = self.apply_change(position, change, log.as_mut()) {
                 if let Some(log) = log {
                     self.undo(changes, log);
                 }
-                // Entries appended by the batch are unreachable now; dead ones are live again.
+                // Entries appended by the batch are unreachable now; dead ones are live again
+                // (those it killed, so none of them is free).
                 self.arena.truncate(arena_len);
                 self.dead_bytes = dead_bytes;
+                self.freed.clear();
                 return Err(refusal);
+            }
+        }
+        // The space of entries the batch killed is free for later batches (not for this one,
+        // whose undo revives them).
+        if let Some(free) = &mut self.free {
+            for (size, at) in self.freed.drain(..) {
+                free.entry(size).or_default().push(at);
             }
         }
         self.compact_if_sparse();
         Ok(())
+    }
+
+    /// Kills the entry at `at`, which the batch removed or moved; its space is free after
+    /// the batch in an index reusing space.
+    fn kill_in_batch(&mut self, at: usize) {
+        self.kill(at);
+        if self.free.is_some() {
+            self.freed.push((entry_at(&self.arena, at).0, at));
+        }
+    }
+
+    /// Stores a new key's entry in the space of a dead one of its size, when the index reuses
+    /// space and has one free; returns its offset.
+    fn store_in_free(&mut self, key: &[u8], row: &[u8]) -> Option<usize> {
+        let size = HEADER + key.len() + row.len();
+        let at = self.free.as_mut()?.get_mut(&size)?.pop()?;
+        write_entry(&mut self.arena, at, key, row);
+        self.dead_bytes -= size;
+        Some(at)
     }
 
     fn apply_change(&mut self, position: usize, change: &KeyChange, log: Option<&mut UndoLog>) -> Result<(), Refusal> {
@@ -94,7 +126,7 @@ impl KeyIndex {
                             log.entries.push(Undo::Removed { hash: change.hash, at });
                         }
                         self.vacate(index);
-                        self.kill(at);
+                        self.kill_in_batch(at);
                     }
                 }
             }
@@ -110,10 +142,17 @@ impl KeyIndex {
                         self.resize(self.slots.len() * 2);
                         index = self.probe(change.hash, change.key).err().unwrap_or(index);
                     }
-                    self.slots[index] = Slot { hash: change.hash, at: append(&mut self.arena, change.key, after) };
+                    let (at, undo) = match self.store_in_free(change.key, after) {
+                        Some(at) => {
+                            let size = HEADER + change.key.len() + after.len();
+                            (at, Undo::Reused { change: position, at, size })
+                        }
+                        None => (append(&mut self.arena, change.key, after), Undo::Added { change: position }),
+                    };
+                    self.slots[index] = Slot { hash: change.hash, at };
                     self.len += 1;
                     if let Some(log) = log {
-                        log.entries.push(Undo::Added { change: position });
+                        log.entries.push(undo);
                     }
                 }
             }
@@ -135,7 +174,7 @@ impl KeyIndex {
             self.arena[start..start + row.len()].copy_from_slice(row);
         } else {
             self.slots[index].at = append(&mut self.arena, key, row);
-            self.kill(at);
+            self.kill_in_batch(at);
             if let Some(log) = log {
                 log.entries.push(Undo::Moved { change: position, at });
             }
@@ -159,6 +198,16 @@ impl KeyIndex {
                 Undo::Added { change } => {
                     if let Ok(index) = self.probe(changes[change].hash, changes[change].key) {
                         self.vacate(index);
+                    }
+                }
+                Undo::Reused { change, at, size } => {
+                    if let Ok(index) = self.probe(changes[change].hash, changes[change].key) {
+                        self.vacate(index);
+                    }
+                    // Dead and free again (latest first, so the free list is as it was).
+                    self.kill(at);
+                    if let Some(free) = &mut self.free {
+                        free.entry(size).or_default().push(at);
                     }
                 }
                 Undo::Removed { hash, at } => {
@@ -251,6 +300,47 @@ mod tests {
             }
             assert_eq!(index.get(&fresh[0]), None);
         }
+    }
+
+    #[test]
+    fn removed_entries_make_room_for_later_keys_of_their_size() {
+        let mut index = KeyIndex::reusing_space();
+        let keys: Vec<[u8; 4]> = (0..100u32).map(u32::to_le_bytes).collect();
+        let fill: Vec<KeyChange> = keys.iter().map(|k| change(k, None, Some(b"row"))).collect();
+        index.apply_changes(&fill, true).expect("fill");
+        let arena = index.arena.len();
+        // Keys 0..10 go; in the same batch new keys are appended (the space is not free yet).
+        let fresh: Vec<[u8; 4]> = (100..140u32).map(u32::to_le_bytes).collect();
+        let mut batch: Vec<KeyChange> = keys[..10].iter().map(|k| change(k, Some(b"row"), None)).collect();
+        batch.extend(fresh[..5].iter().map(|k| change(k, None, Some(b"new"))));
+        index.apply_changes(&batch, true).expect("consistent");
+        let grown = index.arena.len();
+        assert!(grown > arena);
+        // Ten keys of the same size fit where the removed ones were; a longer row does not.
+        let batch: Vec<KeyChange> = fresh[5..15].iter().map(|k| change(k, None, Some(b"abc"))).collect();
+        index.apply_changes(&batch, true).expect("fresh keys");
+        assert_eq!(index.arena.len(), grown, "stored in the removed entries' space");
+        index.apply_changes(&[change(&fresh[15], None, Some(b"longer"))], true).expect("fresh key");
+        assert!(index.arena.len() > grown);
+        // A refused batch that took free space gives it back.
+        index
+            .apply_changes(&keys[10..15].iter().map(|k| change(k, Some(b"row"), None)).collect::<Vec<_>>(), true)
+            .expect("removed");
+        let (arena, before) = (index.arena.len(), contents(&index));
+        let mut batch: Vec<KeyChange> = fresh[16..21].iter().map(|k| change(k, None, Some(b"xyz"))).collect();
+        batch.push(change(&keys[20], None, Some(b"taken")));
+        assert_eq!(index.apply_changes(&batch, true), Err(Refusal::Taken(5)));
+        assert_eq!((index.arena.len(), contents(&index)), (arena, before));
+        assert!(fresh[16..21].iter().all(|k| index.get(k).is_none()));
+        let batch: Vec<KeyChange> = fresh[16..21].iter().map(|k| change(k, None, Some(b"xyz"))).collect();
+        index.apply_changes(&batch, true).expect("fresh keys");
+        assert_eq!(index.arena.len(), arena, "the space is free again after the refusal");
+        for key in &keys[15..] {
+            assert_eq!(index.get(key), Some(&b"row"[..]));
+        }
+        assert!(fresh[16..21].iter().all(|k| index.get(k) == Some(&b"xyz"[..])));
+        assert_eq!(index.len(), 100 - 15 + 21);
+        assert_eq!(index.values().count(), index.len());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct VacantEntry<'a, 'k> {
 impl KeyIndex {
     /// The entry of `key` (hashing to `hash`, see [`super::hash`]).
     pub fn entry<'a, 'k>(&'a mut self, hash: u64, key: &'k [u8]) -> Entry<'a, 'k> {
+        debug_assert!(self.free.is_none(), "offsets are only stable in an index that does not reuse space");
         match self.probe(hash, key) {
             Ok(slot) => Entry::Occupied(OccupiedEntry { index: self, slot }),
             Err(slot) => Entry::Vacant(VacantEntry { index: self, slot, hash, key }),
