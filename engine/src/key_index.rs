@@ -325,18 +325,26 @@ impl KeyIndex {
 /// Appends an entry to the arena and returns its offset. The caller checked its size.
 fn append(arena: &mut Vec<u8>, key: &[u8], row: &[u8]) -> usize {
     let at = arena.len();
-    arena.resize(at + HEADER + key.len() + row.len(), 0);
-    write_entry(arena, at, key, row);
+    arena.extend_from_slice(&header(key, row));
+    arena.extend_from_slice(key);
+    arena.extend_from_slice(row);
     at
 }
 
 /// Writes an entry at `at`, over bytes of exactly its size.
 fn write_entry(arena: &mut [u8], at: usize, key: &[u8], row: &[u8]) {
     let key_start = at + HEADER;
-    arena[at..at + 4].copy_from_slice(&((key.len() + row.len()) as u32).to_le_bytes());
-    arena[at + 4..key_start].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    arena[at..key_start].copy_from_slice(&header(key, row));
     arena[key_start..key_start + key.len()].copy_from_slice(key);
     arena[key_start + key.len()..key_start + key.len() + row.len()].copy_from_slice(row);
+}
+
+/// An entry's header: the length of its key and row together, then its key's length.
+fn header(key: &[u8], row: &[u8]) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&((key.len() + row.len()) as u32).to_le_bytes());
+    header[4..].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    header
 }
 
 #[cfg(test)]
