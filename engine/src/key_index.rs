@@ -3,7 +3,9 @@
 //! the key's hash and the entry's offset. Storing a row costs no allocation of its own, growing
 //! the table never touches the entries, and reading every row walks the arena in insertion
 //! order. A replaced or removed entry is marked dead (the top bit of its length) and the arena
-//! is compacted once dead entries take more than half of it. Changes arrive as a batch, one
+//! is compacted once dead entries take more than half of it; in a store's index
+//! ([`KeyIndex::reusing_space`]) a later batch stores a new key's entry of the same size in a
+//! dead entry's place first, so a table whose rows come and go keeps its size. Changes arrive as a batch, one
 //! per key (`batch.rs`: the probe that finds a key also changes it), with the keys' hashes,
 //! so the index loads the slots and entries of a group of keys ahead together and their cache
 //! misses overlap. `entry.rs` changes one key at a time through an entry and tells callers
