@@ -150,21 +150,23 @@ impl RelationStore {
 
     /// Checks that a relation without a primary key holds every row a change retracts.
     fn check_retracted_rows(&self, change: &ChangeBatch, rows: &Encoded) -> Result<()> {
-        // Each row's net change (a consolidated change has each row once; one without
-        // retractions has none to check).
-        let retracted: Vec<(&[u8], i64)> = if change.is_consolidated() || change.weights.iter().all(|w| *w > 0) {
-            (0..change.len()).filter(|&i| change.weights[i] < 0).map(|i| (rows.get(i), change.weights[i])).collect()
+        // Each row's net change, with the first place of the row in the change (a
+        // consolidated change has each row once; one without retractions has none to check).
+        let retracted: Vec<(&[u8], u32, i64)> = if change.is_consolidated() || change.weights.iter().all(|w| *w > 0) {
+            let retractions = (0..change.len()).filter(|&i| change.weights[i] < 0);
+            retractions.map(|i| (rows.get(i), i as u32, change.weights[i])).collect()
         } else {
-            let mut row_changes: FxHashMap<&[u8], i64> =
+            let mut row_changes: FxHashMap<&[u8], (u32, i64)> =
                 FxHashMap::with_capacity_and_hasher(change.len(), Default::default());
             for (index, weight) in change.weights.iter().enumerate() {
-                *row_changes.entry(rows.get(index)).or_insert(0) += weight;
+                row_changes.entry(rows.get(index)).or_insert((index as u32, 0)).1 += weight;
             }
-            row_changes.into_iter().filter(|(_, delta)| *delta < 0).collect()
+            let retractions = row_changes.into_iter().filter(|(_, (_, delta))| *delta < 0);
+            retractions.map(|(row, (index, delta))| (row, index, delta)).collect()
         };
-        for (row, delta) in retracted {
+        for (row, index, delta) in retracted {
             if self.rows.get(row).copied().unwrap_or(0) + delta < 0 {
-                return Err(self.conflict_error(change, Conflict::Missing(0)));
+                return Err(self.conflict_error(change, Conflict::Missing(index)));
             }
         }
         Ok(())
@@ -217,27 +219,33 @@ impl RelationStore {
         Ok(ChangeBatch::new(data, remaining.into_iter().map(|(_, weight)| weight).collect())?.consolidated_if(true))
     }
 
-    /// The error for a change that does not fit the stored rows.
+    /// The error for a change that does not fit the stored rows, naming the row by its key
+    /// (or by all its columns without a key).
     fn conflict_error(&self, change: &ChangeBatch, conflict: Conflict) -> EngineError {
+        let named = |row: u32, columns: &[usize]| {
+            let names: Vec<&str> = columns.iter().map(|&i| self.schema.field(i).name().as_str()).collect();
+            let values: Vec<String> = columns
+                .iter()
+                .map(|&i| array_value_to_string(change.data.column(i), row as usize).unwrap_or_else(|_| "?".into()))
+                .collect();
+            format!("({})=({})", names.join(", "), values.join(", "))
+        };
         match conflict {
-            Conflict::Missing(_) => {
-                EngineError::Internal(format!("a row of \"{}\" was deleted that does not exist", self.name))
-            }
-            Conflict::Duplicate(row) => {
-                let columns: Vec<String> =
-                    self.primary_key.iter().map(|&i| self.schema.field(i).name().clone()).collect();
-                let values: Vec<String> = self
-                    .primary_key
-                    .iter()
-                    .map(|&i| array_value_to_string(change.data.column(i), row as usize).unwrap_or_else(|_| "?".into()))
-                    .collect();
+            Conflict::Missing(row) => {
+                let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+                let (what, columns) =
+                    if self.primary_key.is_empty() { ("row", &all[..]) } else { ("key", &self.primary_key[..]) };
                 EngineError::Constraint(format!(
-                    "duplicate key value violates unique constraint \"{}_pkey\": key ({})=({}) already exists",
+                    "a change to \"{}\" retracts a row it does not hold: {what} {}",
                     self.name,
-                    columns.join(", "),
-                    values.join(", ")
+                    named(row, columns)
                 ))
             }
+            Conflict::Duplicate(row) => EngineError::Constraint(format!(
+                "duplicate key value violates unique constraint \"{}_pkey\": key {} already exists",
+                self.name,
+                named(row, &self.primary_key)
+            )),
         }
     }
 
@@ -357,6 +365,36 @@ mod tests {
         ]));
         let store = RelationStore::new("t", Arc::clone(&schema), &[0]).expect("store");
         (schema, store)
+    }
+
+    /// A change of rows `(id, v, weight)` to a relation of `schema`.
+    fn change_of(schema: &SchemaRef, rows: &[(i64, &str, i64)]) -> ChangeBatch {
+        let data = RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .expect("batch");
+        ChangeBatch::new(data, rows.iter().map(|r| r.2).collect()).expect("change")
+    }
+
+    #[test]
+    fn a_refused_write_names_the_row_by_its_key_or_its_columns() {
+        let (schema, mut keyed) = keyed_store();
+        keyed.check_and_apply(&change_of(&schema, &[(1, "a", 1)])).expect("insert");
+        let error = keyed.check_and_apply(&change_of(&schema, &[(2, "b", -1)])).expect_err("not held").to_string();
+        assert_eq!(error, "a change to \"t\" retracts a row it does not hold: key (id)=(2)");
+        let error = keyed.check_and_apply(&change_of(&schema, &[(1, "c", 1)])).expect_err("taken").to_string();
+        assert!(error.ends_with("key (id)=(1) already exists"), "{error}");
+        let mut keyless = RelationStore::new("u", Arc::clone(&schema), &[]).expect("store");
+        keyless.check_and_apply(&change_of(&schema, &[(1, "a", 1)])).expect("insert");
+        // The second retraction of (1, a) in one change is the one that is not held.
+        let change = change_of(&schema, &[(7, "x", 1), (1, "a", -1), (1, "a", -1)]);
+        let error = keyless.check_and_apply(&change).expect_err("not held").to_string();
+        assert_eq!(error, "a change to \"u\" retracts a row it does not hold: row (id, v)=(1, a)");
+        assert_eq!(keyless.len(), 1, "a refused write changes nothing");
     }
 
     fn contents(store: &RelationStore) -> BTreeMap<i64, String> {
