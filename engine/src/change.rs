@@ -65,19 +65,6 @@ impl ChangeBatch {
         Ok(Self { data: take_record_batch(&both, &order)?, weights, consolidated: false })
     }
 
-    /// `retracted` retracted once and `inserted` inserted once, where the caller guarantees
-    /// that no row appears twice among them (so the change is consolidated as built).
-    pub fn distinct_rows(schema: &SchemaRef, retracted: RecordBatch, inserted: RecordBatch) -> Result<Self> {
-        let weights = std::iter::repeat_n(-1, retracted.num_rows()).chain(std::iter::repeat_n(1, inserted.num_rows()));
-        let weights = weights.collect();
-        let data = match (retracted.num_rows(), inserted.num_rows()) {
-            (_, 0) => retracted,
-            (0, _) => inserted,
-            _ => concat_batches(schema, [&retracted, &inserted])?,
-        };
-        Ok(Self { data, weights, consolidated: true })
-    }
-
     /// Marks the batch consolidated when `known` (the caller derived it from a consolidated
     /// batch in a way that keeps distinct rows distinct: a subset, an injective projection).
     pub fn consolidated_if(mut self, known: bool) -> Self {

@@ -50,6 +50,22 @@ pub(crate) fn net_change<'a>(
     if inserts_only || weights.iter().all(|w| *w < 0) {
         return one_sign(weights, rows, keys, hashes, strict, inserts_only);
     }
+    match adjacent_updates(weights, rows, keys, hashes) {
+        Some(net) => Ok(net),
+        None => grouped(weights, rows, keys, hashes, strict),
+    }
+}
+
+/// The net change of any change: each key's rows brought together through a hash table of
+/// keys, equal rows under a key added up.
+fn grouped<'a>(
+    weights: &[i64],
+    rows: &'a Encoded,
+    keys: &'a Encoded,
+    hashes: &[u64],
+    strict: bool,
+) -> Result<NetChange<'a>, Conflict> {
+    let count = weights.len();
     // Each key's rows, chained in order through `next` from its group's head.
     let mut groups: HashTable<u32> = HashTable::with_capacity(count);
     let mut heads: Vec<u32> = Vec::with_capacity(count);
@@ -161,6 +177,51 @@ pub(crate) fn net_change<'a>(
     Ok(net)
 }
 
+/// The net change of a change in which every key occurs once, or twice side by side as an
+/// update (one row retracted and another inserted), each row with weight 1 or -1: the order
+/// sources and SQL UPDATE send changes in, and that of an aggregate's output. One pass pairs
+/// each update's halves, and a set of the keys' hashes confirms that no key occurs twice
+/// (`None` when a key, or only its hash, occurs again, or a row does not fit the shape: the
+/// general path then brings each key's rows together). Its result is the general path's.
+fn adjacent_updates<'a>(
+    weights: &[i64],
+    rows: &'a Encoded,
+    keys: &'a Encoded,
+    hashes: &[u64],
+) -> Option<NetChange<'a>> {
+    let count = weights.len();
+    let mut net =
+        NetChange { keys: Vec::with_capacity(count), rows: Vec::with_capacity(count), remaining: None, distinct: true };
+    let mut seen: HashTable<u64> = HashTable::with_capacity(count);
+    let mut row = 0;
+    while row < count {
+        let (hash, key, weight) = (hashes[row], keys.get(row), weights[row]);
+        if weight.abs() != 1 {
+            return None;
+        }
+        let pair = row + 1 < count && hashes[row + 1] == hash && keys.get(row + 1) == key;
+        if pair && (weights[row + 1] != -weight || rows.get(row) == rows.get(row + 1)) {
+            return None;
+        }
+        match seen.entry(hash, |&seen| seen == hash, |&seen| seen) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(vacant) => {
+                vacant.insert(hash);
+            }
+        }
+        let (before, after, behind) = match (pair, weight > 0) {
+            (false, true) => (None, Some(rows.get(row)), row),
+            (false, false) => (Some(rows.get(row)), None, row),
+            (true, true) => (Some(rows.get(row + 1)), Some(rows.get(row)), row),
+            (true, false) => (Some(rows.get(row)), Some(rows.get(row + 1)), row + 1),
+        };
+        net.keys.push(KeyChange { hash, key, before, after });
+        net.rows.push(behind as u32);
+        row += if pair { 2 } else { 1 };
+    }
+    Some(net)
+}
+
 /// The net change of a change that only inserts or only retracts: one key change per row,
 /// without grouping rows by key. A key that appears twice conflicts in the index itself
 /// (its second insertion finds it taken, its second retraction finds the row gone).
@@ -235,6 +296,74 @@ mod tests {
         let net = net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).expect("consistent");
         assert_eq!(net.keys.len(), 2);
         assert_eq!(net.remaining, None);
+    }
+
+    /// A key change as plain values, to compare two paths' results.
+    type Plain<'a> = (u64, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
+    fn plain<'a>(net: &NetChange<'a>) -> (Vec<Plain<'a>>, Vec<u32>, Option<Vec<(u32, i64)>>, bool) {
+        let keys = net.keys.iter().map(|c| (c.hash, c.key, c.before, c.after)).collect();
+        (keys, net.rows.clone(), net.remaining.clone(), net.distinct)
+    }
+
+    #[test]
+    fn updates_side_by_side_take_one_pass_with_the_grouped_result() {
+        let mut next = crate::test_random::xorshift(0x5eed_0f_ad_ac_e7);
+        let (mut fast, mut general) = (0, 0);
+        for _ in 0..2000 {
+            // Inserts, deletes and updates (their halves side by side, in either order) of
+            // keys from a small range, so that some batches name a key twice.
+            let mut rows: Vec<(i64, String)> = Vec::new();
+            let mut weights = Vec::new();
+            for _ in 0..1 + next() % 6 {
+                let key = (next() % 8) as i64;
+                match next() % 4 {
+                    0 => {
+                        rows.push((key, "new".into()));
+                        weights.push(1);
+                    }
+                    1 => {
+                        rows.push((key, "old".into()));
+                        weights.push(-1);
+                    }
+                    order => {
+                        let value = if next() % 8 == 0 { "old" } else { "new" };
+                        let mut halves = [((key, "old".to_string()), -1), ((key, value.to_string()), 1)];
+                        if order == 3 {
+                            halves.reverse();
+                        }
+                        for (row, weight) in halves {
+                            rows.push(row);
+                            weights.push(weight);
+                        }
+                    }
+                }
+            }
+            let named: Vec<(i64, &str)> = rows.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (whole, keys, hashes) = encoded(&named);
+            let grouped_result = grouped(&weights, &whole, &keys, &hashes, false).expect("lenient");
+            // One pass fits when each key has one row, or two side by side that differ and
+            // have opposite weights.
+            let fits = (0..8).all(|key| {
+                let at: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].0 == key).collect();
+                match at[..] {
+                    [] | [_] => true,
+                    [a, b] => b == a + 1 && rows[a] != rows[b] && weights[a] == -weights[b],
+                    _ => false,
+                }
+            });
+            let net = adjacent_updates(&weights, &whole, &keys, &hashes);
+            assert_eq!(net.is_some(), fits, "{rows:?} {weights:?}");
+            let Some(net) = net else {
+                general += 1;
+                continue;
+            };
+            fast += 1;
+            assert_eq!(plain(&net), plain(&grouped_result), "{rows:?} {weights:?}");
+            let strict = grouped(&weights, &whole, &keys, &hashes, true).expect("one row per key and side");
+            assert_eq!(plain(&net), plain(&strict), "{rows:?} {weights:?}");
+        }
+        assert!(fast > 200 && general > 200, "both paths taken: {fast} fast, {general} general");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! GROUP BY: per-group row counts and retractable accumulators. For each epoch it emits, per
 //! group the epoch touched, a retraction of the group's previous output row and an insertion
-//! of the new one (nothing when the row did not change). The previous row is computed from
+//! of the new one side by side (nothing when the row did not change). The previous row is computed from
 //! the state before the epoch's changes, not stored: both rows come out of the accumulators
 //! as typed columns and are compared column by column. A group whose row count reaches zero
 //! disappears; an aggregate without GROUP BY always has its one row, as in SQL.
@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::interleave;
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -201,21 +201,26 @@ impl Operator for Aggregate {
         let exists: Vec<bool> = touched.iter().map(|&g| self.exists(g)).collect();
         let after = self.value_columns(&touched)?;
         let same = same_rows(touched.len(), &before, &after)?;
-        let mut retracted: Vec<u32> = Vec::new();
-        let mut inserted: Vec<u32> = Vec::new();
+        // Per group, the retraction of its row before and then the insertion of its row
+        // after, side by side (a downstream store pairs them in one pass, as an update): as
+        // (0: before, 1: after; touched group).
+        let mut picked: Vec<(usize, usize)> = Vec::with_capacity(2 * touched.len());
+        let mut weights: Vec<i64> = Vec::with_capacity(2 * touched.len());
         for (i, &group) in touched.iter().enumerate() {
             let unchanged = existed[i] && exists[i] && same[i];
             if existed[i] && !unchanged {
-                retracted.push(i as u32);
+                picked.push((0, i));
+                weights.push(-1);
             }
             if exists[i] && !unchanged {
-                inserted.push(i as u32);
+                picked.push((1, i));
+                weights.push(1);
             }
             if !exists[i] {
                 self.vanish(group);
             }
         }
-        if retracted.is_empty() && inserted.is_empty() {
+        if picked.is_empty() {
             return Ok(ChangeBatch::empty(self.schema.clone()));
         }
         let keys = if self.key_codec.width() == 0 {
@@ -225,18 +230,22 @@ impl Operator for Aggregate {
             let keys: Vec<KeyBytes> = touched.iter().map(|&g| self.keys.get(g)).collect();
             self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))?
         };
-        let rows_of = |values: Vec<ArrayRef>, picked: &[u32]| -> Result<RecordBatch> {
-            let columns: Vec<ArrayRef> = keys.iter().cloned().chain(values).collect();
-            let all = RecordBatch::try_new_with_options(
-                self.schema.clone(),
-                columns,
-                &RecordBatchOptions::new().with_row_count(Some(touched.len())),
-            )?;
-            Ok(take_record_batch(&all, &UInt32Array::from(picked.to_vec()))?)
-        };
+        let key_rows: Vec<(usize, usize)> = picked.iter().map(|&(_, i)| (0, i)).collect();
+        let mut columns = Vec::with_capacity(keys.len() + before.len());
+        for key in &keys {
+            columns.push(interleave(&[key.as_ref()], &key_rows)?);
+        }
+        for (before, after) in before.iter().zip(&after) {
+            columns.push(interleave(&[before.as_ref(), after.as_ref()], &picked)?);
+        }
+        let data = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(picked.len())),
+        )?;
         // Rows of distinct groups differ in their keys, and a group's two rows are both
         // emitted only when they differ: the change is consolidated as built.
-        ChangeBatch::distinct_rows(&self.schema, rows_of(before, &retracted)?, rows_of(after, &inserted)?)
+        Ok(ChangeBatch::new(data, weights)?.consolidated_if(true))
     }
 
     /// The live groups (key, row count), then each accumulator's state.
