@@ -45,7 +45,6 @@ pub(crate) fn net_change<'a>(
     hashes: &[u64],
     strict: bool,
 ) -> Result<NetChange<'a>, Conflict> {
-    let count = weights.len();
     let inserts_only = weights.iter().all(|w| *w > 0);
     if inserts_only || weights.iter().all(|w| *w < 0) {
         return one_sign(weights, rows, keys, hashes, strict, inserts_only);
