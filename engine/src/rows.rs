@@ -4,7 +4,7 @@
 //! format's general decoder, in one pass over the rows: each column sits at a fixed place in
 //! every row.
 
-use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, make_array};
+use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, BinaryArray, make_array};
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Schema};
@@ -231,14 +231,20 @@ pub fn encode_owned(codec: &RowCodec, columns: &[ArrayRef], len: usize) -> Resul
 
 /// Encoded rows, borrowed one at a time without allocating.
 pub enum Encoded {
+    /// The rows' bytes in one buffer with 32-bit offsets (arrow-row's rows, converted without
+    /// copying the bytes): reading a row is two loads, inlined where it is read.
+    Bytes(BinaryArray),
+    /// Rows whose bytes are too many for 32-bit offsets, as arrow-row made them.
     Rows(Rows),
     /// A zero-width codec: every row is the empty key.
     Empty,
 }
 
 impl Encoded {
+    #[inline]
     pub fn get(&self, index: usize) -> &[u8] {
         match self {
+            Encoded::Bytes(bytes) => bytes.value(index),
             Encoded::Rows(rows) => rows.row(index).data(),
             Encoded::Empty => &[],
         }
@@ -250,7 +256,12 @@ pub fn encode_rows(codec: &RowCodec, columns: &[ArrayRef]) -> Result<Encoded> {
     if codec.width() == 0 {
         return Ok(Encoded::Empty);
     }
-    Ok(Encoded::Rows(codec.encode(columns)?))
+    let rows = codec.encode(columns)?;
+    // `size` counts the buffer's capacity and more: under the limit, the conversion succeeds.
+    if rows.size() > i32::MAX as usize {
+        return Ok(Encoded::Rows(rows));
+    }
+    Ok(Encoded::Bytes(rows.try_into_binary()?))
 }
 
 #[cfg(test)]
