@@ -44,12 +44,17 @@ pub(crate) fn net_change<'a>(
     keys: &'a Encoded,
     hashes: &[u64],
     strict: bool,
+    consolidated: bool,
 ) -> Result<NetChange<'a>, Conflict> {
     let inserts_only = weights.iter().all(|w| *w > 0);
     if inserts_only || weights.iter().all(|w| *w < 0) {
         return one_sign(weights, rows, keys, hashes, strict, inserts_only);
     }
-    match adjacent_updates(weights, rows, keys, hashes) {
+    // Not strict, a consolidated change to a relation whose key is unique (one consistent
+    // with it) names a key at most once per sign, and when an update's two halves lie apart
+    // the index applies them one after the other to the same end: its keys need no check.
+    let check_keys = strict || !consolidated;
+    match adjacent_updates(weights, rows, keys, hashes, check_keys) {
         Some(net) => Ok(net),
         None => grouped(weights, rows, keys, hashes, strict),
     }
@@ -179,19 +184,21 @@ fn grouped<'a>(
 /// The net change of a change in which every key occurs once, or twice side by side as an
 /// update (one row retracted and another inserted), each row with weight 1 or -1: the order
 /// sources and SQL UPDATE send changes in, and that of an aggregate's output. One pass pairs
-/// each update's halves, and a set of the keys' hashes confirms that no key occurs twice
-/// (`None` when a key, or only its hash, occurs again, or a row does not fit the shape: the
-/// general path then brings each key's rows together). Its result is the general path's.
+/// each update's halves, and when `check_keys` a set of the keys' hashes confirms that no key
+/// occurs twice (`None` when a key, or only its hash, occurs again, or a row does not fit the
+/// shape: the general path then brings each key's rows together). Its result is then the
+/// general path's.
 fn adjacent_updates<'a>(
     weights: &[i64],
     rows: &'a Encoded,
     keys: &'a Encoded,
     hashes: &[u64],
+    check_keys: bool,
 ) -> Option<NetChange<'a>> {
     let count = weights.len();
     let mut net =
         NetChange { keys: Vec::with_capacity(count), rows: Vec::with_capacity(count), remaining: None, distinct: true };
-    let mut seen: HashTable<u64> = HashTable::with_capacity(count);
+    let mut seen: HashTable<u64> = HashTable::with_capacity(if check_keys { count } else { 0 });
     let mut row = 0;
     while row < count {
         let (hash, key, weight) = (hashes[row], keys.get(row), weights[row]);
@@ -202,10 +209,12 @@ fn adjacent_updates<'a>(
         if pair && (weights[row + 1] != -weight || rows.get(row) == rows.get(row + 1)) {
             return None;
         }
-        match seen.entry(hash, |&seen| seen == hash, |&seen| seen) {
-            Entry::Occupied(_) => return None,
-            Entry::Vacant(vacant) => {
-                vacant.insert(hash);
+        if check_keys {
+            match seen.entry(hash, |&seen| seen == hash, |&seen| seen) {
+                Entry::Occupied(_) => return None,
+                Entry::Vacant(vacant) => {
+                    vacant.insert(hash);
+                }
             }
         }
         let (before, after, behind) = match (pair, weight > 0) {
@@ -279,7 +288,7 @@ mod tests {
         let rows = [(1, "old"), (2, "x"), (1, "new"), (3, "same"), (3, "same"), (1, "new"), (1, "newer")];
         let weights = [-1, 1, 1, -1, 1, -1, 1];
         let (whole, keys, hashes) = encoded(&rows);
-        let net = net_change(&weights, &whole, &keys, &hashes, true).expect("consistent");
+        let net = net_change(&weights, &whole, &keys, &hashes, true, false).expect("consistent");
         // Key 1: "old" becomes "newer" ("new" came and went); key 2 gains "x"; key 3 is unchanged.
         assert_eq!(net.keys.len(), 2);
         assert_eq!(net.keys[0].before, Some(whole.get(0)));
@@ -292,7 +301,7 @@ mod tests {
     #[test]
     fn a_change_whose_rows_all_stay_is_left_as_it_is() {
         let (whole, keys, hashes) = encoded(&[(1, "a"), (1, "b"), (2, "c")]);
-        let net = net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).expect("consistent");
+        let net = net_change(&[-1, 1, -1], &whole, &keys, &hashes, true, false).expect("consistent");
         assert_eq!(net.keys.len(), 2);
         assert_eq!(net.remaining, None);
     }
@@ -351,7 +360,7 @@ mod tests {
                     _ => false,
                 }
             });
-            let net = adjacent_updates(&weights, &whole, &keys, &hashes);
+            let net = adjacent_updates(&weights, &whole, &keys, &hashes, true);
             assert_eq!(net.is_some(), fits, "{rows:?} {weights:?}");
             let Some(net) = net else {
                 general += 1;
@@ -366,16 +375,62 @@ mod tests {
     }
 
     #[test]
+    fn a_consistent_consolidated_change_applies_leniently_wherever_its_halves_lie() {
+        let mut next = crate::test_random::xorshift(0xc0_11_5e_ed);
+        for _ in 0..500 {
+            // Even keys hold "old" and are deleted, updated or left; odd keys are inserted or
+            // left. The rows then come in a random order.
+            let mut rows: Vec<(i64, &str, i64)> = Vec::new();
+            let mut expected: Vec<(i64, &str)> = Vec::new();
+            for key in 0..8 {
+                match (key % 2, next() % 3) {
+                    (0, 0) => rows.push((key, "old", -1)),
+                    (0, 1) => rows.extend([(key, "old", -1), (key, "new", 1)]),
+                    (0, _) => expected.push((key, "old")),
+                    (_, 0) => {
+                        rows.push((key, "new", 1));
+                        expected.push((key, "new"));
+                    }
+                    _ => {}
+                }
+                if key % 2 == 0 && rows.last().is_some_and(|r| r.0 == key && r.1 == "new") {
+                    expected.push((key, "new"));
+                }
+            }
+            for i in (1..rows.len()).rev() {
+                rows.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let held: Vec<(i64, &str)> = (0..8).step_by(2).map(|key| (key, "old")).collect();
+            let (held_rows, held_keys, held_hashes) = encoded(&held);
+            let mut index = crate::key_index::KeyIndex::default();
+            let inserts = net_change(&[1; 4], &held_rows, &held_keys, &held_hashes, true, false).expect("inserts");
+            index.apply_changes(&inserts.keys, true).expect("fresh keys");
+
+            let named: Vec<(i64, &str)> = rows.iter().map(|r| (r.0, r.1)).collect();
+            let weights: Vec<i64> = rows.iter().map(|r| r.2).collect();
+            let (whole, keys, hashes) = encoded(&named);
+            let net = net_change(&weights, &whole, &keys, &hashes, false, true).expect("lenient");
+            index.apply_changes(&net.keys, false).expect("lenient");
+            let (expected_rows, _, _) = encoded(&expected);
+            let mut want: Vec<&[u8]> = (0..expected.len()).map(|i| expected_rows.get(i)).collect();
+            let mut got: Vec<&[u8]> = index.values().collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{rows:?}");
+        }
+    }
+
+    #[test]
     fn two_rows_for_one_key_conflict_when_strict() {
         let (whole, keys, hashes) = encoded(&[(1, "a"), (2, "b"), (1, "c")]);
-        assert_eq!(net_change(&[-1, 1, -1], &whole, &keys, &hashes, true).err(), Some(Conflict::Missing(2)));
-        assert_eq!(net_change(&[2, 1, 0], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(0)));
-        assert_eq!(net_change(&[1, 1, 2], &whole, &keys, &hashes, true).err(), Some(Conflict::Duplicate(2)));
+        assert_eq!(net_change(&[-1, 1, -1], &whole, &keys, &hashes, true, false).err(), Some(Conflict::Missing(2)));
+        assert_eq!(net_change(&[2, 1, 0], &whole, &keys, &hashes, true, false).err(), Some(Conflict::Duplicate(0)));
+        assert_eq!(net_change(&[1, 1, 2], &whole, &keys, &hashes, true, false).err(), Some(Conflict::Duplicate(2)));
         // Not strict: one of them counts.
-        let net = net_change(&[-1, 1, 1], &whole, &keys, &hashes, false).expect("lenient");
+        let net = net_change(&[-1, 1, 1], &whole, &keys, &hashes, false, false).expect("lenient");
         assert_eq!(net.keys.len(), 2);
         // Insertions only are not grouped: the index finds the key taken the second time.
-        let net = net_change(&[1, 1, 1], &whole, &keys, &hashes, true).expect("one change per row");
+        let net = net_change(&[1, 1, 1], &whole, &keys, &hashes, true, false).expect("one change per row");
         assert_eq!(net.keys.len(), 3);
         let mut index = crate::key_index::KeyIndex::default();
         assert_eq!(index.apply_changes(&net.keys, true), Err(crate::key_index::Refusal::Taken(2)));

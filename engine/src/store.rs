@@ -188,7 +188,7 @@ impl RelationStore {
     /// consolidated.
     fn apply_keyed(&mut self, change: &ChangeBatch, keys: &Keys, strict: bool) -> Result<ChangeBatch> {
         let rows = encode_rows(&self.codec, change.data.columns())?;
-        let net = net_change(&change.weights, &rows, &keys.encoded, &keys.hashes, strict)
+        let net = net_change(&change.weights, &rows, &keys.encoded, &keys.hashes, strict, change.is_consolidated())
             .map_err(|conflict| self.conflict_error(change, conflict))?;
         // Checked before anything changes, so a refused change leaves the store whole.
         for key_change in &net.keys {
