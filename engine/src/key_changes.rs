@@ -4,6 +4,7 @@
 //! applies these with one probe per key ([`crate::key_index::KeyIndex::apply_changes`]).
 
 use hashbrown::hash_table::{Entry, HashTable};
+use rustc_hash::FxHashSet;
 
 use crate::key_index::KeyChange;
 use crate::rows::Encoded;
@@ -54,28 +55,52 @@ pub(crate) fn net_change<'a>(
     // with it) names a key at most once per sign, and when an update's two halves lie apart
     // the index applies them one after the other to the same end: its keys need no check.
     let check_keys = strict || !consolidated;
-    match adjacent_updates(weights, rows, keys, hashes, check_keys) {
-        Some(net) => Ok(net),
-        None => grouped(weights, rows, keys, hashes, strict),
+    let Some((mut net, repeated)) = adjacent_updates(weights, rows, keys, hashes, check_keys) else {
+        return grouped(weights, rows, keys, hashes, strict, None);
+    };
+    if repeated.is_empty() {
+        return Ok(net);
     }
+    // A few keys occur more than once (an epoch that inserts a row and updates it, say): only
+    // their rows (those of every key with a repeated hash) are grouped.
+    let repeated: FxHashSet<u64> = repeated.into_iter().collect();
+    let paired = net.keys.iter().zip(&net.rows).filter(|(change, _)| !repeated.contains(&change.hash));
+    let (mut changes, mut behind): (Vec<KeyChange>, Vec<u32>) = paired.map(|(change, row)| (*change, *row)).unzip();
+    let order: Vec<u32> = (0..weights.len() as u32).filter(|&row| repeated.contains(&hashes[row as usize])).collect();
+    let rest = grouped(weights, rows, keys, hashes, strict, Some(&order))?;
+    changes.extend(rest.keys);
+    behind.extend(rest.rows);
+    (net.keys, net.rows, net.remaining) = (changes, behind, rest.remaining);
+    Ok(net)
 }
 
 /// The net change of any change: each key's rows brought together through a hash table of
-/// keys, equal rows under a key added up.
+/// keys, equal rows under a key added up. With `order`, only the rows it lists (in ascending
+/// order, every row of each key among them) are grouped, and the other rows stay as they are.
 fn grouped<'a>(
     weights: &[i64],
     rows: &'a Encoded,
     keys: &'a Encoded,
     hashes: &[u64],
     strict: bool,
+    order: Option<&[u32]>,
 ) -> Result<NetChange<'a>, Conflict> {
     let count = weights.len();
+    let every_row: Vec<u32>;
+    let grouped_rows = match order {
+        Some(order) => order,
+        None => {
+            every_row = (0..count as u32).collect();
+            &every_row
+        }
+    };
     // Each key's rows, chained in order through `next` from its group's head.
-    let mut groups: HashTable<u32> = HashTable::with_capacity(count);
-    let mut heads: Vec<u32> = Vec::with_capacity(count);
-    let mut tails: Vec<u32> = Vec::with_capacity(count);
+    let mut groups: HashTable<u32> = HashTable::with_capacity(grouped_rows.len());
+    let mut heads: Vec<u32> = Vec::with_capacity(grouped_rows.len());
+    let mut tails: Vec<u32> = Vec::with_capacity(grouped_rows.len());
     let mut next = vec![END; count];
-    for row in 0..count {
+    for &row in grouped_rows {
+        let row = row as usize;
         let key = keys.get(row);
         let entry = groups.entry(
             hashes[row],
@@ -170,8 +195,15 @@ fn grouped<'a>(
         net.rows.push(behind);
     }
     if merged {
-        // Back in the change's order: each kept row's weight at its place, then a pass.
+        // Back in the change's order: each kept row's weight at its place (the rows not
+        // grouped keep theirs), then a pass.
         let mut net_weights = vec![0i64; count];
+        if order.is_some() {
+            net_weights.copy_from_slice(weights);
+            for &row in grouped_rows {
+                net_weights[row as usize] = 0;
+            }
+        }
         for (row, weight) in kept {
             net_weights[row as usize] = weight;
         }
@@ -184,21 +216,22 @@ fn grouped<'a>(
 /// The net change of a change in which every key occurs once, or twice side by side as an
 /// update (one row retracted and another inserted), each row with weight 1 or -1: the order
 /// sources and SQL UPDATE send changes in, and that of an aggregate's output. One pass pairs
-/// each update's halves, and when `check_keys` a set of the keys' hashes confirms that no key
-/// occurs twice (`None` when a key, or only its hash, occurs again, or a row does not fit the
-/// shape: the general path then brings each key's rows together). Its result is then the
-/// general path's.
+/// each update's halves, and when `check_keys` a set of the keys' hashes finds the hashes that
+/// occur more than once (returned beside the result, which is the general path's for every
+/// key without such a hash). `None` when a row does not fit the shape: the general path then
+/// brings each key's rows together.
 fn adjacent_updates<'a>(
     weights: &[i64],
     rows: &'a Encoded,
     keys: &'a Encoded,
     hashes: &[u64],
     check_keys: bool,
-) -> Option<NetChange<'a>> {
+) -> Option<(NetChange<'a>, Vec<u64>)> {
     let count = weights.len();
     let mut net =
         NetChange { keys: Vec::with_capacity(count), rows: Vec::with_capacity(count), remaining: None, distinct: true };
     let mut seen: HashTable<u64> = HashTable::with_capacity(if check_keys { count } else { 0 });
+    let mut repeated: Vec<u64> = Vec::new();
     let mut row = 0;
     while row < count {
         let (hash, key, weight) = (hashes[row], keys.get(row), weights[row]);
@@ -211,7 +244,7 @@ fn adjacent_updates<'a>(
         }
         if check_keys {
             match seen.entry(hash, |&seen| seen == hash, |&seen| seen) {
-                Entry::Occupied(_) => return None,
+                Entry::Occupied(_) => repeated.push(hash),
                 Entry::Vacant(vacant) => {
                     vacant.insert(hash);
                 }
@@ -227,7 +260,7 @@ fn adjacent_updates<'a>(
         net.rows.push(behind as u32);
         row += if pair { 2 } else { 1 };
     }
-    Some(net)
+    Some((net, repeated))
 }
 
 /// The net change of a change that only inserts or only retracts: one key change per row,
@@ -306,20 +339,23 @@ mod tests {
         assert_eq!(net.remaining, None);
     }
 
-    /// A key change as plain values, to compare two paths' results.
-    type Plain<'a> = (u64, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
-    /// A net change as plain values: its key changes, rows, remaining rows and distinctness.
-    type PlainNet<'a> = (Vec<Plain<'a>>, Vec<u32>, Option<Vec<(u32, i64)>>, bool);
+    /// A key change as plain values, with the change's row behind it.
+    type Plain<'a> = (&'a [u8], Option<&'a [u8]>, Option<&'a [u8]>, u64, u32);
+    /// A net change as plain values, to compare two paths' results: its key changes in key
+    /// order (the order they are applied in does not matter), remaining rows and distinctness.
+    type PlainNet<'a> = (Vec<Plain<'a>>, Option<Vec<(u32, i64)>>, bool);
 
     fn plain<'a>(net: &NetChange<'a>) -> PlainNet<'a> {
-        let keys = net.keys.iter().map(|c| (c.hash, c.key, c.before, c.after)).collect();
-        (keys, net.rows.clone(), net.remaining.clone(), net.distinct)
+        let mut keys: Vec<Plain> =
+            net.keys.iter().zip(&net.rows).map(|(c, &row)| (c.key, c.before, c.after, c.hash, row)).collect();
+        keys.sort();
+        (keys, net.remaining.clone(), net.distinct)
     }
 
     #[test]
-    fn updates_side_by_side_take_one_pass_with_the_grouped_result() {
+    fn updates_side_by_side_take_one_pass_and_repeated_keys_are_grouped_with_the_grouped_result() {
         let mut next = crate::test_random::xorshift(0x5eed_0fad_ace7);
-        let (mut fast, mut general) = (0, 0);
+        let (mut whole_pass, mut partly, mut general) = (0, 0, 0);
         for _ in 0..2000 {
             // Inserts, deletes and updates (their halves side by side, in either order) of
             // keys from a small range, so that some batches name a key twice.
@@ -351,9 +387,12 @@ mod tests {
             }
             let named: Vec<(i64, &str)> = rows.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let (whole, keys, hashes) = encoded(&named);
-            let grouped_result = grouped(&weights, &whole, &keys, &hashes, false).expect("lenient");
-            // One pass fits when each key has one row, or two side by side that differ and
-            // have opposite weights.
+            if weights.iter().all(|w| *w > 0) || weights.iter().all(|w| *w < 0) {
+                continue; // One sign: a path of its own.
+            }
+            // One pass fits the whole change when each key has one row, or two side by side
+            // that differ and have opposite weights; otherwise the keys that occur again are
+            // grouped, or the whole change when two rows side by side cannot be an update.
             let fits = (0..8).all(|key| {
                 let at: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].0 == key).collect();
                 match at[..] {
@@ -362,18 +401,35 @@ mod tests {
                     _ => false,
                 }
             });
-            let net = adjacent_updates(&weights, &whole, &keys, &hashes, true);
-            assert_eq!(net.is_some(), fits, "{rows:?} {weights:?}");
-            let Some(net) = net else {
-                general += 1;
-                continue;
-            };
-            fast += 1;
-            assert_eq!(plain(&net), plain(&grouped_result), "{rows:?} {weights:?}");
-            let strict = grouped(&weights, &whole, &keys, &hashes, true).expect("one row per key and side");
-            assert_eq!(plain(&net), plain(&strict), "{rows:?} {weights:?}");
+            match adjacent_updates(&weights, &whole, &keys, &hashes, true) {
+                Some((_, repeated)) if repeated.is_empty() => {
+                    assert!(fits, "{rows:?} {weights:?}");
+                    whole_pass += 1;
+                }
+                Some(_) => {
+                    assert!(!fits, "{rows:?} {weights:?}");
+                    partly += 1;
+                }
+                None => general += 1,
+            }
+            let lenient = net_change(&weights, &whole, &keys, &hashes, false, false).expect("lenient");
+            let all_grouped = grouped(&weights, &whole, &keys, &hashes, false, None).expect("lenient");
+            assert_eq!(plain(&lenient), plain(&all_grouped), "{rows:?} {weights:?}");
+            let strict = net_change(&weights, &whole, &keys, &hashes, true, false);
+            match (strict, grouped(&weights, &whole, &keys, &hashes, true, None)) {
+                (Ok(strict), Ok(all_grouped)) => {
+                    assert_eq!(plain(&strict), plain(&all_grouped), "{rows:?} {weights:?}")
+                }
+                (Err(conflict), Err(expected)) => assert_eq!(conflict, expected, "{rows:?} {weights:?}"),
+                (strict, expected) => {
+                    panic!("{rows:?} {weights:?}: {:?} vs {:?}", strict.map(|n| plain(&n)), expected.map(|n| plain(&n)))
+                }
+            }
         }
-        assert!(fast > 200 && general > 200, "both paths taken: {fast} fast, {general} general");
+        assert!(
+            whole_pass > 100 && partly > 100 && general > 100,
+            "every path taken: {whole_pass} in one pass, {partly} partly grouped, {general} grouped"
+        );
     }
 
     #[test]
