@@ -1,7 +1,9 @@
 //! A change to a relation with a primary key as one net change per key: the change's rows are
 //! brought together by key, equal rows under a key add up (an update that changes nothing
 //! cancels out), and what remains says which row the key holds before and after. The key index
-//! applies these with one probe per key ([`crate::key_index::KeyIndex::apply_changes`]).
+//! applies these with one probe per key ([`crate::key_index::KeyIndex::apply_changes`]). Most
+//! changes need no grouping: each key's rows are one row, or an update's two halves side by
+//! side, which one pass pairs; only keys that occur again are grouped.
 
 use hashbrown::hash_table::{Entry, HashTable};
 use rustc_hash::FxHashSet;
@@ -39,6 +41,7 @@ const END: u32 = u32::MAX;
 /// given. Strict (a write to a table): a key may lose at most one row and gain at most one,
 /// anything else is a conflict. Not strict (a change known to be consistent, which never has
 /// two): one of the rows retracted and one of those inserted under a key count.
+/// `consolidated`: the change is known to be consolidated.
 pub(crate) fn net_change<'a>(
     weights: &[i64],
     rows: &'a Encoded,
