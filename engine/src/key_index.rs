@@ -5,10 +5,10 @@
 //! order. A replaced or removed entry is marked dead (the top bit of its length) and the arena
 //! is compacted once dead entries take more than half of it; in a store's index
 //! ([`KeyIndex::reusing_space`]) a later batch stores a new key's entry of the same size in a
-//! dead entry's place first, so a table whose rows come and go keeps its size. Changes arrive as a batch, one
-//! per key (`batch.rs`: the probe that finds a key also changes it), with the keys' hashes,
-//! so the index loads the slots and entries of a group of keys ahead together and their cache
-//! misses overlap. `entry.rs` changes one key at a time through an entry and tells callers
+//! dead entry's place first, so a table whose rows come and go keeps its size. Changes arrive
+//! as a batch, one per key (`batch.rs`: the probe that finds a key also changes it), with the
+//! keys' hashes, so the index loads the slots and entries of a group of keys ahead together
+//! and their cache misses overlap. `entry.rs` changes one key at a time through an entry and tells callers
 //! where entries live (a join's arrangement lists its rows by offset).
 
 mod batch;

@@ -1,16 +1,16 @@
 //! GROUP BY: per-group row counts and retractable accumulators. For each epoch it emits, per
 //! group the epoch touched, a retraction of the group's previous output row and an insertion
-//! of the new one side by side (nothing when the row did not change). The previous row is computed from
-//! the state before the epoch's changes, not stored: both rows come out of the accumulators
-//! as typed columns and are compared column by column. A group whose row count reaches zero
-//! disappears; an aggregate without GROUP BY always has its one row, as in SQL.
+//! of the new one side by side (nothing when the row did not change). The previous row is
+//! computed from the state before the epoch's changes, not stored: both rows come out of the
+//! accumulators as typed columns and are compared column by column. A group whose row count
+//! reaches zero disappears; an aggregate without GROUP BY always has its one row, as in SQL.
 
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::interleave;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
+use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -230,10 +230,10 @@ impl Operator for Aggregate {
             let keys: Vec<KeyBytes> = touched.iter().map(|&g| self.keys.get(g)).collect();
             self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))?
         };
-        let key_rows: Vec<(usize, usize)> = picked.iter().map(|&(_, i)| (0, i)).collect();
+        let key_rows = UInt32Array::from_iter_values(picked.iter().map(|&(_, i)| i as u32));
         let mut columns = Vec::with_capacity(keys.len() + before.len());
         for key in &keys {
-            columns.push(interleave(&[key.as_ref()], &key_rows)?);
+            columns.push(take(key.as_ref(), &key_rows, None)?);
         }
         for (before, after) in before.iter().zip(&after) {
             columns.push(interleave(&[before.as_ref(), after.as_ref()], &picked)?);
