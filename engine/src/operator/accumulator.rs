@@ -481,8 +481,9 @@ fn rounded_quotient(numerator: i128, count: i64) -> i128 {
 /// Each group's values of a min or max with their multiplicities, ordered as their row
 /// encoding orders them.
 pub enum OrderedValues {
-    /// Values of fixed-width types, whose encodings (at most 15 bytes) are packed into a
-    /// `u128` that orders the same way: no allocation and no `memcmp` per value.
+    /// Values of fixed-width types of at most 8 bytes, whose encodings are packed into a
+    /// `u128` that orders the same way (and stored as its 8 bytes after the validity byte):
+    /// no allocation and no `memcmp` per value.
     Packed(PackedMultisets),
     /// Any other values, as encoded byte strings.
     Bytes(Vec<ByteValues>),
@@ -491,9 +492,9 @@ pub enum OrderedValues {
 impl OrderedValues {
     fn for_type(input: &DataType) -> Self {
         // A fixed-width value encodes as a validity byte and its bytes.
-        match input.primitive_width() {
-            Some(width) if width < PACKED_BYTES => OrderedValues::Packed(PackedMultisets::default()),
-            _ => OrderedValues::Bytes(Vec::new()),
+        match input.primitive_width().and_then(PackedMultisets::new) {
+            Some(multisets) => OrderedValues::Packed(multisets),
+            None => OrderedValues::Bytes(Vec::new()),
         }
     }
 

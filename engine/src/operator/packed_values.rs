@@ -3,9 +3,11 @@
 //! in a small sorted array inside the group's slot while the group holds few distinct values
 //! (most do), in one sorted vector up to a few hundred, and in a B-tree beyond that. A change
 //! then touches the group's slot or one contiguous array, not scattered tree nodes, and
-//! compares integers, not byte strings. Each group's current smallest and largest values are
-//! also kept side by side in one dense array, which is all that reading the aggregate's
-//! output touches.
+//! compares integers, not byte strings. The multisets store only the 8 bytes after a value's
+//! validity byte (a `u64`): a type of at most 8 bytes encodes as a validity byte of 1 and its
+//! bytes, so the rest of the packed value is the same for every value and is put back when a
+//! value is read. Each group's current smallest and largest values are also kept side by side
+//! in one dense array, which is all that reading the aggregate's output touches.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -135,9 +137,31 @@ fn netted(rows: impl Iterator<Item = (usize, u128, i64)>) -> impl Iterator<Item 
     })
 }
 
+/// The widest fixed-width type whose values the multisets keep (its encoding is a validity
+/// byte and these bytes).
+pub const NARROW_BYTES: usize = 8;
+
+/// The stored part of a packed value: the 8 bytes after its validity byte.
+fn narrow(value: u128, encoded: u8) -> Result<u64> {
+    let narrow = (value >> 56) as u64;
+    if widen(narrow, encoded) != value {
+        return Err(EngineError::Internal(format!(
+            "a min/max value that is not a {encoded}-byte encoding of a value that is not NULL"
+        )));
+    }
+    Ok(narrow)
+}
+
+/// The packed value whose stored part is `narrow`: a validity byte of 1, the bytes, the
+/// encoding's length last.
+fn widen(narrow: u64, encoded: u8) -> u128 {
+    (1u128 << 120) | (u128::from(narrow) << 56) | u128::from(encoded)
+}
+
 /// Every group's packed values, and each group's smallest and largest value.
-#[derive(Default)]
 pub struct PackedMultisets {
+    /// The length of every value's encoding: a validity byte and the type's bytes.
+    encoded: u8,
     groups: Vec<PackedValues>,
     /// `[smallest, largest]` per group; 0 (no packed value is 0: its length byte is not) when
     /// the group has no values.
@@ -145,6 +169,12 @@ pub struct PackedMultisets {
 }
 
 impl PackedMultisets {
+    /// Multisets of values of a fixed-width type of `width` bytes; `None` when the type is
+    /// wider than [`NARROW_BYTES`].
+    pub fn new(width: usize) -> Option<Self> {
+        (width <= NARROW_BYTES).then(|| Self { encoded: 1 + width as u8, groups: Vec::new(), bounds: Vec::new() })
+    }
+
     /// Makes room for group `group` (a new or reused slot) with no values.
     pub fn reset(&mut self, group: usize) {
         if self.groups.len() <= group {
@@ -166,9 +196,11 @@ impl PackedMultisets {
 
     /// Adds `weight` to the multiplicity of `value` in `group`.
     pub fn adjust(&mut self, group: usize, value: u128, weight: i64) -> Result<()> {
+        let encoded = self.encoded;
         let values = &mut self.groups[group];
-        values.adjust(value, weight)?;
-        self.bounds[group] = [values.extreme(false).unwrap_or(0), values.extreme(true).unwrap_or(0)];
+        values.adjust(narrow(value, encoded)?, weight)?;
+        let bound = |max| values.extreme(max).map_or(0, |value| widen(value, encoded));
+        self.bounds[group] = [bound(false), bound(true)];
         Ok(())
     }
 
@@ -202,7 +234,7 @@ impl PackedMultisets {
                     touched ^= self.slot_word(ahead);
                 }
                 for &(ahead, _, _) in rows.iter().skip(position).take(AHEAD) {
-                    touched ^= self.groups[ahead].first_stored();
+                    touched ^= u128::from(self.groups[ahead].first_stored());
                 }
             }
             self.adjust(group, value, weight)?;
@@ -213,7 +245,7 @@ impl PackedMultisets {
 
     /// A word of a group's slot and of its bounds (loading it brings both into the cache).
     fn slot_word(&self, group: usize) -> u128 {
-        self.bounds[group][0] ^ self.groups[group].first()
+        self.bounds[group][0] ^ u128::from(self.groups[group].first())
     }
 
     /// The smallest value of a group, or with `max` the largest.
@@ -229,7 +261,7 @@ impl PackedMultisets {
             .iter()
             .map(|values| match values {
                 PackedValues::Inline { .. } => 0,
-                PackedValues::Sorted(sorted) => sorted.capacity() * std::mem::size_of::<(u128, i64)>(),
+                PackedValues::Sorted(sorted) => sorted.capacity() * std::mem::size_of::<(u64, i64)>(),
                 PackedValues::Tree(tree) => tree.heap_bytes(),
             })
             .sum();
@@ -237,20 +269,21 @@ impl PackedMultisets {
     }
 
     /// Every value of a group with its multiplicity, in order.
-    pub fn entries(&self, group: usize) -> Box<dyn Iterator<Item = (u128, i64)> + '_> {
-        self.groups[group].entries()
+    pub fn entries(&self, group: usize) -> impl Iterator<Item = (u128, i64)> + '_ {
+        let encoded = self.encoded;
+        self.groups[group].entries().map(move |(value, count)| (widen(value, encoded), count))
     }
 }
 
-/// One group's packed values with their multiplicities.
+/// One group's values (their stored parts) with their multiplicities.
 pub enum PackedValues {
     /// Up to [`INLINE`] distinct values, sorted, the first `len` slots in use.
     Inline {
         len: u8,
-        items: [(u128, i64); INLINE],
+        items: [(u64, i64); INLINE],
     },
-    Sorted(Vec<(u128, i64)>),
-    Tree(BTreeMap<u128, i64>),
+    Sorted(Vec<(u64, i64)>),
+    Tree(BTreeMap<u64, i64>),
 }
 
 impl Default for PackedValues {
@@ -269,7 +302,7 @@ fn never_inserted() -> EngineError {
 
 impl PackedValues {
     /// Adds `weight` to the multiplicity of `value`, removing it at zero.
-    pub fn adjust(&mut self, value: u128, weight: i64) -> Result<()> {
+    pub fn adjust(&mut self, value: u64, weight: i64) -> Result<()> {
         match self {
             PackedValues::Inline { len, items } => {
                 let used = *len as usize;
@@ -310,7 +343,7 @@ impl PackedValues {
                 } else if sorted.len() < SORTED {
                     sorted.insert(at, (value, weight));
                 } else {
-                    let mut tree: BTreeMap<u128, i64> = sorted.drain(..).collect();
+                    let mut tree: BTreeMap<u64, i64> = sorted.drain(..).collect();
                     tree.insert(value, weight);
                     *self = PackedValues::Tree(tree);
                 }
@@ -335,7 +368,7 @@ impl PackedValues {
     }
 
     /// Every value with its multiplicity, in order.
-    pub fn entries(&self) -> Box<dyn Iterator<Item = (u128, i64)> + '_> {
+    pub fn entries(&self) -> Box<dyn Iterator<Item = (u64, i64)> + '_> {
         match self {
             PackedValues::Inline { len, items } => Box::new(items[..*len as usize].iter().copied()),
             PackedValues::Sorted(sorted) => Box::new(sorted.iter().copied()),
@@ -344,16 +377,16 @@ impl PackedValues {
     }
 
     /// The first word of the slot (a load of it brings the slot into the cache).
-    fn first(&self) -> u128 {
+    fn first(&self) -> u64 {
         match self {
             PackedValues::Inline { items, .. } => items[0].0,
-            PackedValues::Sorted(sorted) => sorted.len() as u128,
-            PackedValues::Tree(tree) => tree.len() as u128,
+            PackedValues::Sorted(sorted) => sorted.len() as u64,
+            PackedValues::Tree(tree) => tree.len() as u64,
         }
     }
 
     /// The first value stored outside the slot (a load of it brings that into the cache).
-    fn first_stored(&self) -> u128 {
+    fn first_stored(&self) -> u64 {
         match self {
             PackedValues::Sorted(sorted) => sorted.first().map_or(0, |(v, _)| *v),
             _ => 0,
@@ -361,7 +394,7 @@ impl PackedValues {
     }
 
     /// The smallest value, or with `max` the largest.
-    pub fn extreme(&self, max: bool) -> Option<u128> {
+    pub fn extreme(&self, max: bool) -> Option<u64> {
         match self {
             PackedValues::Inline { len: 0, .. } => None,
             PackedValues::Inline { len, items } => Some(if max { items[*len as usize - 1].0 } else { items[0].0 }),
@@ -398,10 +431,10 @@ mod tests {
     fn inline_and_tree_agree_with_a_model() {
         let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut values = PackedValues::default();
-        let mut model: BTreeMap<u128, i64> = BTreeMap::new();
+        let mut model: BTreeMap<u64, i64> = BTreeMap::new();
         for step in 0..40_000 {
             // Few values at first, then many: inline, sorted vector and tree all take turns.
-            let value = u128::from(next() % if step < 10_000 { 8 } else { 600 });
+            let value = next() % if step < 10_000 { 8 } else { 600 };
             let present = model.get(&value).copied().unwrap_or(0);
             // Retract only what is there, so every step is valid.
             let weight = if present > 0 && next().is_multiple_of(2) { -1 } else { 1 };
@@ -419,7 +452,7 @@ mod tests {
 
     /// `groups` empty groups, and their model.
     fn empty_groups(groups: usize) -> (PackedMultisets, Vec<BTreeMap<u128, i64>>) {
-        let mut multisets = PackedMultisets::default();
+        let mut multisets = PackedMultisets::new(8).expect("8 bytes are kept");
         for group in 0..groups {
             multisets.reset(group);
         }
@@ -435,7 +468,8 @@ mod tests {
         retract_one_in: u64,
     ) -> (usize, u128, i64) {
         let group = (next() % model.len() as u64) as usize;
-        let value = 1 + u128::from(next() % values);
+        // Values spread over all 8 bytes, as an 8-byte type's encodings are packed.
+        let value = widen((next() % values).wrapping_mul(0x9e37_79b9_7f4a_7c15), 9);
         let present = model[group].get(&value).copied().unwrap_or(0);
         let weight = if present > 0 && next().is_multiple_of(retract_one_in) { -1 } else { 1 };
         *model[group].entry(value).or_default() += weight;
@@ -483,6 +517,45 @@ mod tests {
             assert!(multisets.entries(group).eq(values.iter().map(|(v, c)| (*v, *c))), "group {group}");
         }
         assert_bounds(&multisets, &model);
+    }
+
+    #[test]
+    fn multisets_keep_only_the_bytes_after_the_validity_byte_of_every_integer_type() {
+        use datafusion::arrow::array::Array;
+        use datafusion::arrow::compute::{SortOptions, sort};
+
+        use crate::test_random::integer_columns;
+
+        for column in integer_columns() {
+            let data_type = column.data_type().clone();
+            let width = data_type.primitive_width().expect("fixed width");
+            let mut multisets = PackedMultisets::new(width).expect("at most 8 bytes");
+            multisets.reset(0);
+            let packed = pack_integers(&column).expect("an integer type");
+            let mut model: BTreeMap<u128, i64> = BTreeMap::new();
+            for &value in packed.iter().filter(|&&value| value != 0) {
+                multisets.adjust(0, value, 1).expect("a value of the type");
+                *model.entry(value).or_default() += 1;
+            }
+            // The limits (an 8-byte minimum is stored as 0) come back as they went in.
+            assert!(multisets.entries(0).eq(model.iter().map(|(v, c)| (*v, *c))), "{data_type}");
+            assert_eq!(multisets.extreme(0, false), model.keys().next().copied(), "{data_type}");
+            assert_eq!(multisets.extreme(0, true), model.keys().next_back().copied(), "{data_type}");
+            // And decode to the column's smallest and largest values.
+            let sorted = sort(&column, Some(SortOptions { descending: false, nulls_first: true })).expect("sorts");
+            let (smallest, largest) = (sorted.slice(column.null_count(), 1), sorted.slice(column.len() - 1, 1));
+            for (max, expected) in [(false, smallest), (true, largest)] {
+                let bound = multisets.extreme(0, max).expect("a bound");
+                let decoded = decode_integers(&[bound], &data_type).expect("an integer type").expect("decodes");
+                assert_eq!(decoded.to_data(), expected.to_data(), "{data_type}");
+            }
+        }
+        // A value of another width, or a NULL, is refused rather than stored wrongly.
+        let mut multisets = PackedMultisets::new(4).expect("at most 8 bytes");
+        multisets.reset(0);
+        assert!(multisets.adjust(0, pack(&[1, 0, 0, 0, 0, 0, 0, 0, 7]).expect("fits"), 1).is_err());
+        assert!(multisets.adjust(0, 0, 1).is_err());
+        assert!(PackedMultisets::new(16).is_none(), "16-byte values are kept as bytes");
     }
 
     #[test]
