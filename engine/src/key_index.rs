@@ -27,6 +27,9 @@ pub use entry::Entry;
 const HEADER: usize = 8;
 /// Marks a dead entry in its length word.
 const DEAD: u32 = 1 << 31;
+/// Marks, in an entry's key length word, a key that is its row's first bytes and is not
+/// stored apart (a table whose primary key leads its columns: most do).
+const KEY_IN_ROW: u32 = 1 << 31;
 /// Dead bytes tolerated before a compaction is considered at all.
 const COMPACT_AFTER: usize = 1 << 20;
 /// Marks an empty slot.
@@ -84,12 +87,26 @@ fn word(arena: &[u8], at: usize) -> u32 {
 /// The entry at `at`: its total size (header included), whether it is dead, its key and row.
 fn entry_at(arena: &[u8], at: usize) -> (usize, bool, &[u8], &[u8]) {
     let length = word(arena, at);
-    let key_length = word(arena, at + 4) as usize;
     let body = (length & !DEAD) as usize;
     let key_start = at + HEADER;
-    let key = &arena[key_start..key_start + key_length];
-    let row = &arena[key_start + key_length..key_start + body];
+    let key = &arena[key_start..key_start + key_length(arena, at)];
+    let row = &arena[row_start(arena, at)..key_start + body];
     (HEADER + body, length & DEAD != 0, key, row)
+}
+
+fn key_length(arena: &[u8], at: usize) -> usize {
+    (word(arena, at + 4) & !KEY_IN_ROW) as usize
+}
+
+/// Whether the entry at `at` keeps its key as its row's first bytes.
+fn key_in_row(arena: &[u8], at: usize) -> bool {
+    word(arena, at + 4) & KEY_IN_ROW != 0
+}
+
+/// Where the row of the entry at `at` starts.
+fn row_start(arena: &[u8], at: usize) -> usize {
+    let key_start = at + HEADER;
+    if key_in_row(arena, at) { key_start } else { key_start + key_length(arena, at) }
 }
 
 fn key_at(arena: &[u8], at: usize) -> &[u8] {
@@ -304,7 +321,7 @@ impl KeyIndex {
         while at < old.len() {
             let (size, dead, key, row) = entry_at(&old, at);
             if !dead {
-                let fresh = append(&mut self.arena, key, row);
+                let fresh = append(&mut self.arena, key, row, key_in_row(&old, at));
                 let mut index = self.home(hash(key));
                 while self.slots[index].at != EMPTY {
                     if self.slots[index].at == at {
@@ -324,28 +341,42 @@ impl KeyIndex {
     }
 }
 
-/// Appends an entry to the arena and returns its offset. The caller checked its size.
-fn append(arena: &mut Vec<u8>, key: &[u8], row: &[u8]) -> usize {
+/// The bytes an entry stores after its header: its key and row, or with `key_in_row` (the
+/// row starts with the key) the row alone.
+fn body_size(key: &[u8], row: &[u8], key_in_row: bool) -> usize {
+    if key_in_row { row.len() } else { key.len() + row.len() }
+}
+
+/// Appends an entry to the arena and returns its offset; with `key_in_row` (the row starts
+/// with the key) the key is not stored apart. The caller checked its size.
+fn append(arena: &mut Vec<u8>, key: &[u8], row: &[u8], key_in_row: bool) -> usize {
     let at = arena.len();
-    arena.extend_from_slice(&header(key, row));
-    arena.extend_from_slice(key);
+    arena.extend_from_slice(&header(key, row, key_in_row));
+    if !key_in_row {
+        arena.extend_from_slice(key);
+    }
     arena.extend_from_slice(row);
     at
 }
 
 /// Writes an entry at `at`, over bytes of exactly its size.
-fn write_entry(arena: &mut [u8], at: usize, key: &[u8], row: &[u8]) {
-    let key_start = at + HEADER;
-    arena[at..key_start].copy_from_slice(&header(key, row));
-    arena[key_start..key_start + key.len()].copy_from_slice(key);
-    arena[key_start + key.len()..key_start + key.len() + row.len()].copy_from_slice(row);
+fn write_entry(arena: &mut [u8], at: usize, key: &[u8], row: &[u8], key_in_row: bool) {
+    let mut start = at + HEADER;
+    arena[at..start].copy_from_slice(&header(key, row, key_in_row));
+    if !key_in_row {
+        arena[start..start + key.len()].copy_from_slice(key);
+        start += key.len();
+    }
+    arena[start..start + row.len()].copy_from_slice(row);
 }
 
-/// An entry's header: the length of its key and row together, then its key's length.
-fn header(key: &[u8], row: &[u8]) -> [u8; HEADER] {
+/// An entry's header: the length of its body, then its key's length (marked when the key is
+/// the row's first bytes).
+fn header(key: &[u8], row: &[u8], key_in_row: bool) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
-    header[..4].copy_from_slice(&((key.len() + row.len()) as u32).to_le_bytes());
-    header[4..].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    header[..4].copy_from_slice(&(body_size(key, row, key_in_row) as u32).to_le_bytes());
+    let key_word = key.len() as u32 | if key_in_row { KEY_IN_ROW } else { 0 };
+    header[4..].copy_from_slice(&key_word.to_le_bytes());
     header
 }
 
@@ -398,8 +429,25 @@ mod tests {
     }
 
     #[test]
-    fn agrees_with_a_model_through_growth_and_removals() {
+    fn a_row_that_starts_with_its_key_stores_the_key_once() {
         let mut index = KeyIndex::default();
+        index.insert(b"key", b"key and more").expect("a lenient insert");
+        assert_eq!(index.arena.len(), HEADER + b"key and more".len());
+        assert_eq!(index.get(b"key"), Some(&b"key and more"[..]));
+        // The same key with a row of the same length that does not start with it moves.
+        index.insert(b"key", b"other row!!!").expect("a lenient insert");
+        assert_eq!(index.get(b"key"), Some(&b"other row!!!"[..]));
+        assert_eq!(index.values().collect::<Vec<_>>(), [&b"other row!!!"[..]]);
+    }
+
+    #[test]
+    fn agrees_with_a_model_through_growth_and_removals() {
+        for mut index in [KeyIndex::default(), KeyIndex::reusing_space()] {
+            agrees_with_a_model(&mut index);
+        }
+    }
+
+    fn agrees_with_a_model(index: &mut KeyIndex) {
         let mut model = std::collections::HashMap::new();
         let mut next = crate::test_random::xorshift(0x2545_f491_4f6c_dd1d);
         for step in 0..200_000u64 {
@@ -411,7 +459,14 @@ mod tests {
                     model.remove(&key);
                 }
                 _ => {
-                    let row = vec![(step % 251) as u8; (next() % 4) as usize];
+                    // Short rows, rows that start with their key (stored once) and rows of
+                    // the same lengths that do not, so a key's entry changes between both.
+                    let fill = (step % 251) as u8;
+                    let row = match next() % 3 {
+                        0 => vec![fill; (next() % 4) as usize],
+                        1 => [&key[..], &vec![fill; (next() % 4) as usize]].concat(),
+                        _ => vec![!key[0]; 8 + (next() % 4) as usize],
+                    };
                     index.insert(&key, &row).expect("a lenient insert");
                     model.insert(key, row);
                 }

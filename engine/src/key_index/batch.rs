@@ -2,7 +2,7 @@
 //! key holds also changes it. A table's write is all or nothing, so a strict batch keeps an
 //! undo log and, when a key refuses its change, puts back every key it already changed.
 
-use super::{DEAD, HEADER, KeyIndex, Slot, append, entry_at, word, write_entry};
+use super::{DEAD, HEADER, KeyIndex, Slot, append, body_size, entry_at, key_in_row, row_start, word, write_entry};
 
 /// What a change does to one key: the row it holds before (`None`: no row) and after.
 #[derive(Debug, Clone, Copy)]
@@ -93,10 +93,10 @@ impl KeyIndex {
 
     /// Stores a new key's entry in the space of a dead one of its size, when the index reuses
     /// space and has one free; returns its offset.
-    fn store_in_free(&mut self, key: &[u8], row: &[u8]) -> Option<usize> {
-        let size = HEADER + key.len() + row.len();
+    fn store_in_free(&mut self, key: &[u8], row: &[u8], key_in_row: bool) -> Option<usize> {
+        let size = HEADER + body_size(key, row, key_in_row);
         let at = self.free.as_mut()?.get_mut(&size)?.pop()?;
-        write_entry(&mut self.arena, at, key, row);
+        write_entry(&mut self.arena, at, key, row, key_in_row);
         self.dead_bytes -= size;
         Some(at)
     }
@@ -142,12 +142,16 @@ impl KeyIndex {
                         self.resize(self.slots.len() * 2);
                         index = self.probe(change.hash, change.key).err().unwrap_or(index);
                     }
-                    let (at, undo) = match self.store_in_free(change.key, after) {
+                    // A row that starts with its key keeps the key there only.
+                    let shares_key = after.starts_with(change.key);
+                    let (at, undo) = match self.store_in_free(change.key, after, shares_key) {
                         Some(at) => {
-                            let size = HEADER + change.key.len() + after.len();
+                            let size = HEADER + body_size(change.key, after, shares_key);
                             (at, Undo::Reused { change: position, at, size })
                         }
-                        None => (append(&mut self.arena, change.key, after), Undo::Added { change: position }),
+                        None => {
+                            (append(&mut self.arena, change.key, after, shares_key), Undo::Added { change: position })
+                        }
                     };
                     self.slots[index] = Slot { hash: change.hash, at };
                     self.len += 1;
@@ -161,19 +165,21 @@ impl KeyIndex {
     }
 
     /// Stores `row` in the occupied slot `index`, which holds `key` (in place when the size
-    /// is the same).
+    /// is the same and the key stays where it is: apart, or as the first bytes of the new
+    /// row too).
     fn replace(&mut self, index: usize, position: usize, key: &[u8], row: &[u8], log: Option<&mut UndoLog>) {
         let at = self.slots[index].at;
         let held = entry_at(&self.arena, at).3;
-        if held.len() == row.len() {
-            let start = at + HEADER + key.len();
+        let shares_key = row.starts_with(key);
+        if held.len() == row.len() && (shares_key || !key_in_row(&self.arena, at)) {
+            let start = row_start(&self.arena, at);
             if let Some(log) = log {
                 log.entries.push(Undo::Overwritten { at: start, from: log.saved.len(), len: row.len() });
                 log.saved.extend_from_slice(held);
             }
             self.arena[start..start + row.len()].copy_from_slice(row);
         } else {
-            self.slots[index].at = append(&mut self.arena, key, row);
+            self.slots[index].at = append(&mut self.arena, key, row, shares_key);
             self.kill_in_batch(at);
             if let Some(log) = log {
                 log.entries.push(Undo::Moved { change: position, at });
@@ -264,13 +270,22 @@ mod tests {
     fn a_refused_key_puts_back_every_key_changed_before_it() {
         let mut index = KeyIndex::default();
         let keys: Vec<[u8; 4]> = (0..1000u32).map(u32::to_le_bytes).collect();
-        let rows: Vec<Vec<u8>> = (0..1000).map(|i| format!("row {i}").into_bytes()).collect();
+        // Every other row starts with its key (stored once).
+        let keyed = |i: usize, text: &[u8]| if i % 2 == 0 { [&keys[i][..], text].concat() } else { text.to_vec() };
+        let rows: Vec<Vec<u8>> = (0..1000).map(|i| keyed(i, format!("row {i}").as_bytes())).collect();
         let fill: Vec<KeyChange> = keys.iter().zip(&rows).map(|(k, r)| change(k, None, Some(r))).collect();
         index.apply_changes(&fill, true).expect("fill");
         let before = contents(&index);
         let arena = index.arena.len();
-        let longer: Vec<Vec<u8>> = (0..1000).map(|i| format!("a longer row {i}").into_bytes()).collect();
-        let same_size: Vec<Vec<u8>> = (0..1000).map(|i| format!("new {i:>3}").into_bytes()).collect();
+        let longer: Vec<Vec<u8>> = (0..1000).map(|i| keyed(i, format!("a longer row {i}").as_bytes())).collect();
+        // Rows of the same size that start with the key as the old row did or did not, and
+        // (i % 4 of 2 and 3) that change between the two.
+        let same_size: Vec<Vec<u8>> = (0..1000)
+            .map(|i| match i % 4 {
+                0 | 3 => [&keys[i][..], &vec![b'n'; rows[i].len() - 4]].concat(),
+                _ => vec![b'n'; rows[i].len()],
+            })
+            .collect();
         let fresh: Vec<[u8; 4]> = (1000..1300u32).map(u32::to_le_bytes).collect();
         for refused in [7, 8] {
             // Deletes, in-place and moving updates, inserts, then one key that refuses: key 7
@@ -300,6 +315,23 @@ mod tests {
             }
             assert_eq!(index.get(&fresh[0]), None);
         }
+        // Without the refusing key the batch applies.
+        let mut batch: Vec<KeyChange> = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..1000 {
+            let after = match i % 3 {
+                0 => None,
+                1 => Some(longer[i].as_slice()),
+                _ => Some(same_size[i].as_slice()),
+            };
+            batch.push(change(&keys[i], Some(&rows[i]), after));
+            expected.push(after);
+        }
+        index.apply_changes(&batch, true).expect("consistent");
+        for (key, row) in keys.iter().zip(expected) {
+            assert_eq!(index.get(key), row);
+        }
+        assert_eq!(index.values().count(), index.len());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! An offset stays valid while its entry lives and until the next compaction, which the
 //! caller runs ([`KeyIndex::compact_if_sparse`]) and is told about.
 
-use super::{DEAD, EntryTooLarge, HEADER, KeyIndex, Slot, append, entry_at};
+use super::{DEAD, EntryTooLarge, KeyIndex, Slot, append, entry_at, row_start};
 
 /// A key's place in the index: held or not.
 pub enum Entry<'a, 'k> {
@@ -45,8 +45,8 @@ impl KeyIndex {
 
     /// The row of the live entry at `offset`, to change in place (its length is fixed).
     pub fn live_row_mut(&mut self, offset: usize) -> Option<&mut [u8]> {
-        let (size, dead, key, _) = entry_at(&self.arena, offset);
-        let start = offset + HEADER + key.len();
+        let (size, dead, _, _) = entry_at(&self.arena, offset);
+        let start = row_start(&self.arena, offset);
         (!dead).then(|| &mut self.arena[start..offset + size])
     }
 
@@ -81,8 +81,8 @@ impl OccupiedEntry<'_> {
     /// The row, to change in place (its length is fixed).
     pub fn row_mut(&mut self) -> &mut [u8] {
         let at = self.offset();
-        let (size, _, key, _) = entry_at(&self.index.arena, at);
-        let start = at + HEADER + key.len();
+        let size = entry_at(&self.index.arena, at).0;
+        let start = row_start(&self.index.arena, at);
         &mut self.index.arena[start..at + size]
     }
 
@@ -96,7 +96,8 @@ impl OccupiedEntry<'_> {
 
 impl VacantEntry<'_, '_> {
     /// Stores `row` under the key and returns where its entry starts, growing the table
-    /// when it is full.
+    /// when it is full. The key is stored apart even when the row starts with it, so that
+    /// changing the row in place never changes the key.
     pub fn insert(self, row: &[u8]) -> Result<usize, EntryTooLarge> {
         let size = self.key.len() + row.len();
         if size >= DEAD as usize {
@@ -108,7 +109,7 @@ impl VacantEntry<'_, '_> {
             index.resize(index.slots.len() * 2);
             slot = index.probe(self.hash, self.key).err().unwrap_or(slot);
         }
-        let at = append(&mut index.arena, self.key, row);
+        let at = append(&mut index.arena, self.key, row, false);
         index.slots[slot] = Slot { hash: self.hash, at };
         index.len += 1;
         Ok(at)
@@ -143,6 +144,13 @@ mod tests {
         assert_eq!(index.len(), 1);
         let entries: Vec<_> = index.entries().collect();
         assert_eq!(entries, [(first, &b"a"[..], &b"9999"[..])]);
+        // A row that starts with its key keeps the key apart here: changing the row in place
+        // leaves the key as it was.
+        let third = insert(&mut index, b"c", b"c333");
+        let Entry::Occupied(mut held) = index.entry(hash(b"c"), b"c") else { panic!("c is held") };
+        held.row_mut().copy_from_slice(b"3333");
+        assert_eq!(index.live_at(third), Some((&b"c"[..], &b"3333"[..])));
+        assert_eq!(index.get(b"c"), Some(&b"3333"[..]));
     }
 
     #[test]
