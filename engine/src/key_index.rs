@@ -1,15 +1,16 @@
-//! A primary-key index whose entries live in one byte arena: each entry (key and row together)
-//! is appended as `[length: u32][key length: u32][key][row]`, and the hash table holds only
-//! the key's hash and the entry's offset. Storing a row costs no allocation of its own, growing
-//! the table never touches the entries, and reading every row walks the arena in insertion
-//! order. A replaced or removed entry is marked dead (the top bit of its length) and the arena
-//! is compacted once dead entries take more than half of it; in a store's index
+//! A primary-key index whose entries live in one byte arena: each entry is appended as
+//! `[length: u32][key length: u32][key][row]` (or `[..][row]` alone when the row starts with
+//! the key, as a table's row does when its primary key leads its columns), and the hash table
+//! holds only the key's hash and the entry's offset. Storing a row costs no allocation of its
+//! own, growing the table never touches the entries, and reading every row walks the arena in
+//! insertion order. A replaced or removed entry is marked dead (the top bit of its length) and
+//! the arena is compacted once dead entries take more than half of it; in a store's index
 //! ([`KeyIndex::reusing_space`]) a later batch stores a new key's entry of the same size in a
 //! dead entry's place first, so a table whose rows come and go keeps its size. Changes arrive
 //! as a batch, one per key (`batch.rs`: the probe that finds a key also changes it), with the
-//! keys' hashes, so the index loads the slots and entries of a group of keys ahead together
-//! and their cache misses overlap. `entry.rs` changes one key at a time through an entry and tells callers
-//! where entries live (a join's arrangement lists its rows by offset).
+//! keys' hashes, so the index prefetches the slots and entries of the keys a few lookups
+//! ahead and their cache misses overlap. `entry.rs` changes one key at a time through an
+//! entry and tells callers where entries live (a join's arrangement lists its rows by offset).
 
 mod batch;
 mod entry;
@@ -19,6 +20,7 @@ use std::hash::BuildHasher;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::heap_bytes::HeapBytes;
+use crate::prefetch::prefetch;
 
 pub use batch::{KeyChange, Refusal};
 pub use entry::Entry;
@@ -43,8 +45,8 @@ pub struct EntryTooLarge(pub usize);
 /// The index: an open-addressing table of slots (linear probing, at most 3/4 full, removal
 /// by backward shift, so there are no tombstones) over the arena. Its own table, rather than
 /// a library's, so that a batch of lookups can prefetch the slots and entries it will touch
-/// (see [`KeyIndex::prefetch`]): in a table of millions of rows each lookup is otherwise two
-/// cache misses in a row.
+/// (see [`KeyIndex::prefetch_ahead`]): in a table of millions of rows each lookup is
+/// otherwise two cache misses in a row.
 pub struct KeyIndex {
     slots: Vec<Slot>,
     len: usize,
@@ -113,7 +115,7 @@ fn key_at(arena: &[u8], at: usize) -> &[u8] {
     entry_at(arena, at).2
 }
 
-/// Lookups whose cache lines a batch brings in together (see [`KeyIndex::prefetch_ahead`]).
+/// Lookups whose cache lines a batch prefetches together (see [`KeyIndex::prefetch_ahead`]).
 const GROUP: usize = 8;
 
 impl KeyIndex {
@@ -178,32 +180,39 @@ impl KeyIndex {
         }
     }
 
-    /// Brings in the cache lines that lookup `position` of a batch (keys hashing to
-    /// `hashes`) and the ones after it will read, a group at a time: at the start of each
-    /// group of [`GROUP`] lookups it loads the first slot of every lookup of the next group
-    /// and the entry of every lookup of this one (whose slots were loaded a group earlier).
-    /// The loads of a group do not depend on each other, so their cache misses overlap
-    /// instead of coming one after another. Plain loads: the workspace forbids the unsafe
-    /// prefetch instruction.
+    /// Hints the cache lines that the lookups after `position` of a batch (keys hashing to
+    /// `hashes`) will read, a group of [`GROUP`] lookups at a time: at the start of each group
+    /// it prefetches the first slot of every lookup two groups ahead, and the entry of every
+    /// lookup one group ahead (whose slot was prefetched a group earlier and is read now). A
+    /// lookup then finds its slot and entry in the cache, and the misses of many lookups
+    /// overlap instead of coming one after another.
     pub fn prefetch_ahead(&self, hashes: &[u64], position: usize) {
         if !position.is_multiple_of(GROUP) {
             return;
         }
-        let mut touched = 0usize;
         if position == 0 {
-            for &hash in hashes.iter().take(GROUP) {
-                touched ^= self.slots[self.home(hash)].at;
+            for &hash in hashes.iter().take(2 * GROUP) {
+                prefetch(&self.slots[self.home(hash)]);
             }
+            self.prefetch_entries(hashes.iter().take(GROUP));
         }
-        for &hash in hashes.iter().skip(position + GROUP).take(GROUP) {
-            touched ^= self.slots[self.home(hash)].at;
+        for &hash in hashes.iter().skip(position + 2 * GROUP).take(GROUP) {
+            prefetch(&self.slots[self.home(hash)]);
         }
-        for &hash in hashes.iter().skip(position).take(GROUP) {
+        self.prefetch_entries(hashes.iter().skip(position + GROUP).take(GROUP));
+    }
+
+    /// Prefetches the entry of each hash's first slot that holds it (keys not compared): its
+    /// first cache line and the next one, which holds the rest of an entry of up to 64 bytes
+    /// that does not start at a line's start (the size is in the entry, not yet loaded).
+    fn prefetch_entries<'h>(&self, hashes: impl Iterator<Item = &'h u64>) {
+        let last = self.arena.len().saturating_sub(1);
+        for &hash in hashes {
             if let Some(at) = self.first_match(hash) {
-                touched ^= usize::from(self.arena[at]);
+                prefetch(&self.arena[at]);
+                prefetch(&self.arena[(at + 63).min(last)]);
             }
         }
-        std::hint::black_box(touched);
     }
 
     /// Where the first entry whose hash is `hash` starts (keys not compared).

@@ -32,6 +32,7 @@ mod key_changes;
 mod key_index;
 pub mod keyed;
 pub mod operator;
+mod prefetch;
 pub mod rows;
 mod session;
 pub mod sink;

@@ -2,7 +2,12 @@
 //! key holds also changes it. A table's write is all or nothing, so a strict batch keeps an
 //! undo log and, when a key refuses its change, puts back every key it already changed.
 
+use crate::prefetch::prefetch;
+
 use super::{DEAD, HEADER, KeyIndex, Slot, append, body_size, entry_at, key_in_row, row_start, word, write_entry};
+
+/// New keys ahead whose dead entries (space to reuse) are prefetched.
+const REUSE_AHEAD: usize = 16;
 
 /// What a change does to one key: the row it holds before (`None`: no row) and after.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +100,13 @@ impl KeyIndex {
     /// space and has one free; returns its offset.
     fn store_in_free(&mut self, key: &[u8], row: &[u8], key_in_row: bool) -> Option<usize> {
         let size = HEADER + body_size(key, row, key_in_row);
-        let at = self.free.as_mut()?.get_mut(&size)?.pop()?;
+        let free = self.free.as_mut()?.get_mut(&size)?;
+        let at = free.pop()?;
+        // The dead entry that a later new key of this size takes is written then: its line
+        // is prefetched now, so that write does not wait for it.
+        if let Some(&later) = free.len().checked_sub(REUSE_AHEAD).and_then(|ahead| free.get(ahead)) {
+            prefetch(&self.arena[later]);
+        }
         write_entry(&mut self.arena, at, key, row, key_in_row);
         self.dead_bytes -= size;
         Some(at)
@@ -271,7 +282,8 @@ mod tests {
         let mut index = KeyIndex::default();
         let keys: Vec<[u8; 4]> = (0..1000u32).map(u32::to_le_bytes).collect();
         // Every other row starts with its key (stored once).
-        let keyed = |i: usize, text: &[u8]| if i % 2 == 0 { [&keys[i][..], text].concat() } else { text.to_vec() };
+        let keyed =
+            |i: usize, text: &[u8]| if i.is_multiple_of(2) { [&keys[i][..], text].concat() } else { text.to_vec() };
         let rows: Vec<Vec<u8>> = (0..1000).map(|i| keyed(i, format!("row {i}").as_bytes())).collect();
         let fill: Vec<KeyChange> = keys.iter().zip(&rows).map(|(k, r)| change(k, None, Some(r))).collect();
         index.apply_changes(&fill, true).expect("fill");

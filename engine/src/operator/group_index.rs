@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 use super::packed_values::{PACKED_BYTES, pack};
 
 use crate::heap_bytes::HeapBytes;
+use crate::prefetch::prefetch;
 
 /// Lookups whose slots are loaded together (see [`GroupIndex::load_ahead`]).
 const AHEAD: usize = 8;
@@ -156,22 +157,19 @@ impl GroupIndex {
         self.len -= 1;
     }
 
-    /// Called before the lookup of `probes[position]`: every [`AHEAD`] lookups it loads the
-    /// home slots of the next [`AHEAD`] (and at the start of this one's too), loads that do
-    /// not depend on each other. Plain loads: the workspace forbids the unsafe prefetch
-    /// instruction.
+    /// Called before the lookup of `probes[position]`: every [`AHEAD`] lookups it prefetches
+    /// the home slots of the next [`AHEAD`] (and at the start of this one's too), so their
+    /// cache misses overlap with this group's lookups.
     pub fn load_ahead(&self, probes: &[Probe], position: usize) {
         if !position.is_multiple_of(AHEAD) || self.slots.is_empty() {
             return;
         }
         let start = if position == 0 { 0 } else { position + AHEAD };
-        let mut touched = 0u32;
         for probe in probes.iter().skip(start).take(position + 2 * AHEAD - start) {
             if let Probe::Packed { hash, .. } = probe {
-                touched ^= self.slots[*hash as usize & self.mask()].group;
+                prefetch(&self.slots[*hash as usize & self.mask()]);
             }
         }
-        std::hint::black_box(touched);
     }
 }
 

@@ -17,6 +17,7 @@ use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
+use crate::prefetch::prefetch;
 use crate::rows::{IntegerLayout, decode_integer_rows, integer_layout};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
@@ -205,11 +206,10 @@ impl PackedMultisets {
     }
 
     /// Adjusts `(groups[i], values[i], weights[i])` for each row `i`, skipping values of 0
-    /// (NULL). Groups are scattered over memory, so every [`AHEAD`] rows it loads the slots of
-    /// the next [`AHEAD`] rows' groups and the sorted vectors of this group's (whose slots
-    /// were loaded a step earlier): loads that do not depend on each other, whose cache misses
-    /// overlap instead of coming one after another. (Plain loads: the workspace forbids the
-    /// unsafe prefetch instruction.)
+    /// (NULL). Groups are scattered over memory, so every [`AHEAD`] rows it prefetches the
+    /// slots of the rows' groups two steps ahead and the sorted vectors of the groups one step
+    /// ahead (whose slots were prefetched a step earlier): their cache misses overlap with
+    /// this step's changes instead of coming one after another.
     ///
     /// A large batch with several rows per group (an initial load) is first ordered by group,
     /// keeping each group's rows in their order, so that a group's slot and vector stay in
@@ -222,30 +222,26 @@ impl PackedMultisets {
         }
         let rows = groups.iter().zip(values).zip(weights).map(|((&group, &value), &weight)| (group, value, weight));
         let rows: Vec<(usize, u128, i64)> = netted(rows).collect();
-        let mut touched = 0u128;
         for (position, &(group, value, weight)) in rows.iter().enumerate() {
             if position.is_multiple_of(AHEAD) {
                 if position == 0 {
-                    for &(ahead, _, _) in rows.iter().take(AHEAD) {
-                        touched ^= self.slot_word(ahead);
-                    }
+                    rows.iter().take(2 * AHEAD).for_each(|&(ahead, _, _)| self.prefetch_slot(ahead));
+                    rows.iter().take(AHEAD).for_each(|&(ahead, _, _)| self.groups[ahead].prefetch_stored());
                 }
-                for &(ahead, _, _) in rows.iter().skip(position + AHEAD).take(AHEAD) {
-                    touched ^= self.slot_word(ahead);
-                }
-                for &(ahead, _, _) in rows.iter().skip(position).take(AHEAD) {
-                    touched ^= u128::from(self.groups[ahead].first_stored());
-                }
+                let slots = rows.iter().skip(position + 2 * AHEAD).take(AHEAD);
+                slots.for_each(|&(ahead, _, _)| self.prefetch_slot(ahead));
+                let stored = rows.iter().skip(position + AHEAD).take(AHEAD);
+                stored.for_each(|&(ahead, _, _)| self.groups[ahead].prefetch_stored());
             }
             self.adjust(group, value, weight)?;
         }
-        std::hint::black_box(touched);
         Ok(())
     }
 
-    /// A word of a group's slot and of its bounds (loading it brings both into the cache).
-    fn slot_word(&self, group: usize) -> u128 {
-        self.bounds[group][0] ^ u128::from(self.groups[group].first())
+    /// Prefetches a group's slot and bounds.
+    fn prefetch_slot(&self, group: usize) {
+        prefetch(&self.groups[group]);
+        prefetch(&self.bounds[group]);
     }
 
     /// The smallest value of a group, or with `max` the largest.
@@ -376,20 +372,12 @@ impl PackedValues {
         }
     }
 
-    /// The first word of the slot (a load of it brings the slot into the cache).
-    fn first(&self) -> u64 {
-        match self {
-            PackedValues::Inline { items, .. } => items[0].0,
-            PackedValues::Sorted(sorted) => sorted.len() as u64,
-            PackedValues::Tree(tree) => tree.len() as u64,
-        }
-    }
-
-    /// The first value stored outside the slot (a load of it brings that into the cache).
-    fn first_stored(&self) -> u64 {
-        match self {
-            PackedValues::Sorted(sorted) => sorted.first().map_or(0, |(v, _)| *v),
-            _ => 0,
+    /// Prefetches the values stored outside the slot: the cache lines of a sorted vector, up
+    /// to the four a binary search over a small one reads.
+    fn prefetch_stored(&self) {
+        if let PackedValues::Sorted(sorted) = self {
+            let per_line = 64 / std::mem::size_of::<(u64, i64)>();
+            sorted.iter().step_by(per_line).take(4).for_each(prefetch);
         }
     }
 
