@@ -12,8 +12,9 @@
 //! 2. Initial load rate, and throughput of 2k- and 10k-change epochs (mixed inserts, updates,
 //!    deletes) through the calendar view and through a join + aggregate view.
 //! 3. DataFusion recomputing the view from scratch, beside one incremental epoch.
-//! 4. Memory: heap bytes of the view's operator state per input row (as `/metrics` reports
-//!    them, see `changeflow_engine::heap_bytes`), beside the Arrow size of a row.
+//! 4. Memory: heap bytes of the view's operator state, of its stored rows and of the table's
+//!    stored rows per input row (as `/metrics` reports them, see `changeflow_engine::heap_bytes`),
+//!    beside the Arrow size of a row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -213,6 +214,7 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let stats = engine.stats();
     let view_stats = stats.views.first().expect("the view's stats");
     let (state, stored) = (view_stats.state_bytes, view_stats.stored_bytes);
+    let table = stats.tables.iter().find(|t| t.name == "sessions").expect("the table's stats").stored_bytes;
     let sample = data.inserts(1000);
     let arrow_row = sample.data.get_array_memory_size() as f64 / 1000.0;
     engine.write_table("sessions", sample).expect("sample rows");
@@ -244,13 +246,14 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
     let p50 = percentile(&mut samples, 0.5);
     let p99 = percentile(&mut samples, 0.99);
     println!(
-        "{name:9} {size:>8} rows | initial load {:>6.2} M rows/s (table writes {:.2} M rows/s) | 1-row update p50 {:>6.1} us p99 {:>7.1} us | state {:>4.0} B/row, view rows {:.0} B/row (Arrow row {:.0} B)",
+        "{name:9} {size:>8} rows | initial load {:>6.2} M rows/s (table writes {:.2} M rows/s) | 1-row update p50 {:>6.1} us p99 {:>7.1} us | state {:>4.0} B/row, view rows {:.0} B/row, table rows {:.0} B/row (Arrow row {:.0} B)",
         size as f64 / initial.as_secs_f64() / 1e6,
         table_rate / 1e6,
         micros(p50),
         micros(p99),
         state as f64 / size as f64,
         stored as f64 / size as f64,
+        table as f64 / size as f64,
         arrow_row
     );
 

@@ -1,5 +1,8 @@
 //! Counters of the engine for monitoring (`/metrics` of `changeflow serve`): per source what
-//! it brought in and how far behind it is, per materialized view its size and epoch work.
+//! it brought in and how far behind it is, per table its size, per materialized view its size
+//! and epoch work.
+
+use changeflow_sql::catalog::RelationKind;
 
 use crate::engine::Engine;
 
@@ -27,10 +30,20 @@ pub struct ViewStats {
     pub stored_bytes: usize,
 }
 
+/// A stored base relation: a table, or a relation a source feeds.
+#[derive(Debug, Clone)]
+pub struct TableStats {
+    pub name: String,
+    pub rows: i64,
+    /// Heap bytes of its stored rows (its primary-key index, or its row counts without a key).
+    pub stored_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineStats {
     pub epoch: u64,
     pub sources: Vec<SourceStats>,
+    pub tables: Vec<TableStats>,
     pub views: Vec<ViewStats>,
     pub subscriptions: usize,
 }
@@ -54,6 +67,15 @@ impl Engine {
                 }
             })
             .collect();
+        let tables = self
+            .catalog
+            .relations()
+            .filter(|relation| matches!(relation.kind, RelationKind::Table | RelationKind::SourceRelation))
+            .filter_map(|relation| {
+                let store = self.stores.get(&relation.name)?;
+                Some(TableStats { name: relation.name.clone(), rows: store.len(), stored_bytes: store.heap_bytes() })
+            })
+            .collect();
         let views = self
             .views
             .iter()
@@ -67,6 +89,6 @@ impl Engine {
                 stored_bytes: self.stores.get(&view.name).map_or(0, |s| s.heap_bytes()),
             })
             .collect();
-        EngineStats { epoch: self.epoch, sources, views, subscriptions: self.subscription_count() }
+        EngineStats { epoch: self.epoch, sources, tables, views, subscriptions: self.subscription_count() }
     }
 }

@@ -1,5 +1,5 @@
 //! Monitoring endpoints of `changeflow serve`: `/metrics` in Prometheus text format (sources,
-//! views, connections, query latency) and `/health` for orchestration probes.
+//! tables, views, connections, query latency) and `/health` for orchestration probes.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use changeflow_engine::Database;
-use changeflow_engine::stats::{SourceStats, ViewStats};
+use changeflow_engine::stats::{SourceStats, TableStats, ViewStats};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -90,6 +90,9 @@ fn labeled(out: &mut String, name: &str, kind: &str, help: &str, key: &str, samp
     }
 }
 
+/// A metric family over some stats: its name, type, help, and each item's value.
+type Series<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
+
 /// The whole exposition: engine state read under its lock, then the server's counters.
 pub async fn render(database: &Database, metrics: &Metrics) -> String {
     let stats = database.engine().await.stats();
@@ -103,7 +106,7 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     let views = |value: fn(&ViewStats) -> String| {
         stats.views.iter().map(move |v| (v.name.as_str(), Some(value(v)))).collect::<Vec<_>>()
     };
-    let source_series: [(&str, &str, &str, fn(&SourceStats) -> Option<String>); 4] = [
+    let source_series: [Series<SourceStats, Option<String>>; 4] = [
         ("changeflow_source_changes_total", "counter", "Row changes a source brought in.", |s| {
             Some(s.changes.to_string())
         }),
@@ -131,7 +134,21 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             label(state)
         );
     }
-    let view_series: [(&str, &str, &str, fn(&ViewStats) -> String); 6] = [
+    let tables = |value: fn(&TableStats) -> String| {
+        stats.tables.iter().map(move |t| (t.name.as_str(), Some(value(t)))).collect::<Vec<_>>()
+    };
+    let table_series: [Series<TableStats, String>; 2] = [
+        ("changeflow_table_rows", "gauge", "Rows a table (or a relation a source feeds) holds.", |t| {
+            t.rows.to_string()
+        }),
+        ("changeflow_table_stored_bytes", "gauge", "Heap bytes of the table's stored rows.", |t| {
+            t.stored_bytes.to_string()
+        }),
+    ];
+    for (name, kind, help, value) in table_series {
+        labeled(&mut out, name, kind, help, "table", tables(value));
+    }
+    let view_series: [Series<ViewStats, String>; 6] = [
         ("changeflow_view_rows", "gauge", "Rows a materialized view holds.", |v| v.rows.to_string()),
         ("changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.", |v| v.epochs.to_string()),
         ("changeflow_view_last_apply_seconds", "gauge", "Time the view's last epoch took to apply.", |v| {

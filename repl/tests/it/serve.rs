@@ -447,6 +447,12 @@ async fn health_metrics_and_a_clean_stop_on_sigterm() {
         let bytes: u64 = line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
         assert!(bytes > 0, "{series} missing or zero:\n{metrics}");
     }
+    // So do the tables the view reads.
+    let table_rows = metrics.lines().find(|l| l.starts_with("changeflow_table_rows{table=\"sessions\"}"));
+    assert!(table_rows.is_some_and(|l| l.ends_with(" 2")), "{metrics}");
+    let line = metrics.lines().find(|l| l.starts_with("changeflow_table_stored_bytes{table=\"sessions\"}"));
+    let bytes: u64 = line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(bytes > 0, "changeflow_table_stored_bytes missing or zero:\n{metrics}");
     let (status, _) = server.http_get("/nothing");
     assert!(status.contains("404"), "{status}");
     let status = server.terminate(Duration::from_secs(20));
