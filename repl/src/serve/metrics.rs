@@ -90,8 +90,23 @@ fn labeled(out: &mut String, name: &str, kind: &str, help: &str, key: &str, samp
     }
 }
 
-/// A metric family over some stats: its name, type, help, and each item's value.
+/// A metric family over some stats: its name, type, help, and each item's value (`None`:
+/// no sample for that item).
 type Series<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
+
+/// Writes each family of `series` with a sample per item, labeled `key` = the item's name.
+fn each_series<T, V: Into<Option<String>>>(
+    out: &mut String,
+    items: &[T],
+    name_of: fn(&T) -> &str,
+    key: &str,
+    series: &[Series<T, V>],
+) {
+    for (name, kind, help, value) in series {
+        let samples = items.iter().map(|item| (name_of(item), value(item).into())).collect();
+        labeled(out, name, kind, help, key, samples);
+    }
+}
 
 /// The whole exposition: engine state read under its lock, then the server's counters.
 pub async fn render(database: &Database, metrics: &Metrics) -> String {
@@ -100,12 +115,6 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     family(&mut out, "changeflow_epochs_total", "counter", "Epochs applied (transactions of tables and sources).");
     let _ = writeln!(out, "changeflow_epochs_total {}", stats.epoch);
 
-    let sources = |value: fn(&SourceStats) -> Option<String>| {
-        stats.sources.iter().map(move |s| (s.name.as_str(), value(s))).collect::<Vec<_>>()
-    };
-    let views = |value: fn(&ViewStats) -> String| {
-        stats.views.iter().map(move |v| (v.name.as_str(), Some(value(v)))).collect::<Vec<_>>()
-    };
     let source_series: [Series<SourceStats, Option<String>>; 4] = [
         ("changeflow_source_changes_total", "counter", "Row changes a source brought in.", |s| {
             Some(s.changes.to_string())
@@ -120,9 +129,7 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             s.retained_bytes.map(|b| b.to_string())
         }),
     ];
-    for (name, kind, help, value) in source_series {
-        labeled(&mut out, name, kind, help, "source", sources(value));
-    }
+    each_series(&mut out, &stats.sources, |s| &s.name, "source", &source_series);
     family(&mut out, "changeflow_source_state", "gauge", "1 for the source's current state.");
     for s in &stats.sources {
         let state = s.state.split(':').next().unwrap_or("").trim();
@@ -134,9 +141,6 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             label(state)
         );
     }
-    let tables = |value: fn(&TableStats) -> String| {
-        stats.tables.iter().map(move |t| (t.name.as_str(), Some(value(t)))).collect::<Vec<_>>()
-    };
     let table_series: [Series<TableStats, String>; 2] = [
         ("changeflow_table_rows", "gauge", "Rows a table (or a relation a source feeds) holds.", |t| {
             t.rows.to_string()
@@ -145,9 +149,7 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             t.stored_bytes.to_string()
         }),
     ];
-    for (name, kind, help, value) in table_series {
-        labeled(&mut out, name, kind, help, "table", tables(value));
-    }
+    each_series(&mut out, &stats.tables, |t| &t.name, "table", &table_series);
     let view_series: [Series<ViewStats, String>; 6] = [
         ("changeflow_view_rows", "gauge", "Rows a materialized view holds.", |v| v.rows.to_string()),
         ("changeflow_view_epochs_total", "counter", "Epochs a materialized view applied.", |v| v.epochs.to_string()),
@@ -162,9 +164,7 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
             v.stored_bytes.to_string()
         }),
     ];
-    for (name, kind, help, value) in view_series {
-        labeled(&mut out, name, kind, help, "view", views(value));
-    }
+    each_series(&mut out, &stats.views, |v| &v.name, "view", &view_series);
 
     let sinks = database.engine().await.sink_reports();
     type SinkValue<'a> = Box<dyn Fn(&changeflow_engine::sink::SinkReport) -> u64 + 'a>;
