@@ -36,6 +36,8 @@ const KEY_IN_ROW: u32 = 1 << 31;
 const COMPACT_AFTER: usize = 1 << 20;
 /// Marks an empty slot.
 const EMPTY: usize = usize::MAX;
+/// Bytes of a cache line.
+const CACHE_LINE: usize = 64;
 
 /// A key and row too large for an entry (2 GiB together).
 #[derive(Debug, thiserror::Error)]
@@ -82,22 +84,31 @@ pub fn hash(key: &[u8]) -> u64 {
     FxBuildHasher.hash_one(key)
 }
 
+#[inline]
 fn word(arena: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([arena[at], arena[at + 1], arena[at + 2], arena[at + 3]])
 }
 
 /// The entry at `at`: its total size (header included), whether it is dead, its key and row.
+#[inline]
 fn entry_at(arena: &[u8], at: usize) -> (usize, bool, &[u8], &[u8]) {
     let length = word(arena, at);
     let body = (length & !DEAD) as usize;
     let key_start = at + HEADER;
-    let key = &arena[key_start..key_start + key_length(arena, at)];
-    let row = &arena[row_start(arena, at)..key_start + body];
+    let (key_length, row_start) = key_and_row_start(arena, at);
+    let key = &arena[key_start..key_start + key_length];
+    let row = &arena[row_start..key_start + body];
     (HEADER + body, length & DEAD != 0, key, row)
 }
 
-fn key_length(arena: &[u8], at: usize) -> usize {
-    (word(arena, at + 4) & !KEY_IN_ROW) as usize
+/// The length of the key of the entry at `at`, and where its row starts (right after the
+/// header when the key is the row's first bytes), from one read of the key length word.
+#[inline]
+fn key_and_row_start(arena: &[u8], at: usize) -> (usize, usize) {
+    let key_word = word(arena, at + 4);
+    let key_length = (key_word & !KEY_IN_ROW) as usize;
+    let key_start = at + HEADER;
+    (key_length, if key_word & KEY_IN_ROW != 0 { key_start } else { key_start + key_length })
 }
 
 /// Whether the entry at `at` keeps its key as its row's first bytes.
@@ -107,8 +118,7 @@ fn key_in_row(arena: &[u8], at: usize) -> bool {
 
 /// Where the row of the entry at `at` starts.
 fn row_start(arena: &[u8], at: usize) -> usize {
-    let key_start = at + HEADER;
-    if key_in_row(arena, at) { key_start } else { key_start + key_length(arena, at) }
+    key_and_row_start(arena, at).1
 }
 
 fn key_at(arena: &[u8], at: usize) -> &[u8] {
@@ -210,7 +220,7 @@ impl KeyIndex {
         for &hash in hashes {
             if let Some(at) = self.first_match(hash) {
                 prefetch(&self.arena[at]);
-                prefetch(&self.arena[(at + 63).min(last)]);
+                prefetch(&self.arena[(at + CACHE_LINE - 1).min(last)]);
             }
         }
     }
