@@ -117,13 +117,16 @@ pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]
             decoder.push(row)?;
         }
     }
-    let decoded = decoders.into_iter().zip(columns).map(|(decoder, (data_type, _))| decoder.finish(data_type, rows));
+    let decoded = decoders.into_iter().zip(columns).map(|(decoder, (data_type, _))| {
+        let at = decoder.at;
+        decoder.finish(data_type, |i| rows[i][at] != 0)
+    });
     Some(decoded.collect())
 }
 
 /// One integer-backed column being decoded from rows: where its value lies in each row, and
 /// the values so far (NULL as 0, as Arrow's builders leave them).
-struct IntegerColumn {
+pub(crate) struct IntegerColumn {
     at: usize,
     signed: bool,
     values: IntegerValues,
@@ -139,7 +142,8 @@ enum IntegerValues {
 }
 
 impl IntegerColumn {
-    fn new(at: usize, layout: IntegerLayout, rows: usize) -> Self {
+    /// A column at byte `at` of each row, with room for `rows` values.
+    pub(crate) fn new(at: usize, layout: IntegerLayout, rows: usize) -> Self {
         let values = match layout.width {
             1 => IntegerValues::W1(Vec::with_capacity(rows)),
             2 => IntegerValues::W2(Vec::with_capacity(rows)),
@@ -157,39 +161,53 @@ impl IntegerColumn {
             1 => true,
             _ => return None,
         };
-        self.nulls += usize::from(!valid);
         let bytes = &row[self.at + 1..];
-        // The sign bit is flipped in the encoding of a signed value; NULL decodes as 0.
-        let flip = u64::from(self.signed && valid);
-        let keep = if valid { u64::MAX } else { 0 };
-        match &mut self.values {
-            IntegerValues::W1(values) => values.push(((u64::from(bytes[0]) ^ (flip << 7)) & keep) as u8),
-            IntegerValues::W2(values) => {
-                let raw = u64::from(u16::from_be_bytes([bytes[0], bytes[1]]));
-                values.push(((raw ^ (flip << 15)) & keep) as u16)
-            }
-            IntegerValues::W4(values) => {
-                let raw = u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
-                values.push(((raw ^ (flip << 31)) & keep) as u32)
-            }
-            IntegerValues::W8(values) => {
-                let raw = u64::from_be_bytes(bytes[..8].try_into().ok()?);
-                values.push((raw ^ (flip << 63)) & keep)
-            }
-        }
+        let raw = match &self.values {
+            IntegerValues::W1(_) => u64::from(bytes[0]),
+            IntegerValues::W2(_) => u64::from(u16::from_be_bytes([bytes[0], bytes[1]])),
+            IntegerValues::W4(_) => u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+            IntegerValues::W8(_) => u64::from_be_bytes(bytes[..8].try_into().ok()?),
+        };
+        self.push_encoded(valid, raw);
         Some(())
     }
 
-    fn finish(self, data_type: &DataType, rows: &[&[u8]]) -> Result<ArrayRef> {
+    fn len(&self) -> usize {
+        match &self.values {
+            IntegerValues::W1(values) => values.len(),
+            IntegerValues::W2(values) => values.len(),
+            IntegerValues::W4(values) => values.len(),
+            IntegerValues::W8(values) => values.len(),
+        }
+    }
+
+    /// Adds a value from its encoded bytes read as a big-endian number (`raw`, the sign bit
+    /// still flipped when signed); NULL (`valid` false) decodes as 0.
+    #[inline]
+    pub(crate) fn push_encoded(&mut self, valid: bool, raw: u64) {
+        self.nulls += usize::from(!valid);
+        let flip = u64::from(self.signed && valid);
+        let keep = if valid { u64::MAX } else { 0 };
+        match &mut self.values {
+            IntegerValues::W1(values) => values.push(((raw ^ (flip << 7)) & keep) as u8),
+            IntegerValues::W2(values) => values.push(((raw ^ (flip << 15)) & keep) as u16),
+            IntegerValues::W4(values) => values.push(((raw ^ (flip << 31)) & keep) as u32),
+            IntegerValues::W8(values) => values.push((raw ^ (flip << 63)) & keep),
+        }
+    }
+
+    /// The column as an array of `data_type`; `valid(i)` tells whether value `i` is set
+    /// (asked only when some value is NULL).
+    pub(crate) fn finish(self, data_type: &DataType, valid: impl Fn(usize) -> bool) -> Result<ArrayRef> {
+        let len = self.len();
         let buffer = match self.values {
             IntegerValues::W1(values) => Buffer::from_vec(values),
             IntegerValues::W2(values) => Buffer::from_vec(values),
             IntegerValues::W4(values) => Buffer::from_vec(values),
             IntegerValues::W8(values) => Buffer::from_vec(values),
         };
-        let at = self.at;
-        let nulls = (self.nulls > 0).then(|| NullBuffer::from_iter(rows.iter().map(|row| row[at] != 0)));
-        let data = ArrayDataBuilder::new(data_type.clone()).len(rows.len()).add_buffer(buffer).nulls(nulls).build()?;
+        let nulls = (self.nulls > 0).then(|| NullBuffer::from_iter((0..len).map(valid)));
+        let data = ArrayDataBuilder::new(data_type.clone()).len(len).add_buffer(buffer).nulls(nulls).build()?;
         Ok(make_array(data))
     }
 }

@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::DataType;
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::prefetch::prefetch;
-use crate::rows::{IntegerLayout, decode_integer_rows, integer_layout};
+use crate::rows::{IntegerColumn, IntegerLayout, integer_layout};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -49,8 +49,9 @@ pub fn unpack(value: u128) -> Vec<u8> {
 
 /// Decodes packed values of an integer-backed type (integers, dates, times, timestamps,
 /// durations) straight into an array of that type, 0 (no value) as NULL: a packed value's
-/// leading bytes are its row encoding, decoded by the row module's decoder for such columns.
-/// `None` for any other type or a value not encoded so.
+/// bytes after its validity byte are the value, big-endian with the sign bit flipped, read
+/// off the `u128` without going through its bytes. `None` for any other type or a value not
+/// encoded so.
 pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<ArrayRef>> {
     let layout = integer_layout(data_type)?;
     let encoded = 1 + layout.width;
@@ -58,11 +59,13 @@ pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<A
     if !values.iter().all(|&packed| encoded_as_expected(packed)) {
         return None;
     }
-    // 0 unpacks to a NULL: a validity byte of 0.
-    let bytes: Vec<[u8; 16]> = values.iter().map(|packed| packed.to_be_bytes()).collect();
-    let rows: Vec<&[u8]> = bytes.iter().map(|b| &b[..encoded]).collect();
-    let columns = decode_integer_rows(&rows, &[(data_type.clone(), layout)])?;
-    Some(columns.and_then(|mut columns| columns.pop().ok_or_else(|| EngineError::Internal("no column decoded".into()))))
+    let shift = 120 - 8 * layout.width as u32;
+    let mask = u64::MAX >> (64 - 8 * layout.width as u32);
+    let mut column = IntegerColumn::new(0, layout, values.len());
+    for &packed in values {
+        column.push_encoded(packed != 0, (packed >> shift) as u64 & mask);
+    }
+    Some(column.finish(data_type, |i| values[i] != 0))
 }
 
 /// Packs the values of an integer-backed array (integers, dates, times, timestamps,
