@@ -71,6 +71,12 @@ impl RowCodec {
         self.width
     }
 
+    /// Each column's type and layout when every column is integer-backed and in the default
+    /// order.
+    pub fn integer_columns(&self) -> Option<&[(DataType, IntegerLayout)]> {
+        self.integers.as_deref()
+    }
+
     pub fn encode(&self, columns: &[ArrayRef]) -> Result<Rows> {
         Ok(self.converter.convert_columns(columns)?)
     }

@@ -18,6 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::accumulator::Accumulator;
 use super::group_index::{GroupIndex, GroupKeys, KeyBytes, Probe};
+use super::packed_values::decode_packed_rows;
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
@@ -131,6 +132,21 @@ impl Aggregate {
             .collect()
     }
 
+    /// The group key columns of `groups` (vanished groups keep their keys until their
+    /// number is reused): packed keys of integer columns are read off their packed form.
+    fn key_columns(&self, groups: &[usize]) -> Result<Vec<ArrayRef>> {
+        if self.key_codec.width() == 0 {
+            return Ok(Vec::new());
+        }
+        if let (Some(columns), Some(packed)) = (self.key_codec.integer_columns(), self.keys.packed(groups)) {
+            if let Some(decoded) = decode_packed_rows(&packed, columns) {
+                return decoded;
+            }
+        }
+        let keys: Vec<KeyBytes> = groups.iter().map(|&g| self.keys.get(g)).collect();
+        self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))
+    }
+
     /// Whether a group's row is in the output (an aggregate without GROUP BY always has its
     /// one row once started).
     fn exists(&self, group: usize) -> bool {
@@ -223,13 +239,7 @@ impl Operator for Aggregate {
         if picked.is_empty() {
             return Ok(ChangeBatch::empty(self.schema.clone()));
         }
-        let keys = if self.key_codec.width() == 0 {
-            Vec::new()
-        } else {
-            // Vanished groups keep their key bytes until the slot is reused.
-            let keys: Vec<KeyBytes> = touched.iter().map(|&g| self.keys.get(g)).collect();
-            self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))?
-        };
+        let keys = self.key_columns(&touched)?;
         let key_rows = UInt32Array::from_iter_values(picked.iter().map(|&(_, i)| i as u32));
         let mut columns = Vec::with_capacity(keys.len() + before.len());
         for key in &keys {

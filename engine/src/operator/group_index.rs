@@ -226,6 +226,16 @@ impl GroupKeys {
         }
     }
 
+    /// The packed keys of `groups`, in this order; `None` when one of them is too long to
+    /// pack.
+    pub fn packed(&self, groups: &[usize]) -> Option<Vec<u128>> {
+        let packed = |&group: &usize| match &self.keys[group] {
+            GroupKey::Packed(key) => Some(*key),
+            GroupKey::Bytes(_) => None,
+        };
+        groups.iter().map(packed).collect()
+    }
+
     pub fn heap_bytes(&self) -> usize {
         let long: usize = self.keys.iter().map(|k| if let GroupKey::Bytes(bytes) = k { bytes.len() } else { 0 }).sum();
         self.keys.capacity() * std::mem::size_of::<GroupKey>() + long

@@ -48,24 +48,43 @@ pub fn unpack(value: u128) -> Vec<u8> {
 }
 
 /// Decodes packed values of an integer-backed type (integers, dates, times, timestamps,
-/// durations) straight into an array of that type, 0 (no value) as NULL: a packed value's
-/// bytes after its validity byte are the value, big-endian with the sign bit flipped, read
-/// off the `u128` without going through its bytes. `None` for any other type or a value not
-/// encoded so.
+/// durations) straight into an array of that type, 0 (no value) as NULL. `None` for any
+/// other type or a value not encoded so (see [`decode_packed_rows`]).
 pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<ArrayRef>> {
     let layout = integer_layout(data_type)?;
-    let encoded = 1 + layout.width;
-    let encoded_as_expected = |packed: u128| packed == 0 || (packed >> 120 == 1 && packed as u8 as usize == encoded);
-    if !values.iter().all(|&packed| encoded_as_expected(packed)) {
+    let columns = decode_packed_rows(values, &[(data_type.clone(), layout)])?;
+    Some(columns.and_then(|mut columns| columns.pop().ok_or_else(|| EngineError::Internal("no column decoded".into()))))
+}
+
+/// Decodes packed row encodings of integer-backed columns (an aggregate's group keys, a
+/// min/max's values) straight into arrays: each value sits at a fixed place in the packed
+/// `u128` (its validity byte, then its bytes big-endian with the sign bit flipped when
+/// signed), read off it without going through the bytes. 0 decodes as NULL in every column.
+/// `None` when the columns' rows do not fit 15 bytes or a value is not laid out so.
+pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
+    let width: usize = columns.iter().map(|(_, layout)| 1 + layout.width).sum();
+    if width > PACKED_BYTES || !values.iter().all(|&packed| packed == 0 || packed as u8 as usize == width) {
         return None;
     }
-    let shift = 120 - 8 * layout.width as u32;
-    let mask = u64::MAX >> (64 - 8 * layout.width as u32);
-    let mut column = IntegerColumn::new(0, layout, values.len());
-    for &packed in values {
-        column.push_encoded(packed != 0, (packed >> shift) as u64 & mask);
+    let mut decoded = Vec::with_capacity(columns.len());
+    let mut at = 0;
+    for (data_type, layout) in columns {
+        // The validity byte is byte `at` of the big-endian u128, the value's bytes follow it.
+        let validity_shift = 120 - 8 * at as u32;
+        let value_shift = validity_shift - 8 * layout.width as u32;
+        let mask = u64::MAX >> (64 - 8 * layout.width as u32);
+        let validity = |packed: u128| (packed >> validity_shift) as u8;
+        if !values.iter().all(|&packed| validity(packed) <= 1) {
+            return None;
+        }
+        let mut column = IntegerColumn::new(0, *layout, values.len());
+        for &packed in values {
+            column.push_encoded(validity(packed) == 1, (packed >> value_shift) as u64 & mask);
+        }
+        decoded.push(column.finish(data_type, |i| validity(values[i]) == 1));
+        at += 1 + layout.width;
     }
-    Some(column.finish(data_type, |i| values[i] != 0))
+    Some(decoded.into_iter().collect())
 }
 
 /// Packs the values of an integer-backed array (integers, dates, times, timestamps,
@@ -581,5 +600,44 @@ mod tests {
         assert!(pack_integers(&(Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)).is_none());
         assert!(decode_integers(&[0], &DataType::Float64).is_none());
         assert!(decode_integers(&[0], &DataType::Boolean).is_none());
+    }
+
+    #[test]
+    fn packed_keys_of_several_integer_columns_decode_as_the_row_format_would() {
+        use datafusion::arrow::array::Array;
+
+        use crate::rows::RowCodec;
+        use crate::test_random::integer_columns;
+
+        let columns = integer_columns();
+        let mut decoded_keys = 0;
+        for first in &columns {
+            for second in &columns {
+                // Rows of the two columns, the second reversed so NULLs meet values.
+                let second = datafusion::arrow::compute::take(
+                    second.as_ref(),
+                    &datafusion::arrow::array::UInt32Array::from_iter_values((0..second.len() as u32).rev()),
+                    None,
+                )
+                .expect("take");
+                let expected = [first.clone(), second];
+                let types: Vec<DataType> = expected.iter().map(|c| c.data_type().clone()).collect();
+                let codec = RowCodec::new(&types).expect("codec");
+                let rows = codec.encode(&expected).expect("encode");
+                let integers = codec.integer_columns().expect("integer columns");
+                if rows.row(0).as_ref().len() > PACKED_BYTES {
+                    let packed = vec![1u128; first.len()];
+                    assert!(decode_packed_rows(&packed, integers).is_none(), "{types:?} do not pack");
+                    continue;
+                }
+                let packed: Vec<u128> = (0..first.len()).map(|i| pack(rows.row(i).as_ref()).expect("packs")).collect();
+                let decoded = decode_packed_rows(&packed, integers).expect("integer rows").expect("decodes");
+                for (decoded, expected) in decoded.iter().zip(&expected) {
+                    assert_eq!(decoded.to_data(), expected.to_data(), "{types:?}");
+                }
+                decoded_keys += 1;
+            }
+        }
+        assert!(decoded_keys > 50, "most pairs of integer columns pack");
     }
 }
