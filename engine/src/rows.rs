@@ -190,7 +190,7 @@ impl IntegerColumn {
     /// Adds a value from its encoded bytes read as a big-endian number (`raw`, the sign bit
     /// still flipped when signed); NULL (`valid` false) decodes as 0.
     #[inline]
-    pub(crate) fn push_encoded(&mut self, valid: bool, raw: u64) {
+    fn push_encoded(&mut self, valid: bool, raw: u64) {
         self.nulls += usize::from(!valid);
         let flip = u64::from(self.signed && valid);
         let keep = if valid { u64::MAX } else { 0 };
@@ -199,6 +199,32 @@ impl IntegerColumn {
             IntegerValues::W2(values) => values.push(((raw ^ (flip << 15)) & keep) as u16),
             IntegerValues::W4(values) => values.push(((raw ^ (flip << 31)) & keep) as u32),
             IntegerValues::W8(values) => values.push((raw ^ (flip << 63)) & keep),
+        }
+    }
+
+    /// Adds values given as [`IntegerColumn::push_encoded`] takes them, choosing the width
+    /// once for all of them.
+    pub(crate) fn extend_encoded(&mut self, values: impl Iterator<Item = (bool, u64)>) {
+        fn extend<T>(
+            out: &mut Vec<T>,
+            values: impl Iterator<Item = (bool, u64)>,
+            sign: u64,
+            nulls: &mut usize,
+            narrow: impl Fn(u64) -> T,
+        ) {
+            for (valid, raw) in values {
+                *nulls += usize::from(!valid);
+                out.push(narrow((raw ^ sign) & if valid { u64::MAX } else { 0 }));
+            }
+        }
+        let sign = |bits: u32| if self.signed { 1u64 << (bits - 1) } else { 0 };
+        let (sign8, sign16, sign32, sign64) = (sign(8), sign(16), sign(32), sign(64));
+        let nulls = &mut self.nulls;
+        match &mut self.values {
+            IntegerValues::W1(out) => extend(out, values, sign8, nulls, |v| v as u8),
+            IntegerValues::W2(out) => extend(out, values, sign16, nulls, |v| v as u16),
+            IntegerValues::W4(out) => extend(out, values, sign32, nulls, |v| v as u32),
+            IntegerValues::W8(out) => extend(out, values, sign64, nulls, |v| v),
         }
     }
 

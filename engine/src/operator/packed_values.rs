@@ -78,9 +78,9 @@ pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]
             return None;
         }
         let mut column = IntegerColumn::new(0, *layout, values.len());
-        for &packed in values {
-            column.push_encoded(validity(packed) == 1, (packed >> value_shift) as u64 & mask);
-        }
+        column.extend_encoded(
+            values.iter().map(|&packed| (validity(packed) == 1, (packed >> value_shift) as u64 & mask)),
+        );
         decoded.push(column.finish(data_type, |i| validity(values[i]) == 1));
         at += 1 + layout.width;
     }
