@@ -35,9 +35,8 @@ pub struct Aggregate {
     keys: GroupKeys,
     row_counts: Vec<i64>,
     free: Vec<usize>,
-    /// Whether each group is among the current epoch's touched groups (all false between
-    /// epochs).
-    touched: Vec<bool>,
+    /// The current epoch's touched groups (none between epochs).
+    touched: GroupSet,
     accumulators: Vec<Accumulator>,
     /// No GROUP BY: exactly one group, present even when empty.
     global: bool,
@@ -83,7 +82,7 @@ impl Aggregate {
             keys: GroupKeys::default(),
             row_counts: Vec::new(),
             free: Vec::new(),
-            touched: Vec::new(),
+            touched: GroupSet::default(),
             accumulators,
             global: group_exprs.is_empty(),
             started: false,
@@ -107,7 +106,7 @@ impl Aggregate {
             }
             None => {
                 self.row_counts.push(0);
-                self.touched.push(false);
+                self.touched.make_room(self.row_counts.len());
                 self.keys.len()
             }
         };
@@ -162,7 +161,7 @@ impl Operator for Aggregate {
         let first_step = !self.started;
         if first_step && self.global {
             touched.push(0);
-            self.touched[0] = true;
+            self.touched.insert(0);
         }
         let mut row_groups = Vec::with_capacity(change.len());
         let mut prepared = Vec::with_capacity(self.accumulators.len());
@@ -177,8 +176,7 @@ impl Operator for Aggregate {
             for (row, &probe) in probes.iter().enumerate() {
                 self.groups.load_ahead(&probes, row);
                 let group = self.group_for(probe, keys.get(row));
-                if !self.touched[group] {
-                    self.touched[group] = true;
+                if self.touched.insert(group) {
                     touched.push(group);
                 }
                 row_groups.push(group);
@@ -186,16 +184,14 @@ impl Operator for Aggregate {
         }
         // In ascending order: the passes below read each touched group's state in every
         // accumulator's per-group arrays, and in address order those reads stream instead of
-        // missing the cache one group at a time. Read off the flags when the epoch touched
+        // missing the cache one group at a time. Read off the set when the epoch touched
         // many groups, sorted otherwise.
-        if touched.len() * 16 >= self.touched.len() {
+        if touched.len() * 4 >= self.touched.words.len() {
             touched.clear();
-            touched.extend(self.touched.iter().enumerate().filter(|(_, flag)| **flag).map(|(group, _)| group));
+            self.touched.drain_into(&mut touched);
         } else {
             touched.sort_unstable();
-        }
-        for &group in &touched {
-            self.touched[group] = false;
+            self.touched.remove_all(&touched);
         }
         if touched.is_empty() {
             self.started = true;
@@ -299,7 +295,8 @@ impl Operator for Aggregate {
             self.groups.insert(probe, key, group);
         }
         self.row_counts = rows.values().to_vec();
-        self.touched = vec![false; count];
+        self.touched = GroupSet::default();
+        self.touched.make_room(count);
         self.free.clear();
         for accumulator in &mut self.accumulators {
             accumulator.load(count, state)?;
@@ -318,6 +315,53 @@ impl Aggregate {
     fn vanish(&mut self, group: usize) {
         self.groups.remove(self.keys.get(group).as_slice());
         self.free.push(group);
+    }
+}
+
+/// A set of group numbers as one bit per group: an epoch's touched groups come out of it in
+/// ascending order in one pass over its words.
+#[derive(Default)]
+struct GroupSet {
+    words: Vec<u64>,
+}
+
+impl GroupSet {
+    /// Makes room for groups numbered below `groups`.
+    fn make_room(&mut self, groups: usize) {
+        let words = groups.div_ceil(64);
+        if self.words.len() < words {
+            self.words.resize(words, 0);
+        }
+    }
+
+    /// Adds a group; whether it was not in the set.
+    fn insert(&mut self, group: usize) -> bool {
+        let (word, bit) = (&mut self.words[group / 64], 1u64 << (group % 64));
+        let added = *word & bit == 0;
+        *word |= bit;
+        added
+    }
+
+    /// Moves every group into `out`, in ascending order, leaving the set empty.
+    fn drain_into(&mut self, out: &mut Vec<usize>) {
+        for (index, word) in self.words.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                out.push(index * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// Removes `groups`, all of which are in the set.
+    fn remove_all(&mut self, groups: &[usize]) {
+        for &group in groups {
+            self.words[group / 64] &= !(1u64 << (group % 64));
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.words.heap_bytes()
     }
 }
 
@@ -340,4 +384,36 @@ fn same_rows(len: usize, before: &[ArrayRef], after: &[ArrayRef]) -> Result<Vec<
         }
     }
     Ok(same)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::GroupSet;
+
+    #[test]
+    fn a_group_set_gives_its_groups_back_in_ascending_order_and_empties() {
+        let mut next = crate::test_random::xorshift(0x51f1_5eed_0bad_cafe);
+        let mut set = GroupSet::default();
+        set.make_room(1_000);
+        for round in 0..50 {
+            let mut model = BTreeSet::new();
+            for _ in 0..(next() % 400) {
+                let group = (next() % 1_000) as usize;
+                assert_eq!(set.insert(group), model.insert(group), "round {round}: group {group}");
+            }
+            let mut out = Vec::new();
+            if round % 2 == 0 {
+                set.drain_into(&mut out);
+                assert!(out.iter().eq(model.iter()), "round {round}");
+            } else {
+                out.extend(model.iter().copied());
+                set.remove_all(&out);
+            }
+            let mut left = Vec::new();
+            set.drain_into(&mut left);
+            assert!(left.is_empty(), "round {round}: {left:?} left in the set");
+        }
+    }
 }
