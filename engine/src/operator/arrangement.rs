@@ -6,8 +6,7 @@
 //! arena, until the list is pruned (dead offsets outnumber live ones) or the arena is
 //! compacted (every list is rebuilt): removing a row touches only its own entry.
 
-use rustc_hash::FxHashMap;
-
+use super::group_index::{GroupIndex, Probe};
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::key_index::{self, Entry, KeyIndex};
@@ -72,7 +71,9 @@ pub struct RowChange<'a> {
 /// The buckets, numbered; a row's value names its bucket.
 #[derive(Default)]
 struct Buckets {
-    of_key: FxHashMap<Box<[u8]>, u32>,
+    /// Bucket numbers by join key: packed keys (most: a few integers) are found without
+    /// comparing byte strings.
+    of_key: GroupIndex,
     list: Vec<Bucket>,
     /// Buckets emptied, for reuse.
     free: Vec<u32>,
@@ -89,8 +90,9 @@ impl Buckets {
 
     /// The bucket of `key`, made when there is none.
     fn bucket_for(&mut self, key: &[u8]) -> u32 {
-        if let Some(&bucket) = self.of_key.get(key) {
-            return bucket;
+        let probe = Probe::of(key);
+        if let Some(bucket) = self.of_key.get(probe, key) {
+            return bucket as u32;
         }
         let fresh = Bucket { key: key.into(), offsets: Vec::new(), live: 0, dead: 0 };
         let bucket = match self.free.pop() {
@@ -103,7 +105,7 @@ impl Buckets {
                 (self.list.len() - 1) as u32
             }
         };
-        self.of_key.insert(key.into(), bucket);
+        self.of_key.insert(probe, key, bucket as usize);
         bucket
     }
 }
@@ -129,7 +131,8 @@ impl Arrangement {
 
     /// The rows with join key `key` as (offset, row, counts).
     pub fn probe<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = (usize, &'a [u8], Counts)> + 'a {
-        let offsets = self.buckets.of_key.get(key).and_then(|&b| self.buckets.get(b)).map_or(&[][..], |b| &b.offsets);
+        let bucket = self.buckets.of_key.get(Probe::of(key), key);
+        let offsets = bucket.and_then(|b| self.buckets.get(b as u32)).map_or(&[][..], |b| &b.offsets);
         offsets.iter().filter_map(|&at| self.rows.live_at(at).map(|(row, value)| (at, row, decode(value).0)))
     }
 

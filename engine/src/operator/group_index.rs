@@ -1,5 +1,5 @@
-//! An aggregate's group keys to group numbers. A key of at most 15 bytes (most: a few
-//! integers or dates) is packed into a `u128` (see `packed_values::pack`) and kept in an
+//! An aggregate's group keys (and a join side's join keys) to numbers. A key of at most 15
+//! bytes (most: a few integers or dates) is packed into a `u128` (see `packed_values::pack`) and kept in an
 //! open-addressing table of its own: no allocation and no `memcmp` per lookup, and a batch's
 //! lookups can load the slots of the next few keys together, so that their cache misses
 //! overlap. Longer keys are kept as byte strings in a hash map. [`GroupKeys`] keeps each
