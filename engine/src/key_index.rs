@@ -327,30 +327,41 @@ impl KeyIndex {
         self.dead_bytes += HEADER + length as usize;
     }
 
-    /// Copies the live entries into a fresh arena once dead ones take more than half of it;
-    /// says whether it did (every offset given out before is then stale).
+    /// Moves the live entries down over the dead ones, in place, once dead entries take more
+    /// than half of the arena; says whether it did (every offset given out before is then
+    /// stale). The arena keeps its allocation (unless most of it is now unused): the entries
+    /// appended next fill the pages it already has instead of a fresh arena's, each page
+    /// faulted in and cleared again.
     pub fn compact_if_sparse(&mut self) -> bool {
         if self.dead_bytes < COMPACT_AFTER || self.dead_bytes * 2 < self.arena.len() {
             return false;
         }
-        let old = std::mem::take(&mut self.arena);
-        self.arena.reserve(old.len() - self.dead_bytes);
         let mask = self.mask();
-        let mut at = 0;
-        while at < old.len() {
-            let (size, dead, key, row) = entry_at(&old, at);
+        let (mut at, mut to) = (0, 0);
+        while at < self.arena.len() {
+            let (size, dead, key, _) = entry_at(&self.arena, at);
             if !dead {
-                let fresh = append(&mut self.arena, key, row, key_in_row(&old, at));
                 let mut index = self.home(hash(key));
+                if to != at {
+                    self.arena.copy_within(at..at + size, to);
+                }
+                // Slots moved before hold offsets below `to`, so only this entry's holds `at`.
                 while self.slots[index].at != EMPTY {
                     if self.slots[index].at == at {
-                        self.slots[index].at = fresh;
+                        self.slots[index].at = to;
                         break;
                     }
                     index = (index + 1) & mask;
                 }
+                to += size;
             }
             at += size;
+        }
+        self.arena.truncate(to);
+        // After a mass removal the memory goes back. Steady churn (live entries about as many
+        // as before) leaves at least a quarter of the allocation live and keeps it.
+        if to * 8 < self.arena.capacity() {
+            self.arena.shrink_to(2 * to);
         }
         self.dead_bytes = 0;
         if let Some(free) = &mut self.free {
@@ -445,6 +456,40 @@ mod tests {
             assert_eq!(index.get(&key(i)), Some(format!("a longer row {i}").as_bytes()));
         }
         assert_eq!(index.values().count(), 10_000);
+    }
+
+    #[test]
+    fn compaction_under_steady_churn_keeps_the_arena_allocation() {
+        let mut index = KeyIndex::default();
+        let key = |i: u32| i.to_le_bytes();
+        // Rows alternate between two lengths, so every rewrite moves its entry.
+        let row = |i: u32, round: usize| format!("row {i} {}", "x".repeat(1 + round % 2));
+        for i in 0..50_000u32 {
+            index.insert(&key(i), row(i, 0).as_bytes()).expect("a lenient insert");
+        }
+        let mut capacities = Vec::new();
+        for round in 1..=8 {
+            for i in 0..50_000u32 {
+                index.insert(&key(i), row(i, round).as_bytes()).expect("a lenient insert");
+            }
+            capacities.push(index.arena.capacity());
+        }
+        let live: usize = (0..50_000u32).map(|i| HEADER + 4 + row(i, 8).len()).sum();
+        assert!(index.arena.len() < 3 * live, "the arena was compacted: {} bytes for {live} live", index.arena.len());
+        assert!(capacities[2..].iter().all(|&c| c == capacities[2]), "the allocation stayed: {capacities:?}");
+        for i in 0..50_000u32 {
+            assert_eq!(index.get(&key(i)), Some(row(i, 8).as_bytes()));
+        }
+        // A mass removal gives the memory back.
+        for i in (0..50_000u32).filter(|i| i % 20 != 0) {
+            match index.entry(hash(&key(i)), &key(i)) {
+                Entry::Occupied(held) => held.remove(),
+                Entry::Vacant(_) => panic!("key {i} is held"),
+            }
+        }
+        assert!(index.compact_if_sparse(), "most of the arena is dead");
+        assert!(index.arena.capacity() <= capacities[7] / 4, "{} bytes kept", index.arena.capacity());
+        assert_eq!(index.values().count(), 2_500);
     }
 
     #[test]
