@@ -288,6 +288,9 @@ pub enum Encoded {
     Rows(Rows),
     /// A zero-width codec: every row is the empty key.
     Empty,
+    /// The first `len` bytes of each of these rows: the keys of rows whose key columns come
+    /// first and encode to a fixed width, read off the rows without encoding them again.
+    Prefixes(BinaryArray, usize),
 }
 
 impl Encoded {
@@ -297,8 +300,15 @@ impl Encoded {
             Encoded::Bytes(bytes) => bytes.value(index),
             Encoded::Rows(rows) => rows.row(index).data(),
             Encoded::Empty => &[],
+            Encoded::Prefixes(rows, len) => &rows.value(index)[..*len],
         }
     }
+}
+
+/// The encoded width of rows of these types when it is the same for every row (integer-backed
+/// columns in the default order), `None` otherwise.
+pub fn fixed_width(codec: &RowCodec) -> Option<usize> {
+    codec.integer_columns().map(|columns| columns.iter().map(|(_, layout)| 1 + layout.width).sum())
 }
 
 /// Encodes the given columns; rows are then read with [`Encoded::get`].

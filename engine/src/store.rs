@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::key_changes::{Conflict, net_change};
 use crate::key_index::{self, EntryTooLarge, KeyIndex, Refusal};
-use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows};
+use crate::rows::{Encoded, RowCodec, encode_owned, encode_rows, fixed_width};
 
 pub struct RelationStore {
     name: String,
@@ -25,6 +25,9 @@ pub struct RelationStore {
     rows: FxHashMap<Box<[u8]>, i64>,
     primary_key: Vec<usize>,
     key_codec: Option<RowCodec>,
+    /// The encoded width of the primary key when its columns come first in the row, in
+    /// order, and encode to a fixed width: a row's key is then its first bytes.
+    key_prefix: Option<usize>,
     /// Primary key -> row, for relations with a primary key (their only copy of the rows).
     keys: KeyIndex,
     total: i64,
@@ -39,6 +42,8 @@ impl RelationStore {
             let types: Vec<_> = primary_key.iter().map(|&i| schema.field(i).data_type().clone()).collect();
             Some(RowCodec::new(&types)?)
         };
+        let leads = primary_key.iter().enumerate().all(|(position, &column)| position == column);
+        let key_prefix = key_codec.as_ref().filter(|_| leads).and_then(fixed_width);
         Ok(Self {
             name: name.to_string(),
             codec: RowCodec::for_schema(&schema)?,
@@ -46,6 +51,7 @@ impl RelationStore {
             rows: FxHashMap::default(),
             primary_key: primary_key.to_vec(),
             key_codec,
+            key_prefix,
             keys: KeyIndex::reusing_space(),
             total: 0,
             snapshot: Mutex::new(None),
@@ -103,9 +109,8 @@ impl RelationStore {
             return Ok(change.clone());
         }
         self.check_not_null(change)?;
-        if let Some(key_codec) = &self.key_codec {
-            let keys = encode_keys(key_codec, &self.primary_key, change)?;
-            return self.apply_keyed(change, &keys, true);
+        if self.key_codec.is_some() {
+            return self.apply_keyed(change, true);
         }
         let rows = encode_rows(&self.codec, change.data.columns())?;
         self.check_retracted_rows(change, &rows)?;
@@ -119,9 +124,8 @@ impl RelationStore {
         if change.is_empty() {
             return Ok(change.clone());
         }
-        if let Some(key_codec) = &self.key_codec {
-            let keys = encode_keys(key_codec, &self.primary_key, change)?;
-            return self.apply_keyed(change, &keys, false);
+        if self.key_codec.is_some() {
+            return self.apply_keyed(change, false);
         }
         let rows = encode_rows(&self.codec, change.data.columns())?;
         self.apply_rows(change, &rows);
@@ -186,8 +190,9 @@ impl RelationStore {
     /// write to a table: a key must hold the row the change retracts, and no row when it
     /// inserts one without retracting, or nothing changes) or not. Returns the change
     /// consolidated.
-    fn apply_keyed(&mut self, change: &ChangeBatch, keys: &Keys, strict: bool) -> Result<ChangeBatch> {
+    fn apply_keyed(&mut self, change: &ChangeBatch, strict: bool) -> Result<ChangeBatch> {
         let rows = encode_rows(&self.codec, change.data.columns())?;
+        let keys = &self.keys_of(change, &rows)?;
         let net = net_change(&change.weights, &rows, &keys.encoded, &keys.hashes, strict, change.is_consolidated())
             .map_err(|conflict| self.conflict_error(change, conflict))?;
         // Checked before anything changes, so a refused change leaves the store whole.
@@ -217,6 +222,24 @@ impl RelationStore {
         let indices = UInt32Array::from_iter_values(remaining.iter().map(|(row, _)| *row));
         let data = take_record_batch(&change.data, &indices)?;
         Ok(ChangeBatch::new(data, remaining.into_iter().map(|(_, weight)| weight).collect())?.consolidated_if(true))
+    }
+
+    /// The primary keys of a change whose rows are `rows`: their first bytes when the key
+    /// leads the row at a fixed width, encoded apart otherwise.
+    fn keys_of(&self, change: &ChangeBatch, rows: &Encoded) -> Result<Keys> {
+        let encoded = match (self.key_prefix, rows) {
+            (Some(width), Encoded::Bytes(rows)) => Encoded::Prefixes(rows.clone(), width),
+            _ => {
+                let key_codec = self
+                    .key_codec
+                    .as_ref()
+                    .ok_or_else(|| EngineError::Internal("keys of a relation without a key".into()))?;
+                let key_columns: Vec<_> = self.primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
+                encode_rows(key_codec, &key_columns)?
+            }
+        };
+        let hashes = (0..change.len()).map(|i| key_index::hash(encoded.get(i))).collect();
+        Ok(Keys { encoded, hashes })
     }
 
     /// The error for a change that does not fit the stored rows, naming the row by its key
@@ -324,13 +347,6 @@ struct Keys {
     hashes: Vec<u64>,
 }
 
-fn encode_keys(key_codec: &RowCodec, primary_key: &[usize], change: &ChangeBatch) -> Result<Keys> {
-    let key_columns: Vec<_> = primary_key.iter().map(|&i| change.data.column(i).clone()).collect();
-    let encoded = encode_rows(key_codec, &key_columns)?;
-    let hashes = (0..change.len()).map(|i| key_index::hash(encoded.get(i))).collect();
-    Ok(Keys { encoded, hashes })
-}
-
 /// Adds `weight` to a multiplicity, dropping the entry at zero.
 fn add_count(map: &mut FxHashMap<Box<[u8]>, i64>, key: &[u8], weight: i64) {
     match map.get_mut(key) {
@@ -378,6 +394,43 @@ mod tests {
         )
         .expect("batch");
         ChangeBatch::new(data, rows.iter().map(|r| r.2).collect()).expect("change")
+    }
+
+    #[test]
+    fn keys_read_off_the_rows_are_the_keys_lookups_encode() {
+        use datafusion::arrow::array::{ArrayRef, Int32Array};
+
+        // Keyed by (a INT, b BIGINT), NULLs allowed (a view's group key may be NULL): first in
+        // the row (keys read off the rows) and last (keys encoded apart).
+        let field = |name: &str, data_type: DataType| Field::new(name, data_type, true);
+        let (a, b, v) = (field("a", DataType::Int32), field("b", DataType::Int64), field("v", DataType::Utf8));
+        let leading: SchemaRef = Arc::new(Schema::new(vec![a.clone(), b.clone(), v.clone()]));
+        let trailing: SchemaRef = Arc::new(Schema::new(vec![v, a, b]));
+        let mut first = RelationStore::new("first", Arc::clone(&leading), &[0, 1]).expect("store");
+        let mut last = RelationStore::new("last", Arc::clone(&trailing), &[1, 2]).expect("store");
+        assert_eq!((first.key_prefix, last.key_prefix), (Some(5 + 9), None));
+        let a: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(-3), Some(1)]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(10), Some(20), None, Some(11)]));
+        let v: ArrayRef = Arc::new(StringArray::from(vec!["x", "y", "z", "w"]));
+        let insert = |schema: &SchemaRef, columns: Vec<ArrayRef>| {
+            let data = RecordBatch::try_new(Arc::clone(schema), columns).expect("batch");
+            ChangeBatch::new(data, vec![1; 4]).expect("change")
+        };
+        first.apply(&insert(&leading, vec![a.clone(), b.clone(), v.clone()])).expect("applies");
+        last.apply(&insert(&trailing, vec![v.clone(), a.clone(), b.clone()])).expect("applies");
+        for row in 0..4 {
+            let key = [a.slice(row, 1), b.slice(row, 1)];
+            let found_first = first.lookup(&key).expect("lookup").expect("keyed");
+            let found_last = last.lookup(&key).expect("lookup").expect("keyed");
+            assert_eq!(found_first.num_rows(), 1, "row {row} by its key");
+            assert_eq!(found_first.column(2).as_ref(), v.slice(row, 1).as_ref(), "row {row}");
+            assert_eq!(found_last.column(0).as_ref(), v.slice(row, 1).as_ref(), "row {row}");
+        }
+        // A retraction is matched by its key too.
+        let retract = RecordBatch::try_new(Arc::clone(&leading), vec![a.slice(1, 1), b.slice(1, 1), v.slice(1, 1)]);
+        first.apply(&ChangeBatch::new(retract.expect("batch"), vec![-1]).expect("change")).expect("applies");
+        assert_eq!(first.len(), 3);
+        assert_eq!(first.lookup(&[a.slice(1, 1), b.slice(1, 1)]).expect("lookup").expect("keyed").num_rows(), 0);
     }
 
     #[test]
