@@ -130,8 +130,24 @@ impl Arrangement {
     }
 
     /// The rows with join key `key` as (offset, row, counts).
+    #[cfg(test)]
     pub fn probe<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = (usize, &'a [u8], Counts)> + 'a {
-        let bucket = self.buckets.of_key.get(Probe::of(key), key);
+        self.probe_prepared(Probe::of(key), key)
+    }
+
+    /// Called before the lookup of `probes[position]` in a batch of
+    /// [`Arrangement::probe_prepared`] lookups: prefetches the buckets' slots a few ahead.
+    pub fn load_ahead(&self, probes: &[Probe], position: usize) {
+        self.buckets.of_key.load_ahead(probes, position);
+    }
+
+    /// The rows with join key `key` (prepared: `Probe::of(key)`) as (offset, row, counts).
+    pub fn probe_prepared<'a>(
+        &'a self,
+        probe: Probe,
+        key: &[u8],
+    ) -> impl Iterator<Item = (usize, &'a [u8], Counts)> + 'a {
+        let bucket = self.buckets.of_key.get(probe, key);
         let offsets = bucket.and_then(|b| self.buckets.get(b as u32)).map_or(&[][..], |b| &b.offsets);
         offsets.iter().filter_map(|&at| self.rows.live_at(at).map(|(row, value)| (at, row, decode(value).0)))
     }

@@ -19,6 +19,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
 use super::arrangement::{Arrangement, Counts, RowChange};
+use super::group_index::Probe;
 use super::state::{BYTES, StateReader, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, evaluate, physical};
 use crate::change::ChangeBatch;
@@ -214,10 +215,13 @@ impl Join {
         let stored = if delta_is_left { &self.right } else { &self.left };
         // (delta row, stored row's offset, stored row, its multiplicity)
         let mut candidates: Vec<(usize, usize, &[u8], i64)> = Vec::new();
-        for index in 0..delta.len() {
+        // Rows never probed (a NULL key) get a placeholder that prefetches nothing.
+        let probes: Vec<Probe> = (0..delta.len()).map(|i| delta.key(i).map_or(Probe::Bytes, Probe::of)).collect();
+        for (index, &probe) in probes.iter().enumerate() {
+            stored.rows.load_ahead(&probes, index);
             if let Some(key) = delta.key(index) {
-                candidates
-                    .extend(stored.rows.probe(key).map(|(at, row, counts)| (index, at, row, counts.multiplicity)));
+                let matches = stored.rows.probe_prepared(probe, key);
+                candidates.extend(matches.map(|(at, row, counts)| (index, at, row, counts.multiplicity)));
             }
         }
         if candidates.is_empty() {
