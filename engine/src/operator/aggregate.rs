@@ -157,7 +157,7 @@ impl Operator for Aggregate {
     fn step(&mut self, changes: &EpochChanges) -> Result<ChangeBatch> {
         let change = self.input.step(changes)?;
         // Groups this epoch touched.
-        let mut touched: Vec<usize> = Vec::new();
+        let mut touched: Vec<usize> = Vec::with_capacity(change.len() + 1);
         let first_step = !self.started;
         if first_step && self.global {
             touched.push(0);

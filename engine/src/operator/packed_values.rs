@@ -243,7 +243,11 @@ impl PackedMultisets {
                 .try_for_each(|(group, value, weight)| self.adjust(group, value, weight));
         }
         let rows = groups.iter().zip(values).zip(weights).map(|((&group, &value), &weight)| (group, value, weight));
-        let rows: Vec<(usize, u128, i64)> = netted(rows).collect();
+        // Sized up front: the netting iterator cannot tell its length, and growing the vector
+        // step by step reallocates it.
+        let mut netted_rows: Vec<(usize, u128, i64)> = Vec::with_capacity(groups.len());
+        netted_rows.extend(netted(rows));
+        let rows = netted_rows;
         for (position, &(group, value, weight)) in rows.iter().enumerate() {
             if position.is_multiple_of(AHEAD) {
                 if position == 0 {
