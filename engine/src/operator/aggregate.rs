@@ -137,10 +137,11 @@ impl Aggregate {
         if self.key_codec.width() == 0 {
             return Ok(Vec::new());
         }
-        if let (Some(columns), Some(packed)) = (self.key_codec.integer_columns(), self.keys.packed(groups)) {
-            if let Some(decoded) = decode_packed_rows(&packed, columns) {
-                return decoded;
-            }
+        if let Some(columns) = self.key_codec.integer_columns()
+            && let Some(packed) = self.keys.packed(groups)
+            && let Some(decoded) = decode_packed_rows(&packed, columns)
+        {
+            return decoded;
         }
         let keys: Vec<KeyBytes> = groups.iter().map(|&g| self.keys.get(g)).collect();
         self.key_codec.decode(keys.iter().map(KeyBytes::as_slice))
