@@ -287,6 +287,8 @@ async fn bench_view(size: usize, view: &str, name: &str, mode: Mode) {
 }
 
 fn main() {
+    // As the changeflow binary does at start.
+    changeflow_engine::memory::keep_freed_memory();
     let epoch_size = std::env::args().find_map(|a| a.strip_prefix("epoch=").and_then(|n| n.parse().ok()));
     let mode = if std::env::args().any(|a| a == "profile") {
         Mode::Profile(epoch_size.unwrap_or(10_000))

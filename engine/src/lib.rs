@@ -31,6 +31,7 @@ pub mod heap_bytes;
 mod key_changes;
 mod key_index;
 pub mod keyed;
+pub mod memory;
 pub mod operator;
 mod prefetch;
 pub mod rows;

@@ -55,6 +55,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    changeflow_engine::memory::keep_freed_memory();
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Some(Command::Serve(_)) => "warn,changeflow_connectors=info,changeflow=info",
