@@ -1,8 +1,8 @@
 //! Row encoding with `arrow::row`: rows and keys become byte strings that hash, compare and
 //! sort like the values they encode (NULLs included), and decode back to Arrow arrays. Rows
 //! of integer-backed columns only (the keys of most groups and joins) decode without the row
-//! format's general decoder, in one pass over the rows: each column sits at a fixed place in
-//! every row.
+//! format's general decoder, one pass per column: each column sits at a fixed place in every
+//! row.
 
 use datafusion::arrow::array::{ArrayDataBuilder, ArrayRef, BinaryArray, make_array};
 use datafusion::arrow::buffer::{Buffer, NullBuffer};
@@ -105,35 +105,52 @@ impl RowCodec {
     }
 }
 
-/// Decodes rows of integer-backed columns in one pass over the rows, each value from its
-/// fixed place in its row straight into its column's buffer; `None` (the general decoder then
-/// decides) when a row is not laid out as expected.
+/// Decodes rows of integer-backed columns one column at a time, each value from its fixed
+/// place in its row straight into its column's buffer (the width chosen once per column);
+/// `None` (the general decoder then decides) when a row is not laid out as expected.
 pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
-    let mut decoders = Vec::with_capacity(columns.len());
-    let mut row_width = 0;
-    for (_, layout) in columns {
-        decoders.push(IntegerColumn::new(row_width, *layout, rows.len()));
-        row_width += 1 + layout.width;
+    let row_width = integer_row_width(columns);
+    if rows.iter().any(|row| row.len() != row_width) {
+        return None;
     }
-    for row in rows {
-        if row.len() != row_width {
+    let mut decoded = Vec::with_capacity(columns.len());
+    let mut at = 0;
+    for (data_type, layout) in columns {
+        // A validity byte is 1, or 0 for NULL.
+        if rows.iter().any(|row| row[at] > 1) {
             return None;
         }
-        for decoder in &mut decoders {
-            decoder.push(row)?;
+        let mut column = IntegerColumn::new(*layout, rows.len());
+        let valid = |row: &[u8]| row[at] == 1;
+        match layout.width {
+            1 => column.extend_encoded(rows.iter().map(|row| (valid(row), u64::from(row[at + 1])))),
+            2 => column
+                .extend_encoded(rows.iter().map(|row| (valid(row), u64::from(u16::from_be_bytes(be(&row[at + 1..])))))),
+            4 => column
+                .extend_encoded(rows.iter().map(|row| (valid(row), u64::from(u32::from_be_bytes(be(&row[at + 1..])))))),
+            _ => column.extend_encoded(rows.iter().map(|row| (valid(row), u64::from_be_bytes(be(&row[at + 1..]))))),
         }
+        decoded.push(column.finish(data_type, |i| valid(rows[i])));
+        at += 1 + layout.width;
     }
-    let decoded = decoders.into_iter().zip(columns).map(|(decoder, (data_type, _))| {
-        let at = decoder.at;
-        decoder.finish(data_type, |i| rows[i][at] != 0)
-    });
-    Some(decoded.collect())
+    Some(decoded.into_iter().collect())
 }
 
-/// One integer-backed column being decoded from rows: where its value lies in each row, and
-/// the values so far (NULL as 0, as Arrow's builders leave them).
+/// The first `W` bytes (the caller checked there are as many).
+fn be<const W: usize>(bytes: &[u8]) -> [u8; W] {
+    let mut out = [0u8; W];
+    out.copy_from_slice(&bytes[..W]);
+    out
+}
+
+/// Bytes of a row of these integer-backed columns: a validity byte and the value's bytes each.
+pub fn integer_row_width(columns: &[(DataType, IntegerLayout)]) -> usize {
+    columns.iter().map(|(_, layout)| 1 + layout.width).sum()
+}
+
+/// One integer-backed column being decoded: the values so far (NULL as 0, as Arrow's builders
+/// leave them).
 pub(crate) struct IntegerColumn {
-    at: usize,
     signed: bool,
     values: IntegerValues,
     nulls: usize,
@@ -148,34 +165,15 @@ enum IntegerValues {
 }
 
 impl IntegerColumn {
-    /// A column at byte `at` of each row, with room for `rows` values.
-    pub(crate) fn new(at: usize, layout: IntegerLayout, rows: usize) -> Self {
+    /// A column with room for `rows` values.
+    pub(crate) fn new(layout: IntegerLayout, rows: usize) -> Self {
         let values = match layout.width {
             1 => IntegerValues::W1(Vec::with_capacity(rows)),
             2 => IntegerValues::W2(Vec::with_capacity(rows)),
             4 => IntegerValues::W4(Vec::with_capacity(rows)),
             _ => IntegerValues::W8(Vec::with_capacity(rows)),
         };
-        Self { at, signed: layout.signed, values, nulls: 0 }
-    }
-
-    /// Decodes this column's value of `row` (of the expected length); `None` when its
-    /// validity byte is neither 0 nor 1.
-    fn push(&mut self, row: &[u8]) -> Option<()> {
-        let valid = match row[self.at] {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        let bytes = &row[self.at + 1..];
-        let raw = match &self.values {
-            IntegerValues::W1(_) => u64::from(bytes[0]),
-            IntegerValues::W2(_) => u64::from(u16::from_be_bytes([bytes[0], bytes[1]])),
-            IntegerValues::W4(_) => u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
-            IntegerValues::W8(_) => u64::from_be_bytes(bytes[..8].try_into().ok()?),
-        };
-        self.push_encoded(valid, raw);
-        Some(())
+        Self { signed: layout.signed, values, nulls: 0 }
     }
 
     fn len(&self) -> usize {
@@ -187,22 +185,8 @@ impl IntegerColumn {
         }
     }
 
-    /// Adds a value from its encoded bytes read as a big-endian number (`raw`, the sign bit
-    /// still flipped when signed); NULL (`valid` false) decodes as 0.
-    #[inline]
-    fn push_encoded(&mut self, valid: bool, raw: u64) {
-        self.nulls += usize::from(!valid);
-        let flip = u64::from(self.signed && valid);
-        let keep = if valid { u64::MAX } else { 0 };
-        match &mut self.values {
-            IntegerValues::W1(values) => values.push(((raw ^ (flip << 7)) & keep) as u8),
-            IntegerValues::W2(values) => values.push(((raw ^ (flip << 15)) & keep) as u16),
-            IntegerValues::W4(values) => values.push(((raw ^ (flip << 31)) & keep) as u32),
-            IntegerValues::W8(values) => values.push((raw ^ (flip << 63)) & keep),
-        }
-    }
-
-    /// Adds values given as [`IntegerColumn::push_encoded`] takes them, choosing the width
+    /// Adds values, each as whether it is set and its encoded bytes read as a big-endian
+    /// number (the sign bit still flipped when signed; NULL decodes as 0), choosing the width
     /// once for all of them.
     pub(crate) fn extend_encoded(&mut self, values: impl Iterator<Item = (bool, u64)>) {
         fn extend<T>(
@@ -308,7 +292,7 @@ impl Encoded {
 /// The encoded width of rows of these types when it is the same for every row (integer-backed
 /// columns in the default order), `None` otherwise.
 pub fn fixed_width(codec: &RowCodec) -> Option<usize> {
-    codec.integer_columns().map(|columns| columns.iter().map(|(_, layout)| 1 + layout.width).sum())
+    codec.integer_columns().map(integer_row_width)
 }
 
 /// Encodes the given columns; rows are then read with [`Encoded::get`].
@@ -375,6 +359,12 @@ mod tests {
         // A row not laid out as the columns are (here: too short) is left to the general
         // decoder.
         let codec = RowCodec::new(&[DataType::Int64]).expect("codec");
-        assert!(decode_integer_rows(&[&[1u8, 0, 0][..]], codec.integers.as_deref().expect("integers")).is_none());
+        let integers = codec.integers.as_deref().expect("integers");
+        assert!(decode_integer_rows(&[&[1u8, 0, 0][..]], integers).is_none());
+        // Or whose validity byte is neither 0 nor 1, in any row.
+        let valid = [1u8, 0, 0, 0, 0, 0, 0, 0, 7];
+        let invalid = [2u8, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert!(decode_integer_rows(&[&valid[..], &valid[..]], integers).is_some());
+        assert!(decode_integer_rows(&[&valid[..], &invalid[..]], integers).is_none());
     }
 }

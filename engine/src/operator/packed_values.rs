@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::DataType;
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::prefetch::prefetch;
-use crate::rows::{IntegerColumn, IntegerLayout, integer_layout};
+use crate::rows::{IntegerColumn, IntegerLayout, integer_layout, integer_row_width};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -62,7 +62,7 @@ pub fn decode_integers(values: &[u128], data_type: &DataType) -> Option<Result<A
 /// signed), read off it without going through the bytes. 0 decodes as NULL in every column.
 /// `None` when the columns' rows do not fit 15 bytes or a value is not laid out so.
 pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]) -> Option<Result<Vec<ArrayRef>>> {
-    let width: usize = columns.iter().map(|(_, layout)| 1 + layout.width).sum();
+    let width = integer_row_width(columns);
     if width > PACKED_BYTES || !values.iter().all(|&packed| packed == 0 || packed as u8 as usize == width) {
         return None;
     }
@@ -77,7 +77,7 @@ pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]
         if !values.iter().all(|&packed| validity(packed) <= 1) {
             return None;
         }
-        let mut column = IntegerColumn::new(0, *layout, values.len());
+        let mut column = IntegerColumn::new(*layout, values.len());
         column.extend_encoded(
             values.iter().map(|&packed| (validity(packed) == 1, (packed >> value_shift) as u64 & mask)),
         );
