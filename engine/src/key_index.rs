@@ -34,8 +34,14 @@ const DEAD: u32 = 1 << 31;
 const KEY_IN_ROW: u32 = 1 << 31;
 /// Dead bytes tolerated before a compaction is considered at all.
 const COMPACT_AFTER: usize = 1 << 20;
-/// Marks an empty slot.
-const EMPTY: usize = usize::MAX;
+/// Bits of a slot's tag: the top bits of its key's mixed hash (see [`tag`]).
+const TAG_BITS: u32 = 28;
+/// Bits of a slot's entry offset.
+const OFFSET_BITS: u32 = 64 - TAG_BITS;
+/// Bytes an index's arena may hold (64 GiB, less a line: the last offset marks empty slots).
+const MAX_ARENA: usize = (1 << OFFSET_BITS) - CACHE_LINE;
+/// Keys an index may hold: 3/4 of the most slots a tag gives a home in (about 201 million).
+const MAX_KEYS: usize = (1 << TAG_BITS) / 4 * 3;
 /// Bytes of a cache line.
 const CACHE_LINE: usize = 64;
 
@@ -43,6 +49,27 @@ const CACHE_LINE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 #[error("a row of {0} bytes with its key is too large to store (at most 2 GiB)")]
 pub struct EntryTooLarge(pub usize);
+
+/// A change that would take an index past what its slots can address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "storing {keys} more keys and {bytes} more bytes would pass what one index holds \
+     ({MAX_KEYS} keys, {} GiB of keys and rows)",
+    MAX_ARENA.div_ceil(1 << 30)
+)]
+pub struct IndexFull {
+    pub keys: usize,
+    pub bytes: usize,
+}
+
+/// Why the entry API could not store a row.
+#[derive(Debug, thiserror::Error)]
+pub enum NoRoom {
+    #[error(transparent)]
+    TooLarge(#[from] EntryTooLarge),
+    #[error(transparent)]
+    Full(#[from] IndexFull),
+}
 
 /// The index: an open-addressing table of slots (linear probing, at most 3/4 full, removal
 /// by backward shift, so there are no tombstones) over the arena. Its own table, rather than
@@ -68,15 +95,58 @@ impl Default for KeyIndex {
     }
 }
 
-/// A table slot: the key's hash and where its entry starts in the arena (`EMPTY`: none).
-#[derive(Clone, Copy)]
-struct Slot {
-    hash: u64,
-    at: usize,
-}
+/// A table slot in 8 bytes, so that a table of millions of keys has half the slots' cache
+/// footprint of a (hash, offset) pair: the key's tag (the top [`TAG_BITS`] bits of its
+/// mixed hash, whose top bits are also the slot's home) above where its entry starts in the
+/// arena. All ones: empty.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Slot(u64);
 
 impl Slot {
-    const EMPTY: Slot = Slot { hash: 0, at: EMPTY };
+    const EMPTY: Slot = Slot(u64::MAX);
+    const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+
+    /// The slot of a key tagged `tag` whose entry starts at `at` (below [`MAX_ARENA`]).
+    #[inline]
+    fn new(tag: u32, at: usize) -> Self {
+        Slot(u64::from(tag) << OFFSET_BITS | at as u64)
+    }
+
+    #[inline]
+    fn is_empty(self) -> bool {
+        self == Slot::EMPTY
+    }
+
+    #[inline]
+    fn tag(self) -> u32 {
+        (self.0 >> OFFSET_BITS) as u32
+    }
+
+    /// Where the entry starts.
+    #[inline]
+    fn at(self) -> usize {
+        (self.0 & Self::OFFSET_MASK) as usize
+    }
+
+    /// The same key's slot with its entry at `at`.
+    #[inline]
+    fn moved_to(self, at: usize) -> Self {
+        Slot::new(self.tag(), at)
+    }
+}
+
+/// A key's tag: the top bits of its hash mixed by a Fibonacci product (FxHash's low bits are
+/// weak). A slot keeps it, to skip other keys' entries without reading them and to find its
+/// home again when the table grows or a removal shifts it back.
+#[inline]
+fn tag(hash: u64) -> u32 {
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> OFFSET_BITS) as u32
+}
+
+/// Bytes of an entry of a key and row of these lengths stored apart (at most: a row that
+/// starts with its key stores it once).
+pub fn entry_size(key_length: usize, row_length: usize) -> usize {
+    HEADER + key_length + row_length
 }
 
 /// The hash of a key, for the `_hashed` methods.
@@ -167,23 +237,33 @@ impl KeyIndex {
         self.slots.len() - 1
     }
 
-    /// Where a hash's probe starts (the high bits of a Fibonacci product: FxHash's low bits
-    /// are weak).
-    fn home(&self, hash: u64) -> usize {
+    /// Where the probe of a key tagged `tag` starts: the tag's top bits (a table has at most
+    /// `1 << TAG_BITS` slots).
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
         let bits = self.slots.len().trailing_zeros();
-        (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
+        (tag >> (TAG_BITS - bits)) as usize
+    }
+
+    /// Whether `keys` more keys and `bytes` more bytes of entries fit what the slots can
+    /// address (a store checks a change before applying it; dead entries count until a
+    /// compaction drops them).
+    pub fn room_for(&self, keys: usize, bytes: usize) -> Result<(), IndexFull> {
+        let fits = self.len.saturating_add(keys) <= MAX_KEYS && self.arena.len().saturating_add(bytes) <= MAX_ARENA;
+        if fits { Ok(()) } else { Err(IndexFull { keys, bytes }) }
     }
 
     /// The slot holding `key`, or the empty slot ending its probe.
     fn probe(&self, hash: u64, key: &[u8]) -> Result<usize, usize> {
         let mask = self.mask();
-        let mut index = self.home(hash);
+        let tag = tag(hash);
+        let mut index = self.home(tag);
         loop {
             let slot = self.slots[index];
-            if slot.at == EMPTY {
+            if slot.is_empty() {
                 return Err(index);
             }
-            if slot.hash == hash && key_at(&self.arena, slot.at) == key {
+            if slot.tag() == tag && key_at(&self.arena, slot.at()) == key {
                 return Ok(index);
             }
             index = (index + 1) & mask;
@@ -202,12 +282,12 @@ impl KeyIndex {
         }
         if position == 0 {
             for &hash in hashes.iter().take(2 * GROUP) {
-                prefetch(&self.slots[self.home(hash)]);
+                prefetch(&self.slots[self.home(tag(hash))]);
             }
             self.prefetch_entries(hashes.iter().take(GROUP));
         }
         for &hash in hashes.iter().skip(position + 2 * GROUP).take(GROUP) {
-            prefetch(&self.slots[self.home(hash)]);
+            prefetch(&self.slots[self.home(tag(hash))]);
         }
         self.prefetch_entries(hashes.iter().skip(position + GROUP).take(GROUP));
     }
@@ -225,17 +305,18 @@ impl KeyIndex {
         }
     }
 
-    /// Where the first entry whose hash is `hash` starts (keys not compared).
+    /// Where the first entry whose tag is the hash's starts (keys not compared).
     fn first_match(&self, hash: u64) -> Option<usize> {
         let mask = self.mask();
-        let mut index = self.home(hash);
+        let tag = tag(hash);
+        let mut index = self.home(tag);
         loop {
             let slot = self.slots[index];
-            if slot.at == EMPTY {
+            if slot.is_empty() {
                 return None;
             }
-            if slot.hash == hash {
-                return Some(slot.at);
+            if slot.tag() == tag {
+                return Some(slot.at());
             }
             index = (index + 1) & mask;
         }
@@ -246,7 +327,7 @@ impl KeyIndex {
     }
 
     pub fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&[u8]> {
-        self.probe(hash, key).ok().map(|index| entry_at(&self.arena, self.slots[index].at).3)
+        self.probe(hash, key).ok().map(|index| entry_at(&self.arena, self.slots[index].at()).3)
     }
 
     #[cfg(test)]
@@ -270,10 +351,10 @@ impl KeyIndex {
         let mut next = (index + 1) & mask;
         loop {
             let slot = self.slots[next];
-            if slot.at == EMPTY {
+            if slot.is_empty() {
                 break;
             }
-            let home = self.home(slot.hash);
+            let home = self.home(slot.tag());
             // The slot may move back into the hole when the hole lies between its home and it.
             if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
                 self.slots[hole] = slot;
@@ -295,9 +376,9 @@ impl KeyIndex {
     fn resize(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![Slot::EMPTY; capacity]);
         let mask = self.mask();
-        for slot in old.into_iter().filter(|s| s.at != EMPTY) {
-            let mut index = self.home(slot.hash);
-            while self.slots[index].at != EMPTY {
+        for slot in old.into_iter().filter(|s| !s.is_empty()) {
+            let mut index = self.home(slot.tag());
+            while !self.slots[index].is_empty() {
                 index = (index + 1) & mask;
             }
             self.slots[index] = slot;
@@ -336,19 +417,26 @@ impl KeyIndex {
         if self.dead_bytes < COMPACT_AFTER || self.dead_bytes * 2 < self.arena.len() {
             return false;
         }
+        self.compact();
+        true
+    }
+
+    /// Moves the live entries down over the dead ones, in place (see
+    /// [`KeyIndex::compact_if_sparse`]); every offset given out before is then stale.
+    pub fn compact(&mut self) {
         let mask = self.mask();
         let (mut at, mut to) = (0, 0);
         while at < self.arena.len() {
             let (size, dead, key, _) = entry_at(&self.arena, at);
             if !dead {
-                let mut index = self.home(hash(key));
+                let mut index = self.home(tag(hash(key)));
                 if to != at {
                     self.arena.copy_within(at..at + size, to);
                 }
                 // Slots moved before hold offsets below `to`, so only this entry's holds `at`.
-                while self.slots[index].at != EMPTY {
-                    if self.slots[index].at == at {
-                        self.slots[index].at = to;
+                while !self.slots[index].is_empty() {
+                    if self.slots[index].at() == at {
+                        self.slots[index] = self.slots[index].moved_to(to);
                         break;
                     }
                     index = (index + 1) & mask;
@@ -367,7 +455,6 @@ impl KeyIndex {
         if let Some(free) = &mut self.free {
             free.clear();
         }
-        true
     }
 }
 
@@ -490,6 +577,41 @@ mod tests {
         assert!(index.compact_if_sparse(), "most of the arena is dead");
         assert!(index.arena.capacity() <= capacities[7] / 4, "{} bytes kept", index.arena.capacity());
         assert_eq!(index.values().count(), 2_500);
+    }
+
+    #[test]
+    fn a_slot_keeps_any_tag_beside_any_offset_an_arena_can_have() {
+        for tag in [0, 1, 0x0abc_def0 >> 4, (1 << TAG_BITS) - 1] {
+            for at in [0, 1, 0x1234_5678_9, MAX_ARENA - 1] {
+                let slot = Slot::new(tag, at);
+                assert_eq!((slot.tag(), slot.at()), (tag, at));
+                assert!(!slot.is_empty(), "tag {tag:#x} at {at:#x}");
+                assert_eq!(slot.moved_to(7).at(), 7);
+                assert_eq!(slot.moved_to(7).tag(), tag);
+            }
+        }
+        // The home is the tag's top bits at every table size a tag serves.
+        for bits in [3, 20, TAG_BITS] {
+            let index = KeyIndex { slots: vec![Slot::EMPTY; 1 << bits], ..KeyIndex::default() };
+            assert_eq!(index.home((1 << TAG_BITS) - 1), (1 << bits) - 1);
+            assert_eq!(index.home(1 << (TAG_BITS - bits)), 1);
+        }
+    }
+
+    #[test]
+    fn an_index_refuses_what_its_slots_cannot_address() {
+        let mut index = KeyIndex::default();
+        index.insert(b"key", b"row").expect("a lenient insert");
+        assert!(index.room_for(MAX_KEYS - 1, MAX_ARENA - index.arena.len()).is_ok());
+        let full = index.room_for(MAX_KEYS, 0).expect_err("one key too many");
+        assert_eq!(
+            full.to_string(),
+            format!(
+                "storing {MAX_KEYS} more keys and 0 more bytes would pass what one index holds ({MAX_KEYS} keys, 64 GiB of keys and rows)"
+            )
+        );
+        assert!(index.room_for(0, MAX_ARENA).is_err(), "one byte too many");
+        assert!(index.room_for(usize::MAX, usize::MAX).is_err());
     }
 
     #[test]

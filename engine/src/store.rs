@@ -196,6 +196,7 @@ impl RelationStore {
         let net = net_change(&change.weights, &rows, &keys.encoded, &keys.hashes, strict, change.is_consolidated())
             .map_err(|conflict| self.conflict_error(change, conflict))?;
         // Checked before anything changes, so a refused change leaves the store whole.
+        let (mut added, mut bytes) = (0, 0);
         for key_change in &net.keys {
             if let Some(after) = key_change.after {
                 let size = key_change.key.len() + after.len();
@@ -206,7 +207,17 @@ impl RelationStore {
                         EntryTooLarge(size)
                     )));
                 }
+                // A strict change adds a key only where it retracts none.
+                added += usize::from(key_change.before.is_none() || !strict);
+                bytes += key_index::entry_size(key_change.key.len(), after.len());
             }
+        }
+        if self.keys.room_for(added, bytes).is_err() {
+            // Dead entries count until a compaction drops them.
+            self.keys.compact();
+            self.keys
+                .room_for(added, bytes)
+                .map_err(|full| EngineError::Constraint(format!("relation \"{}\": {full}", self.name)))?;
         }
         let applied = self.keys.apply_changes(&net.keys, strict);
         if let Err(refusal) = applied {

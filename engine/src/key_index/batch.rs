@@ -4,7 +4,7 @@
 
 use crate::prefetch::prefetch;
 
-use super::{DEAD, HEADER, KeyIndex, Slot, append, body_size, entry_at, key_in_row, row_start, word, write_entry};
+use super::{DEAD, HEADER, KeyIndex, Slot, append, body_size, entry_at, key_in_row, row_start, tag, word, write_entry};
 
 /// New keys ahead whose dead entries (space to reuse) are prefetched.
 const REUSE_AHEAD: usize = 16;
@@ -116,7 +116,7 @@ impl KeyIndex {
         let strict = log.is_some();
         match self.probe(change.hash, change.key) {
             Ok(index) => {
-                let at = self.slots[index].at;
+                let at = self.slots[index].at();
                 // Not strict, an insertion replaces whatever the key holds: the row held
                 // need not be read.
                 if strict || change.after.is_none() {
@@ -164,7 +164,7 @@ impl KeyIndex {
                             (append(&mut self.arena, change.key, after, shares_key), Undo::Added { change: position })
                         }
                     };
-                    self.slots[index] = Slot { hash: change.hash, at };
+                    self.slots[index] = Slot::new(tag(change.hash), at);
                     self.len += 1;
                     if let Some(log) = log {
                         log.entries.push(undo);
@@ -179,7 +179,7 @@ impl KeyIndex {
     /// is the same and the key stays where it is: apart, or as the first bytes of the new
     /// row too).
     fn replace(&mut self, index: usize, position: usize, key: &[u8], row: &[u8], log: Option<&mut UndoLog>) {
-        let at = self.slots[index].at;
+        let at = self.slots[index].at();
         let held = entry_at(&self.arena, at).3;
         let shares_key = row.starts_with(key);
         if held.len() == row.len() && (shares_key || !key_in_row(&self.arena, at)) {
@@ -190,7 +190,7 @@ impl KeyIndex {
             }
             self.arena[start..start + row.len()].copy_from_slice(row);
         } else {
-            self.slots[index].at = append(&mut self.arena, key, row, shares_key);
+            self.slots[index] = self.slots[index].moved_to(append(&mut self.arena, key, row, shares_key));
             self.kill_in_batch(at);
             if let Some(log) = log {
                 log.entries.push(Undo::Moved { change: position, at });
@@ -208,7 +208,7 @@ impl KeyIndex {
                 }
                 Undo::Moved { change, at } => {
                     if let Ok(index) = self.probe(changes[change].hash, changes[change].key) {
-                        self.slots[index].at = at;
+                        self.slots[index] = self.slots[index].moved_to(at);
                         self.revive(at);
                     }
                 }
@@ -230,7 +230,7 @@ impl KeyIndex {
                 Undo::Removed { hash, at } => {
                     let key = entry_at(&self.arena, at).2.to_vec();
                     if let Err(index) = self.probe(hash, &key) {
-                        self.slots[index] = Slot { hash, at };
+                        self.slots[index] = Slot::new(tag(hash), at);
                         self.len += 1;
                         self.revive(at);
                     }

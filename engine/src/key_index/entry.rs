@@ -4,7 +4,7 @@
 //! An offset stays valid while its entry lives and until the next compaction, which the
 //! caller runs ([`KeyIndex::compact_if_sparse`]) and is told about.
 
-use super::{DEAD, EntryTooLarge, KeyIndex, Slot, append, entry_at, row_start};
+use super::{DEAD, EntryTooLarge, HEADER, KeyIndex, NoRoom, Slot, append, entry_at, row_start, tag};
 
 /// A key's place in the index: held or not.
 pub enum Entry<'a, 'k> {
@@ -71,7 +71,7 @@ impl KeyIndex {
 impl OccupiedEntry<'_> {
     /// Where the entry starts in the arena.
     pub fn offset(&self) -> usize {
-        self.index.slots[self.slot].at
+        self.index.slots[self.slot].at()
     }
 
     pub fn row(&self) -> &[u8] {
@@ -98,19 +98,20 @@ impl VacantEntry<'_, '_> {
     /// Stores `row` under the key and returns where its entry starts, growing the table
     /// when it is full. The key is stored apart even when the row starts with it, so that
     /// changing the row in place never changes the key.
-    pub fn insert(self, row: &[u8]) -> Result<usize, EntryTooLarge> {
+    pub fn insert(self, row: &[u8]) -> Result<usize, NoRoom> {
         let size = self.key.len() + row.len();
         if size >= DEAD as usize {
-            return Err(EntryTooLarge(size));
+            return Err(EntryTooLarge(size).into());
         }
         let index = self.index;
+        index.room_for(1, HEADER + size)?;
         let mut slot = self.slot;
         if (index.len + 1) * 4 > index.slots.len() * 3 {
             index.resize(index.slots.len() * 2);
             slot = index.probe(self.hash, self.key).err().unwrap_or(slot);
         }
         let at = append(&mut index.arena, self.key, row, false);
-        index.slots[slot] = Slot { hash: self.hash, at };
+        index.slots[slot] = Slot::new(tag(self.hash), at);
         index.len += 1;
         Ok(at)
     }

@@ -172,7 +172,13 @@ impl Arrangement {
 
     /// Applies a change's rows (in the order given), looking rows up a group ahead.
     pub fn apply(&mut self, changes: &[RowChange]) -> Result<()> {
-        self.rows.reserve(changes.iter().filter(|c| c.weight > 0).count());
+        let added = changes.iter().filter(|c| c.weight > 0);
+        let bytes = added.clone().map(|c| key_index::entry_size(c.row.len(), VALUE)).sum();
+        // Checked before anything changes (the rows a change adds are at most its insertions).
+        self.rows
+            .room_for(added.clone().count(), bytes)
+            .map_err(|full| EngineError::Constraint(format!("a join's arrangement: {full}")))?;
+        self.rows.reserve(added.count());
         let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
         for (position, change) in changes.iter().enumerate() {
             self.rows.prefetch_ahead(&hashes, position);
