@@ -10,6 +10,7 @@ use rustc_hash::FxHashSet;
 
 use crate::key_index::KeyChange;
 use crate::rows::Encoded;
+use crate::same_bytes::same_bytes;
 
 /// A change's net effect on each key it touches.
 pub(crate) struct NetChange<'a> {
@@ -241,8 +242,8 @@ fn adjacent_updates<'a>(
         if weight.abs() != 1 {
             return None;
         }
-        let pair = row + 1 < count && hashes[row + 1] == hash && keys.get(row + 1) == key;
-        if pair && (weights[row + 1] != -weight || rows.get(row) == rows.get(row + 1)) {
+        let pair = row + 1 < count && hashes[row + 1] == hash && same_bytes(keys.get(row + 1), key);
+        if pair && (weights[row + 1] != -weight || same_bytes(rows.get(row), rows.get(row + 1))) {
             return None;
         }
         if check_keys {

@@ -1,7 +1,7 @@
 //! A primary-key index whose entries live in one byte arena: each entry is appended as
 //! `[length: u32][key length: u32][key][row]` (or `[..][row]` alone when the row starts with
 //! the key, as a table's row does when its primary key leads its columns), and the hash table
-//! holds only the key's hash and the entry's offset. Storing a row costs no allocation of its
+//! holds only a tag of the key's hash and the entry's offset, in 8 bytes. Storing a row costs no allocation of its
 //! own, growing the table never touches the entries, and reading every row walks the arena in
 //! insertion order. A replaced or removed entry is marked dead (the top bit of its length) and
 //! the arena is compacted once dead entries take more than half of it; in a store's index
@@ -21,6 +21,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::heap_bytes::HeapBytes;
 use crate::prefetch::prefetch;
+use crate::same_bytes::same_bytes;
 
 pub use batch::{KeyChange, Refusal};
 pub use entry::Entry;
@@ -263,7 +264,7 @@ impl KeyIndex {
             if slot.is_empty() {
                 return Err(index);
             }
-            if slot.tag() == tag && key_at(&self.arena, slot.at()) == key {
+            if slot.tag() == tag && same_bytes(key_at(&self.arena, slot.at()), key) {
                 return Ok(index);
             }
             index = (index + 1) & mask;

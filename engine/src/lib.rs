@@ -35,6 +35,7 @@ pub mod memory;
 pub mod operator;
 mod prefetch;
 pub mod rows;
+mod same_bytes;
 mod session;
 pub mod sink;
 pub mod stats;

@@ -3,6 +3,7 @@
 //! undo log and, when a key refuses its change, puts back every key it already changed.
 
 use crate::prefetch::prefetch;
+use crate::same_bytes::same_bytes;
 
 use super::{DEAD, HEADER, KeyIndex, Slot, append, body_size, entry_at, key_in_row, row_start, tag, word, write_entry};
 
@@ -122,7 +123,7 @@ impl KeyIndex {
                 if strict || change.after.is_none() {
                     let held = entry_at(&self.arena, at).3;
                     match change.before {
-                        Some(before) if before == held => {}
+                        Some(before) if same_bytes(before, held) => {}
                         Some(_) if strict => return Err(Refusal::NotHeld(position)),
                         None if strict => return Err(Refusal::Taken(position)),
                         // Not strict: a retraction of another row leaves the key alone.
@@ -154,7 +155,7 @@ impl KeyIndex {
                         index = self.probe(change.hash, change.key).err().unwrap_or(index);
                     }
                     // A row that starts with its key keeps the key there only.
-                    let shares_key = after.starts_with(change.key);
+                    let shares_key = starts_with(after, change.key);
                     let (at, undo) = match self.store_in_free(change.key, after, shares_key) {
                         Some(at) => {
                             let size = HEADER + body_size(change.key, after, shares_key);
@@ -181,7 +182,7 @@ impl KeyIndex {
     fn replace(&mut self, index: usize, position: usize, key: &[u8], row: &[u8], log: Option<&mut UndoLog>) {
         let at = self.slots[index].at();
         let held = entry_at(&self.arena, at).3;
-        let shares_key = row.starts_with(key);
+        let shares_key = starts_with(row, key);
         if held.len() == row.len() && (shares_key || !key_in_row(&self.arena, at)) {
             let start = row_start(&self.arena, at);
             if let Some(log) = log {
@@ -244,6 +245,12 @@ impl KeyIndex {
         let length = word(&self.arena, at) & !DEAD;
         self.arena[at..at + 4].copy_from_slice(&length.to_le_bytes());
     }
+}
+
+/// Whether `row` starts with `key`.
+#[inline]
+fn starts_with(row: &[u8], key: &[u8]) -> bool {
+    row.len() >= key.len() && same_bytes(&row[..key.len()], key)
 }
 
 #[cfg(test)]
