@@ -35,10 +35,34 @@ pub fn pack(bytes: &[u8]) -> Result<u128> {
     if bytes.len() > PACKED_BYTES {
         return Err(EngineError::Internal(format!("a {}-byte value where at most 15 were expected", bytes.len())));
     }
-    let mut packed = [0u8; 16];
-    packed[..bytes.len()].copy_from_slice(bytes);
-    packed[PACKED_BYTES] = bytes.len() as u8;
-    Ok(u128::from_be_bytes(packed))
+    Ok(packed_bytes(bytes) | bytes.len() as u128)
+}
+
+/// The bytes (at most 15) as the top bytes of a big-endian `u128`, the rest 0. Read as two
+/// overlapping loads (the bytes they share are the same): copying a variable number of bytes
+/// into a buffer and loading it whole stalls the load until the copy's stores retire.
+#[inline]
+fn packed_bytes(bytes: &[u8]) -> u128 {
+    let len = bytes.len();
+    // The last `W` bytes' place below the first `W`: byte `len - 1` ends at bit 8 * (16 - len).
+    let tail_shift = 8 * (16 - len as u32);
+    if len >= 8 {
+        let (head, tail) = (u64::from_be_bytes(first(bytes)), u64::from_be_bytes(first(&bytes[len - 8..])));
+        (u128::from(head) << 64) | (u128::from(tail) << tail_shift)
+    } else if len >= 4 {
+        let (head, tail) = (u32::from_be_bytes(first(bytes)), u32::from_be_bytes(first(&bytes[len - 4..])));
+        (u128::from(head) << 96) | (u128::from(tail) << tail_shift)
+    } else {
+        bytes.iter().enumerate().fold(0, |packed, (i, &byte)| packed | u128::from(byte) << (120 - 8 * i))
+    }
+}
+
+/// The first `W` bytes (the caller checked there are as many).
+#[inline]
+fn first<const W: usize>(bytes: &[u8]) -> [u8; W] {
+    let mut out = [0u8; W];
+    out.copy_from_slice(&bytes[..W]);
+    out
 }
 
 /// The encoding a packed value was made from.
@@ -436,6 +460,14 @@ mod tests {
             }
         }
         assert!(pack(&[0; 16]).is_err());
+        // Every length, against the bytes copied into a buffer.
+        for len in 0..=PACKED_BYTES {
+            let bytes: Vec<u8> = (1..=len as u8).map(|i| i.wrapping_mul(0x9d)).collect();
+            let mut buffer = [0u8; 16];
+            buffer[..len].copy_from_slice(&bytes);
+            buffer[PACKED_BYTES] = len as u8;
+            assert_eq!(pack(&bytes).expect("fits"), u128::from_be_bytes(buffer), "{len} bytes");
+        }
         for a in strings.iter().take(200) {
             assert_eq!(&unpack(pack(a).expect("fits")), a);
         }
