@@ -68,13 +68,22 @@ pub(crate) fn net_change<'a>(
     // A few keys occur more than once (an epoch that inserts a row and updates it, say): only
     // their rows (those of every key with a repeated hash) are grouped.
     let repeated: FxHashSet<u64> = repeated.into_iter().collect();
-    let paired = net.keys.iter().zip(&net.rows).filter(|(change, _)| !repeated.contains(&change.hash));
-    let (mut changes, mut behind): (Vec<KeyChange>, Vec<u32>) = paired.map(|(change, row)| (*change, *row)).unzip();
+    // The paired keys stay, moved down in place over the others.
+    let mut kept = 0;
+    for index in 0..net.keys.len() {
+        if !repeated.contains(&net.keys[index].hash) {
+            net.keys[kept] = net.keys[index];
+            net.rows[kept] = net.rows[index];
+            kept += 1;
+        }
+    }
+    net.keys.truncate(kept);
+    net.rows.truncate(kept);
     let order: Vec<u32> = (0..weights.len() as u32).filter(|&row| repeated.contains(&hashes[row as usize])).collect();
     let rest = grouped(weights, rows, keys, hashes, strict, Some(&order))?;
-    changes.extend(rest.keys);
-    behind.extend(rest.rows);
-    (net.keys, net.rows, net.remaining) = (changes, behind, rest.remaining);
+    net.keys.extend(rest.keys);
+    net.rows.extend(rest.rows);
+    net.remaining = rest.remaining;
     Ok(net)
 }
 

@@ -116,8 +116,10 @@ impl Side {
             // copy of the distinct row beside the others, not with that row's first place in
             // a batch of millions: both stay in the cache.
             let mut positions: HashTable<u32> = HashTable::with_capacity(change.len().min(CONSOLIDATION_CAPACITY));
-            let mut distinct: Vec<u8> = Vec::new();
-            let mut distinct_starts: Vec<usize> = vec![0];
+            // Sized as if every row were distinct and as long as the first (grown past that).
+            let mut distinct: Vec<u8> = Vec::with_capacity(rows.get(0).len() * change.len());
+            let mut distinct_starts: Vec<usize> = Vec::with_capacity(change.len() + 1);
+            distinct_starts.push(0);
             for (i, &weight) in change.weights.iter().enumerate() {
                 let row = rows.get(i);
                 let same_row =
@@ -214,7 +216,9 @@ impl Join {
     ) -> Result<Vec<Hit>> {
         let stored = if delta_is_left { &self.right } else { &self.left };
         // (delta row, stored row's offset, stored row, its multiplicity)
-        let mut candidates: Vec<(usize, usize, &[u8], i64)> = Vec::new();
+        // Sized for one match per row (a join on the other side's key, the common case): grown
+        // one probe at a time, the vector was reallocated over and over.
+        let mut candidates: Vec<(usize, usize, &[u8], i64)> = Vec::with_capacity(delta.len());
         // Rows never probed (a NULL key) get a placeholder that prefetches nothing.
         let probes: Vec<Probe> = (0..delta.len()).map(|i| delta.key(i).map_or(Probe::Bytes, Probe::of)).collect();
         for (index, &probe) in probes.iter().enumerate() {
