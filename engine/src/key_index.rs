@@ -1,9 +1,9 @@
 //! A primary-key index whose entries live in one byte arena: each entry is appended as
 //! `[length: u32][key length: u32][key][row]` (or `[..][row]` alone when the row starts with
 //! the key, as a table's row does when its primary key leads its columns), and the hash table
-//! holds only a tag of the key's hash and the entry's offset, in 8 bytes. Storing a row costs no allocation of its
-//! own, growing the table never touches the entries, and reading every row walks the arena in
-//! insertion order. A replaced or removed entry is marked dead (the top bit of its length) and
+//! holds only a tag of the key's hash and the entry's offset, in 8 bytes. Storing a row costs
+//! no allocation of its own, growing the table never touches the entries, and reading every
+//! row walks the arena in insertion order. A replaced or removed entry is marked dead (the top bit of its length) and
 //! the arena is compacted once dead entries take more than half of it; in a store's index
 //! ([`KeyIndex::reusing_space`]) a later batch stores a new key's entry of the same size in a
 //! dead entry's place first, so a table whose rows come and go keeps its size. Changes arrive
