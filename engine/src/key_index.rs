@@ -583,7 +583,7 @@ mod tests {
     #[test]
     fn a_slot_keeps_any_tag_beside_any_offset_an_arena_can_have() {
         for tag in [0, 1, 0x0abc_def0 >> 4, (1 << TAG_BITS) - 1] {
-            for at in [0, 1, 0x1234_5678_9, MAX_ARENA - 1] {
+            for at in [0, 1, 0x0001_2345_6789, MAX_ARENA - 1] {
                 let slot = Slot::new(tag, at);
                 assert_eq!((slot.tag(), slot.at()), (tag, at));
                 assert!(!slot.is_empty(), "tag {tag:#x} at {at:#x}");

@@ -65,6 +65,10 @@ impl StateBatch {
         self.batch.num_rows()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn binary(&self, column: usize) -> &LargeBinaryArray {
         self.batch.column(column).as_binary::<i64>()
     }

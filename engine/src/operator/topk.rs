@@ -21,12 +21,16 @@ use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::rows::{RowCodec, encode_owned};
 
+/// A row's sort key and row, both encoded: the order the rows are kept in.
+type SortedRow = (Box<[u8]>, Box<[u8]>);
+
 pub struct TopK {
     input: Box<dyn Operator>,
     sort_exprs: Vec<Arc<dyn PhysicalExpr>>,
     sort_codec: RowCodec,
     row_codec: RowCodec,
-    rows: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    /// Every input row with its multiplicity, in sort order.
+    rows: BTreeMap<SortedRow, i64>,
     emitted: FxHashMap<Box<[u8]>, i64>,
     skip: usize,
     fetch: usize,
