@@ -136,6 +136,15 @@ impl Slot {
     }
 }
 
+/// Where the probe of a key tagged `tag` starts in a table of `slots` slots (a power of two,
+/// at most `1 << TAG_BITS`): the tag's top bits.
+#[inline]
+fn home_in(tag: u32, slots: usize) -> usize {
+    let bits = slots.trailing_zeros();
+    debug_assert!(bits <= TAG_BITS, "{slots} slots, more than a tag gives a home in");
+    (tag >> (TAG_BITS - bits)) as usize
+}
+
 /// A key's tag: the top bits of its hash mixed by a Fibonacci product (FxHash's low bits are
 /// weak). A slot keeps it, to skip other keys' entries without reading them and to find its
 /// home again when the table grows or a removal shifts it back.
@@ -219,7 +228,9 @@ impl KeyIndex {
     pub fn reserve(&mut self, additional: usize) {
         let needed = self.len + additional;
         if needed * 4 > self.slots.len() * 3 {
-            self.resize((needed * 4 / 3 + 1).next_power_of_two());
+            // At most the slots a tag gives a home in, which hold MAX_KEYS (callers check
+            // [`KeyIndex::room_for`] first).
+            self.resize((needed * 4 / 3 + 1).next_power_of_two().min(1 << TAG_BITS));
         }
     }
 
@@ -238,12 +249,10 @@ impl KeyIndex {
         self.slots.len() - 1
     }
 
-    /// Where the probe of a key tagged `tag` starts: the tag's top bits (a table has at most
-    /// `1 << TAG_BITS` slots).
+    /// Where the probe of a key tagged `tag` starts (see [`home_in`]).
     #[inline]
     fn home(&self, tag: u32) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        (tag >> (TAG_BITS - bits)) as usize
+        home_in(tag, self.slots.len())
     }
 
     /// Whether `keys` more keys and `bytes` more bytes of entries fit what the slots can
@@ -593,9 +602,9 @@ mod tests {
         }
         // The home is the tag's top bits at every table size a tag serves.
         for bits in [3, 20, TAG_BITS] {
-            let index = KeyIndex { slots: vec![Slot::EMPTY; 1 << bits], ..KeyIndex::default() };
-            assert_eq!(index.home((1 << TAG_BITS) - 1), (1 << bits) - 1);
-            assert_eq!(index.home(1 << (TAG_BITS - bits)), 1);
+            assert_eq!(home_in((1 << TAG_BITS) - 1, 1 << bits), (1 << bits) - 1);
+            assert_eq!(home_in(1 << (TAG_BITS - bits), 1 << bits), 1);
+            assert_eq!(home_in(0, 1 << bits), 0);
         }
     }
 
