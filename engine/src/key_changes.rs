@@ -6,7 +6,6 @@
 //! side, which one pass pairs; only keys that occur again are grouped.
 
 use hashbrown::hash_table::{Entry, HashTable};
-use rustc_hash::FxHashSet;
 
 use crate::key_index::KeyChange;
 use crate::rows::Encoded;
@@ -62,16 +61,19 @@ pub(crate) fn net_change<'a>(
     let Some((mut net, repeated)) = adjacent_updates(weights, rows, keys, hashes, check_keys) else {
         return grouped(weights, rows, keys, hashes, strict, None);
     };
-    if repeated.is_empty() {
-        return Ok(net);
-    }
+    let Some(repeated) = repeated else { return Ok(net) };
     // A few keys occur more than once (an epoch that inserts a row and updates it, say): only
-    // their rows (those of every key with a repeated hash) are grouped.
-    let repeated: FxHashSet<u64> = repeated.into_iter().collect();
-    // The paired keys stay, moved down in place over the others.
+    // their rows (those of every key with a repeated hash) are grouped, in ascending order as
+    // the keys came; the paired keys stay, moved down in place over the others.
+    let mut order: Vec<u32> = Vec::new();
     let mut kept = 0;
     for index in 0..net.keys.len() {
-        if !repeated.contains(&net.keys[index].hash) {
+        if repeated.marked[index] {
+            let first = repeated.first_rows[index];
+            let change = &net.keys[index];
+            let span = if change.before.is_some() && change.after.is_some() { 2 } else { 1 };
+            order.extend(first..first + span);
+        } else {
             net.keys[kept] = net.keys[index];
             net.rows[kept] = net.rows[index];
             kept += 1;
@@ -79,12 +81,19 @@ pub(crate) fn net_change<'a>(
     }
     net.keys.truncate(kept);
     net.rows.truncate(kept);
-    let order: Vec<u32> = (0..weights.len() as u32).filter(|&row| repeated.contains(&hashes[row as usize])).collect();
     let rest = grouped(weights, rows, keys, hashes, strict, Some(&order))?;
     net.keys.extend(rest.keys);
     net.rows.extend(rest.rows);
     net.remaining = rest.remaining;
     Ok(net)
+}
+
+/// The keys of a paired change whose hashes occur more than once.
+struct RepeatedKeys {
+    /// Per key change (in order), whether another key change has its hash.
+    marked: Vec<bool>,
+    /// Per key change, its first row (an update's two rows are this one and the next).
+    first_rows: Vec<u32>,
 }
 
 /// The net change of any change: each key's rows brought together through a hash table of
@@ -229,22 +238,24 @@ fn grouped<'a>(
 /// The net change of a change in which every key occurs once, or twice side by side as an
 /// update (one row retracted and another inserted), each row with weight 1 or -1: the order
 /// sources and SQL UPDATE send changes in, and that of an aggregate's output. One pass pairs
-/// each update's halves, and when `check_keys` a set of the keys' hashes finds the hashes that
-/// occur more than once (returned beside the result, which is the general path's for every
-/// key without such a hash). `None` when a row does not fit the shape: the general path then
-/// brings each key's rows together.
+/// each update's halves, and when `check_keys` a table of the keys' hashes marks the key
+/// changes whose hash another one has (returned beside the result, which is the general
+/// path's for every key change not marked; `None`: none). `None` when a row does not fit the
+/// shape: the general path then brings each key's rows together.
 fn adjacent_updates<'a>(
     weights: &[i64],
     rows: &'a Encoded,
     keys: &'a Encoded,
     hashes: &[u64],
     check_keys: bool,
-) -> Option<(NetChange<'a>, Vec<u64>)> {
+) -> Option<(NetChange<'a>, Option<RepeatedKeys>)> {
     let count = weights.len();
     let mut net =
         NetChange { keys: Vec::with_capacity(count), rows: Vec::with_capacity(count), remaining: None, distinct: true };
-    let mut seen: HashTable<u64> = HashTable::with_capacity(if check_keys { count } else { 0 });
-    let mut repeated: Vec<u64> = Vec::new();
+    // (hash, the first key change with it)
+    let mut seen: HashTable<(u64, u32)> = HashTable::with_capacity(if check_keys { count } else { 0 });
+    let mut first_rows: Vec<u32> = Vec::with_capacity(if check_keys { count } else { 0 });
+    let mut marked: Vec<bool> = Vec::new();
     let mut row = 0;
     while row < count {
         let (hash, key, weight) = (hashes[row], keys.get(row), weights[row]);
@@ -256,10 +267,18 @@ fn adjacent_updates<'a>(
             return None;
         }
         if check_keys {
-            match seen.entry(hash, |&seen| seen == hash, |&seen| seen) {
-                Entry::Occupied(_) => repeated.push(hash),
+            let index = net.keys.len() as u32;
+            first_rows.push(row as u32);
+            match seen.entry(hash, |&(seen, _)| seen == hash, |&(seen, _)| seen) {
+                Entry::Occupied(first) => {
+                    if marked.is_empty() {
+                        marked = vec![false; count];
+                    }
+                    marked[first.get().1 as usize] = true;
+                    marked[index as usize] = true;
+                }
                 Entry::Vacant(vacant) => {
-                    vacant.insert(hash);
+                    vacant.insert((hash, index));
                 }
             }
         }
@@ -273,6 +292,7 @@ fn adjacent_updates<'a>(
         net.rows.push(behind as u32);
         row += if pair { 2 } else { 1 };
     }
+    let repeated = (!marked.is_empty()).then_some(RepeatedKeys { marked, first_rows });
     Some((net, repeated))
 }
 
@@ -415,7 +435,7 @@ mod tests {
                 }
             });
             match adjacent_updates(&weights, &whole, &keys, &hashes, true) {
-                Some((_, repeated)) if repeated.is_empty() => {
+                Some((_, None)) => {
                     assert!(fits, "{rows:?} {weights:?}");
                     whole_pass += 1;
                 }
