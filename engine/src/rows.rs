@@ -124,11 +124,14 @@ pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]
         let valid = |row: &[u8]| row[at] == 1;
         match layout.width {
             1 => column.extend_encoded(rows.iter().map(|row| (valid(row), u64::from(row[at + 1])))),
-            2 => column
-                .extend_encoded(rows.iter().map(|row| (valid(row), u64::from(u16::from_be_bytes(be(&row[at + 1..])))))),
-            4 => column
-                .extend_encoded(rows.iter().map(|row| (valid(row), u64::from(u32::from_be_bytes(be(&row[at + 1..])))))),
-            _ => column.extend_encoded(rows.iter().map(|row| (valid(row), u64::from_be_bytes(be(&row[at + 1..]))))),
+            2 => column.extend_encoded(
+                rows.iter().map(|row| (valid(row), u64::from(u16::from_be_bytes(first_bytes(&row[at + 1..]))))),
+            ),
+            4 => column.extend_encoded(
+                rows.iter().map(|row| (valid(row), u64::from(u32::from_be_bytes(first_bytes(&row[at + 1..]))))),
+            ),
+            _ => column
+                .extend_encoded(rows.iter().map(|row| (valid(row), u64::from_be_bytes(first_bytes(&row[at + 1..]))))),
         }
         decoded.push(column.finish(data_type, |i| valid(rows[i])));
         at += 1 + layout.width;
@@ -136,8 +139,9 @@ pub fn decode_integer_rows(rows: &[&[u8]], columns: &[(DataType, IntegerLayout)]
     Some(decoded.into_iter().collect())
 }
 
-/// The first `W` bytes (the caller checked there are as many).
-fn be<const W: usize>(bytes: &[u8]) -> [u8; W] {
+/// The first `W` bytes (the caller checked there are as many), copied as one load.
+#[inline]
+pub(crate) fn first_bytes<const W: usize>(bytes: &[u8]) -> [u8; W] {
     let mut out = [0u8; W];
     out.copy_from_slice(&bytes[..W]);
     out

@@ -2,6 +2,8 @@
 //! bytes at a time: a call to the C library's `memcmp` for each costs more than the compare
 //! itself, and the key index and net change compare one or two per change.
 
+use crate::rows::first_bytes;
+
 /// Whether `a` and `b` hold the same bytes.
 #[inline]
 pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -29,8 +31,7 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 fn short_same(a: &[u8], b: &[u8]) -> bool {
     let len = a.len();
     if len >= 4 {
-        let half =
-            |bytes: &[u8], at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let half = |bytes: &[u8], at: usize| u32::from_ne_bytes(first_bytes(&bytes[at..]));
         return half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4);
     }
     a.iter().zip(b).all(|(x, y)| x == y)
@@ -39,9 +40,7 @@ fn short_same(a: &[u8], b: &[u8]) -> bool {
 /// The eight bytes at `at` as a word.
 #[inline]
 fn word(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_ne_bytes(word)
+    u64::from_ne_bytes(first_bytes(&bytes[at..]))
 }
 
 #[cfg(test)]

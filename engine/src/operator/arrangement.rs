@@ -172,13 +172,15 @@ impl Arrangement {
 
     /// Applies a change's rows (in the order given), looking rows up a group ahead.
     pub fn apply(&mut self, changes: &[RowChange]) -> Result<()> {
-        let added = changes.iter().filter(|c| c.weight > 0);
-        let bytes = added.clone().map(|c| key_index::entry_size(c.row.len(), VALUE)).sum();
         // Checked before anything changes (the rows a change adds are at most its insertions).
+        let (added, bytes) = changes
+            .iter()
+            .filter(|c| c.weight > 0)
+            .fold((0, 0), |(added, bytes), c| (added + 1, bytes + key_index::entry_size(c.row.len(), VALUE)));
         self.rows
-            .room_for(added.clone().count(), bytes)
+            .room_for(added, bytes)
             .map_err(|full| EngineError::Constraint(format!("a join's arrangement: {full}")))?;
-        self.rows.reserve(added.count());
+        self.rows.reserve(added);
         let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
         for (position, change) in changes.iter().enumerate() {
             self.rows.prefetch_ahead(&hashes, position);

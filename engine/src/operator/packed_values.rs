@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::DataType;
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
 use crate::prefetch::prefetch;
-use crate::rows::{IntegerColumn, IntegerLayout, integer_layout, integer_row_width};
+use crate::rows::{IntegerColumn, IntegerLayout, first_bytes, integer_layout, integer_row_width};
 
 /// The bytes of an encoding in its packed form: its length goes in the byte after them.
 pub const PACKED_BYTES: usize = 15;
@@ -47,22 +47,14 @@ fn packed_bytes(bytes: &[u8]) -> u128 {
     // The last `W` bytes' place below the first `W`: byte `len - 1` ends at bit 8 * (16 - len).
     let tail_shift = 8 * (16 - len as u32);
     if len >= 8 {
-        let (head, tail) = (u64::from_be_bytes(first(bytes)), u64::from_be_bytes(first(&bytes[len - 8..])));
+        let (head, tail) = (u64::from_be_bytes(first_bytes(bytes)), u64::from_be_bytes(first_bytes(&bytes[len - 8..])));
         (u128::from(head) << 64) | (u128::from(tail) << tail_shift)
     } else if len >= 4 {
-        let (head, tail) = (u32::from_be_bytes(first(bytes)), u32::from_be_bytes(first(&bytes[len - 4..])));
+        let (head, tail) = (u32::from_be_bytes(first_bytes(bytes)), u32::from_be_bytes(first_bytes(&bytes[len - 4..])));
         (u128::from(head) << 96) | (u128::from(tail) << tail_shift)
     } else {
         bytes.iter().enumerate().fold(0, |packed, (i, &byte)| packed | u128::from(byte) << (120 - 8 * i))
     }
-}
-
-/// The first `W` bytes (the caller checked there are as many).
-#[inline]
-fn first<const W: usize>(bytes: &[u8]) -> [u8; W] {
-    let mut out = [0u8; W];
-    out.copy_from_slice(&bytes[..W]);
-    out
 }
 
 /// The encoding a packed value was made from.
