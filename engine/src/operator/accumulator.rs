@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
 use datafusion::arrow::array::{
-    Array, ArrayRef, ArrowPrimitiveType, AsArray, Float64Array, Int64Array, PrimitiveArray, RecordBatch, UInt32Array,
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, Float64Array, PrimitiveArray, RecordBatch, UInt32Array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64T
 use rustc_hash::FxHashMap;
 
 use super::byte_values::ByteValues;
-use super::packed_values::{PACKED_BYTES, PackedMultisets, decode_integers, pack, pack_integers, unpack};
+use super::packed_values::{PACKED_BYTES, PackedMultisets, pack, pack_integers, unpack};
 use super::state::{INT128, StateReader, int64_column, int128_column, multiset_batch, multiset_types, state_batch};
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
@@ -372,30 +372,10 @@ impl Accumulator {
         Ok(())
     }
 
-    /// The aggregate's values for several groups at once (`rows[i]` rows in `groups[i]`),
-    /// built straight into typed arrays. A mirror is read through the accumulator it mirrors
-    /// (see [`Accumulator::extremes`]).
-    pub fn values(&self, groups: &[usize], rows: &[i64]) -> Result<ArrayRef> {
-        let counted = |counts: &[i64]| per_group::<Int64Type>(groups, |g| Some(counts[g]));
+    /// The values of float sums and averages for several groups at once, built straight into
+    /// typed arrays. The other kinds' results are plain values ([`Accumulator::results`]).
+    pub fn values(&self, groups: &[usize]) -> Result<ArrayRef> {
         Ok(match self {
-            Accumulator::CountRows => Arc::new(Int64Array::from(rows.to_vec())),
-            Accumulator::Count { counts } => Arc::new(counted(counts)),
-            Accumulator::CountDistinct { values, .. } => {
-                Arc::new(per_group::<Int64Type>(groups, |g| Some(values[g].len() as i64)))
-            }
-            Accumulator::SumExact { sums, counts, output: DataType::Int64 } => {
-                if groups.iter().any(|&g| counts[g] != 0 && i64::try_from(sums[g]).is_err()) {
-                    return Err(EngineError::Constraint("bigint out of range in sum".into()));
-                }
-                Arc::new(per_group::<Int64Type>(groups, |g| (counts[g] != 0).then_some(sums[g] as i64)))
-            }
-            Accumulator::SumExact { sums, counts, output: DataType::Decimal128(precision, scale) } => {
-                let sums = per_group::<Decimal128Type>(groups, |g| (counts[g] != 0).then_some(sums[g]));
-                Arc::new(sums.with_precision_and_scale(*precision, *scale)?)
-            }
-            Accumulator::SumExact { output, .. } => {
-                return Err(EngineError::Internal(format!("sum into {output}")));
-            }
             Accumulator::SumFloat { sums, counts } => {
                 Arc::new(per_group::<Float64Type>(groups, |g| (counts[g] != 0).then_some(sums[g])))
             }
@@ -412,10 +392,7 @@ impl Accumulator {
             Accumulator::AvgDecimal { output, .. } => {
                 return Err(EngineError::Internal(format!("avg into {output}")));
             }
-            Accumulator::Extremum { max, output, .. } => self.extremes(groups, *max, output)?,
-            Accumulator::Mirror { .. } => {
-                return Err(EngineError::Internal("a mirrored min/max is read through the one it mirrors".into()));
-            }
+            _ => return Err(EngineError::Internal("counts, exact sums and extremes are read as plain results".into())),
         })
     }
 
@@ -423,14 +400,6 @@ impl Accumulator {
     /// or a mirror of it.
     pub fn extremes(&self, groups: &[usize], max: bool, output: &DataType) -> Result<ArrayRef> {
         if let Accumulator::Extremum { values, codec, input, .. } = self {
-            if let OrderedValues::Packed(packed) = values {
-                // 0: the group has no value (a packed value never is 0).
-                let extremes: Vec<u128> = groups.iter().map(|&g| packed.extreme(g, max).unwrap_or(0)).collect();
-                if let Some(array) = decode_integers(&extremes, input) {
-                    let array = array?;
-                    return Ok(if input != output { cast(&array, output)? } else { array });
-                }
-            }
             let extremes: Vec<Option<Extreme>> = groups.iter().map(|&g| values.extreme(g, max)).collect();
             let present: Vec<&[u8]> = extremes.iter().flatten().map(Extreme::bytes).collect();
             let decoded = if present.is_empty() {

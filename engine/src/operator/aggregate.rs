@@ -1,16 +1,16 @@
 //! GROUP BY: per-group row counts and retractable accumulators. For each epoch it emits, per
 //! group the epoch touched, a retraction of the group's previous output row and an insertion
 //! of the new one side by side (nothing when the row did not change). The previous row is
-//! computed from the state before the epoch's changes, not stored: both rows come out of the
-//! accumulators as typed columns and are compared column by column. A group whose row count
+//! computed from the state before the epoch's changes, not stored: both rows' results come out
+//! of the accumulators as plain per-group values (`group_results.rs`), are compared value by
+//! value, and only the rows emitted are built into columns. A group whose row count
 //! reaches zero disappears; an aggregate without GROUP BY always has its one row, as in SQL.
 
 use std::sync::Arc;
 
 use changeflow_sql::plan::{AggregateCall, AggregateKind};
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
-use datafusion::arrow::compute::kernels::cmp::not_distinct;
-use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -18,6 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::accumulator::Accumulator;
 use super::group_index::{GroupIndex, GroupKeys, KeyBytes, Probe};
+use super::group_results::GroupResults;
 use super::packed_values::decode_packed_rows;
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
@@ -118,15 +119,15 @@ impl Aggregate {
         group
     }
 
-    /// The aggregates' columns for `groups` from their current state (rows of groups that
-    /// are empty come out too; the caller leaves them out).
-    fn value_columns(&self, groups: &[usize]) -> Result<Vec<ArrayRef>> {
+    /// The aggregates' results for `groups` from their current state (results of groups
+    /// that are empty come out too; the caller leaves them out).
+    fn group_results(&self, groups: &[usize]) -> Result<Vec<GroupResults>> {
         let rows: Vec<i64> = groups.iter().map(|&g| self.row_counts[g]).collect();
         self.accumulators
             .iter()
             .map(|accumulator| match accumulator {
-                Accumulator::Mirror { of, max, output } => self.accumulators[*of].extremes(groups, *max, output),
-                other => other.values(groups, &rows),
+                Accumulator::Mirror { of, max, output } => self.accumulators[*of].extreme_results(groups, *max, output),
+                other => other.results(groups, &rows),
             })
             .collect()
     }
@@ -200,7 +201,7 @@ impl Operator for Aggregate {
         }
         // The touched groups' rows before and after the epoch's changes.
         let existed: Vec<bool> = touched.iter().map(|&g| self.exists(g)).collect();
-        let before = self.value_columns(&touched)?;
+        let before = self.group_results(&touched)?;
         self.started = true;
         for (row, &group) in row_groups.iter().enumerate() {
             self.row_counts[group] += change.weights[row];
@@ -212,8 +213,11 @@ impl Operator for Aggregate {
             return Err(EngineError::Internal("a group has a negative row count".into()));
         }
         let exists: Vec<bool> = touched.iter().map(|&g| self.exists(g)).collect();
-        let after = self.value_columns(&touched)?;
-        let same = same_rows(touched.len(), &before, &after)?;
+        let after = self.group_results(&touched)?;
+        let mut same = vec![true; touched.len()];
+        for (before, after) in before.iter().zip(&after) {
+            before.mark_changed(after, &mut same)?;
+        }
         // Per group, the retraction of its row before and then the insertion of its row
         // after, side by side (a downstream store pairs them in one pass, as an update): as
         // (0: before, 1: after; touched group).
@@ -243,7 +247,7 @@ impl Operator for Aggregate {
             columns.push(take(key.as_ref(), &key_rows, None)?);
         }
         for (before, after) in before.iter().zip(&after) {
-            columns.push(interleave(&[before.as_ref(), after.as_ref()], &picked)?);
+            columns.push(GroupResults::column(before, after, &picked)?);
         }
         let data = RecordBatch::try_new_with_options(
             self.schema.clone(),
@@ -364,27 +368,6 @@ impl GroupSet {
     fn heap_bytes(&self) -> usize {
         self.words.heap_bytes()
     }
-}
-
-/// Whether row `i` of `before` equals row `i` of `after` (NULLs equal, as the rows' encodings
-/// would compare), for each of the `len` rows (all equal without columns).
-fn same_rows(len: usize, before: &[ArrayRef], after: &[ArrayRef]) -> Result<Vec<bool>> {
-    let mut same = vec![true; len];
-    for (old, new) in before.iter().zip(after) {
-        let equal = match not_distinct(old, new) {
-            Ok(equal) => equal,
-            // Nested types: compare their row encodings.
-            Err(_) => {
-                let codec = RowCodec::new(&[old.data_type().clone()])?;
-                let (old, new) = (codec.encode(std::slice::from_ref(old))?, codec.encode(std::slice::from_ref(new))?);
-                BooleanArray::from_iter((0..len).map(|i| Some(old.row(i) == new.row(i))))
-            }
-        };
-        for (i, flag) in same.iter_mut().enumerate() {
-            *flag &= equal.value(i);
-        }
-    }
-    Ok(same)
 }
 
 #[cfg(test)]

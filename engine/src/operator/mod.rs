@@ -8,6 +8,7 @@ mod arrangement;
 mod byte_values;
 mod constant;
 mod group_index;
+mod group_results;
 mod join;
 mod map;
 mod packed_values;
