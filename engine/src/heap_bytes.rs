@@ -18,6 +18,17 @@ impl<T: HeapBytes> HeapBytes for Vec<T> {
     }
 }
 
+/// A small vector's buffer when it spilled out of place, plus what its elements own.
+impl<A: smallvec::Array> HeapBytes for smallvec::SmallVec<A>
+where
+    A::Item: HeapBytes,
+{
+    fn heap_bytes(&self) -> usize {
+        let buffer = if self.spilled() { self.capacity() * size_of::<A::Item>() } else { 0 };
+        buffer + self.iter().map(HeapBytes::heap_bytes).sum::<usize>()
+    }
+}
+
 impl HeapBytes for Box<[u8]> {
     fn heap_bytes(&self) -> usize {
         self.len()
@@ -76,5 +87,15 @@ mod tests {
         // One entry still takes a whole node.
         let one: BTreeMap<Box<[u8]>, i64> = [(Box::from(&b"k"[..]), 1)].into_iter().collect();
         assert!(one.heap_bytes() > 11 * size_of::<(Box<[u8]>, i64)>());
+    }
+
+    #[test]
+    fn a_small_vector_owns_a_buffer_only_once_it_spills() {
+        let mut offsets: smallvec::SmallVec<[usize; 2]> = smallvec::SmallVec::new();
+        offsets.extend([1, 2]);
+        assert_eq!(offsets.heap_bytes(), 0);
+        offsets.push(3);
+        assert_eq!(offsets.heap_bytes(), offsets.capacity() * size_of::<usize>());
+        assert!(offsets.heap_bytes() >= 3 * size_of::<usize>());
     }
 }

@@ -6,6 +6,8 @@
 //! arena, until the list is pruned (dead offsets outnumber live ones) or the arena is
 //! compacted (every list is rebuilt): removing a row touches only its own entry.
 
+use smallvec::SmallVec;
+
 use super::group_index::{GroupIndex, Probe};
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
@@ -48,11 +50,16 @@ fn decode(value: &[u8]) -> (Counts, u32) {
     )
 }
 
+/// Offsets of a bucket's rows' entries, the first two in place: a join on a table's primary
+/// key (a fact table's rows joined to their dimension row) has one row per key on that side,
+/// and probing it then reads no list apart from the bucket.
+type Offsets = SmallVec<[usize; 2]>;
+
 /// The rows of one join key.
 struct Bucket {
     key: Box<[u8]>,
     /// Offsets of the rows' entries, some of them dead.
-    offsets: Vec<usize>,
+    offsets: Offsets,
     live: u32,
     dead: u32,
 }
@@ -94,7 +101,7 @@ impl Buckets {
         if let Some(bucket) = self.of_key.get(probe, key) {
             return bucket as u32;
         }
-        let fresh = Bucket { key: key.into(), offsets: Vec::new(), live: 0, dead: 0 };
+        let fresh = Bucket { key: key.into(), offsets: Offsets::new(), live: 0, dead: 0 };
         let bucket = match self.free.pop() {
             Some(bucket) => {
                 self.list[bucket as usize] = fresh;
@@ -148,7 +155,7 @@ impl Arrangement {
         key: &[u8],
     ) -> impl Iterator<Item = (usize, &'a [u8], Counts)> + 'a {
         let bucket = self.buckets.of_key.get(probe, key);
-        let offsets = bucket.and_then(|b| self.buckets.get(b as u32)).map_or(&[][..], |b| &b.offsets);
+        let offsets = bucket.and_then(|b| self.buckets.get(b as u32)).map_or(&[][..], |b| &b.offsets[..]);
         offsets.iter().filter_map(|&at| self.rows.live_at(at).map(|(row, value)| (at, row, decode(value).0)))
     }
 
@@ -234,11 +241,11 @@ impl Arrangement {
         entry.dead += 1;
         if entry.live == 0 {
             self.buckets.of_key.remove(&entry.key);
-            *entry = Bucket { key: Box::default(), offsets: Vec::new(), live: 0, dead: 0 };
+            *entry = Bucket { key: Box::default(), offsets: Offsets::new(), live: 0, dead: 0 };
             self.buckets.free.push(bucket);
         } else if entry.dead > entry.live + PRUNE_AFTER {
             let rows = &self.rows;
-            entry.offsets.retain(|&at| rows.live_at(at).is_some());
+            entry.offsets.retain(|at| rows.live_at(*at).is_some());
             entry.dead = 0;
         }
     }
