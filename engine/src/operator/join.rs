@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use changeflow_sql::plan::JoinKind;
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, new_null_array};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array};
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -38,9 +38,11 @@ struct Side {
     rows: Arrangement,
 }
 
-/// One consolidated change of a side: its keys and rows encoded, and each distinct row with
-/// a nonzero weight as (row index, whether its key is probed (not NULL), weight).
+/// One consolidated change of a side: its columns, its keys and rows encoded, and each
+/// distinct row with a nonzero weight as (row index, whether its key is probed (not NULL),
+/// weight).
 struct Delta {
+    columns: Vec<ArrayRef>,
     keys: Encoded,
     rows: Encoded,
     /// Each row's hash (as the arrangement hashes rows), by row of the change.
@@ -50,7 +52,13 @@ struct Delta {
 
 impl Delta {
     fn empty() -> Self {
-        Self { keys: Encoded::Empty, rows: Encoded::Empty, hashes: Vec::new(), changes: Vec::new() }
+        Self {
+            columns: Vec::new(),
+            keys: Encoded::Empty,
+            rows: Encoded::Empty,
+            hashes: Vec::new(),
+            changes: Vec::new(),
+        }
     }
 
     fn len(&self) -> usize {
@@ -69,6 +77,20 @@ impl Delta {
 
     fn row(&self, index: usize) -> &[u8] {
         self.rows.get(self.changes[index].0 as usize)
+    }
+
+    /// The columns of the changed rows `indices` (one may come several times) of `side`'s
+    /// change, taken from the change rather than decoded from the rows (decoded when a column
+    /// is not of the side's type).
+    fn columns_of(&self, indices: &[usize], side: &Side) -> Result<Vec<ArrayRef>> {
+        let types = side.schema.fields().iter().map(|field| field.data_type());
+        if self.columns.len() != side.schema.fields().len()
+            || self.columns.iter().zip(types).any(|(column, data_type)| column.data_type() != data_type)
+        {
+            return side.row_codec.decode(indices.iter().map(|&i| self.row(i)));
+        }
+        let rows = UInt32Array::from_iter_values(indices.iter().map(|&i| self.changes[i].0));
+        Ok(self.columns.iter().map(|column| take(column.as_ref(), &rows, None)).collect::<Result<_, _>>()?)
     }
 
     fn weight(&self, index: usize) -> i64 {
@@ -136,7 +158,7 @@ impl Side {
             }
             changes.retain(|(_, _, w)| *w != 0);
         }
-        Ok(Delta { keys, rows, hashes, changes })
+        Ok(Delta { columns: change.data.columns().to_vec(), keys, rows, hashes, changes })
     }
 
     /// The arrangement: (key, NULL for rows never probed; row; multiplicity; matches).
@@ -231,12 +253,12 @@ impl Join {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let delta_rows = candidates.iter().map(|(i, _, _, _)| delta.row(*i));
+        let delta_rows: Vec<usize> = candidates.iter().map(|(i, _, _, _)| *i).collect();
         let stored_rows = candidates.iter().map(|(_, _, row, _)| *row);
         let (left_columns, right_columns) = if delta_is_left {
-            (self.left.row_codec.decode(delta_rows)?, self.right.row_codec.decode(stored_rows)?)
+            (delta.columns_of(&delta_rows, &self.left)?, self.right.row_codec.decode(stored_rows)?)
         } else {
-            (self.left.row_codec.decode(stored_rows)?, self.right.row_codec.decode(delta_rows)?)
+            (self.left.row_codec.decode(stored_rows)?, delta.columns_of(&delta_rows, &self.right)?)
         };
         let batch = RecordBatch::try_new_with_options(
             self.pair_schema.clone(),
