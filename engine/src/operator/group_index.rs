@@ -174,17 +174,18 @@ impl GroupIndex {
 }
 
 /// Each group's key by group number: packed in place when it fits (most keys), so that reading
-/// the keys of many groups in group order streams through one vector instead of following a
-/// pointer per group.
+/// the keys of many groups in group order streams through one vector of 16 bytes a group
+/// instead of following a pointer per group. Longer keys are kept apart by group number.
 #[derive(Default)]
 pub struct GroupKeys {
-    keys: Vec<GroupKey>,
+    /// Packed keys; [`LONG`] where the key is in `long`.
+    packed: Vec<u128>,
+    long: FxHashMap<usize, Box<[u8]>>,
 }
 
-enum GroupKey {
-    Packed(u128),
-    Bytes(Box<[u8]>),
-}
+/// Marks a group whose key is too long to pack: no packed key is all ones (its last byte is
+/// its length, at most [`PACKED_BYTES`]).
+const LONG: u128 = u128::MAX;
 
 /// A group's key bytes, borrowed or unpacked.
 pub enum KeyBytes<'a> {
@@ -204,41 +205,44 @@ impl KeyBytes<'_> {
 impl GroupKeys {
     /// Number of group numbers given out (groups that vanished keep their key until reused).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.packed.len()
     }
 
     /// Sets the key of `group`, a group number given out before or the next one.
     pub fn set(&mut self, group: usize, probe: Probe, key: &[u8]) {
-        let key = match probe {
-            Probe::Packed { key, .. } => GroupKey::Packed(key),
-            Probe::Bytes => GroupKey::Bytes(key.into()),
+        let packed = match probe {
+            Probe::Packed { key, .. } => key,
+            Probe::Bytes => {
+                self.long.insert(group, key.into());
+                LONG
+            }
         };
-        match self.keys.get_mut(group) {
-            Some(slot) => *slot = key,
-            None => self.keys.push(key),
+        match self.packed.get_mut(group) {
+            Some(slot) => {
+                if *slot == LONG && packed != LONG {
+                    self.long.remove(&group);
+                }
+                *slot = packed;
+            }
+            None => self.packed.push(packed),
         }
     }
 
     pub fn get(&self, group: usize) -> KeyBytes<'_> {
-        match &self.keys[group] {
-            GroupKey::Packed(key) => KeyBytes::Packed(key.to_be_bytes()),
-            GroupKey::Bytes(key) => KeyBytes::Bytes(key),
+        match self.packed[group] {
+            LONG => KeyBytes::Bytes(&self.long[&group]),
+            key => KeyBytes::Packed(key.to_be_bytes()),
         }
     }
 
     /// The packed keys of `groups`, in this order; `None` when one of them is too long to
     /// pack.
     pub fn packed(&self, groups: &[usize]) -> Option<Vec<u128>> {
-        let packed = |&group: &usize| match &self.keys[group] {
-            GroupKey::Packed(key) => Some(*key),
-            GroupKey::Bytes(_) => None,
-        };
-        groups.iter().map(packed).collect()
+        groups.iter().map(|&group| Some(self.packed[group]).filter(|&key| key != LONG)).collect()
     }
 
     pub fn heap_bytes(&self) -> usize {
-        let long: usize = self.keys.iter().map(|k| if let GroupKey::Bytes(bytes) = k { bytes.len() } else { 0 }).sum();
-        self.keys.capacity() * std::mem::size_of::<GroupKey>() + long
+        self.packed.heap_bytes() + self.long.heap_bytes()
     }
 }
 
@@ -287,5 +291,9 @@ mod tests {
         assert_eq!(keys.len(), 3);
         assert_eq!([0, 1, 2].map(|g| keys.get(g).as_slice().to_vec()), [long.to_vec(), short.to_vec(), empty.to_vec()]);
         assert!(keys.heap_bytes() >= long.len());
+        // Group 1's long key went when it was given a short one.
+        assert_eq!(keys.long.len(), 1);
+        assert!(keys.packed(&[1, 2]).is_some());
+        assert_eq!(keys.packed(&[2, 0]), None);
     }
 }
