@@ -14,8 +14,6 @@ use crate::prefetch::prefetch;
 
 /// Lookups whose slots are loaded together (see [`GroupIndex::load_ahead`]).
 const AHEAD: usize = 8;
-/// A slot without a key.
-const VACANT: u32 = u32::MAX;
 
 /// A key prepared for lookups: packed with its hash, or too long to pack.
 #[derive(Clone, Copy)]
@@ -45,18 +43,17 @@ fn hash(key: u128) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-#[derive(Clone, Copy)]
-struct Slot {
-    key: u128,
-    group: u32,
-}
-
-const EMPTY: Slot = Slot { key: 0, group: VACANT };
+/// The key of a vacant slot: no packed key is all ones (its last byte is its length, at most
+/// [`PACKED_BYTES`]).
+const VACANT: u128 = u128::MAX;
 
 #[derive(Default)]
 pub struct GroupIndex {
-    /// Linear probing, at most 3/4 full; a power of two long (or empty).
-    slots: Vec<Slot>,
+    /// Linear probing over `keys`, at most 3/4 full; a power of two long (or empty). The
+    /// groups of the keys lie apart, at the same places: a probe compares keys four a cache
+    /// line and reads one group when it finds its key.
+    keys: Vec<u128>,
+    groups: Vec<u32>,
     len: usize,
     bytes: FxHashMap<Box<[u8]>, usize>,
 }
@@ -64,34 +61,34 @@ pub struct GroupIndex {
 impl GroupIndex {
     /// Heap bytes of the table and the long keys' map.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.bytes.heap_bytes()
+        self.keys.heap_bytes() + self.groups.heap_bytes() + self.bytes.heap_bytes()
     }
 
     fn mask(&self) -> usize {
-        self.slots.len() - 1
+        self.keys.len() - 1
     }
 
     /// The group of a key, if it has one.
     pub fn get(&self, probe: Probe, key: &[u8]) -> Option<usize> {
         match probe {
-            Probe::Packed { key, hash } => self.find(key, hash).map(|at| self.slots[at].group as usize),
+            Probe::Packed { key, hash } => self.find(key, hash).map(|at| self.groups[at] as usize),
             Probe::Bytes => self.bytes.get(key).copied(),
         }
     }
 
     fn find(&self, key: u128, hash: u64) -> Option<usize> {
-        if self.slots.is_empty() {
+        if self.keys.is_empty() {
             return None;
         }
         let mask = self.mask();
         let mut at = hash as usize & mask;
         loop {
-            let slot = self.slots[at];
-            if slot.group == VACANT {
-                return None;
-            }
-            if slot.key == key {
+            let held = self.keys[at];
+            if held == key {
                 return Some(at);
+            }
+            if held == VACANT {
+                return None;
             }
             at = (at + 1) & mask;
         }
@@ -101,15 +98,12 @@ impl GroupIndex {
     pub fn insert(&mut self, probe: Probe, key: &[u8], group: usize) {
         match probe {
             Probe::Packed { key, hash } => {
-                if (self.len + 1) * 4 > self.slots.len() * 3 {
+                if (self.len + 1) * 4 > self.keys.len() * 3 {
                     self.grow();
                 }
-                let mask = self.mask();
-                let mut at = hash as usize & mask;
-                while self.slots[at].group != VACANT {
-                    at = (at + 1) & mask;
-                }
-                self.slots[at] = Slot { key, group: group as u32 };
+                let at = self.vacant_from(hash);
+                self.keys[at] = key;
+                self.groups[at] = group as u32;
                 self.len += 1;
             }
             Probe::Bytes => {
@@ -118,16 +112,24 @@ impl GroupIndex {
         }
     }
 
-    fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; capacity]);
+    /// The first vacant slot from a hash's home on.
+    fn vacant_from(&self, hash: u64) -> usize {
         let mask = self.mask();
-        for slot in old.into_iter().filter(|s| s.group != VACANT) {
-            let mut at = hash(slot.key) as usize & mask;
-            while self.slots[at].group != VACANT {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = slot;
+        let mut at = hash as usize & mask;
+        while self.keys[at] != VACANT {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.keys.len() * 2).max(16);
+        let keys = std::mem::replace(&mut self.keys, vec![VACANT; capacity]);
+        let groups = std::mem::replace(&mut self.groups, vec![0; capacity]);
+        for (key, group) in keys.into_iter().zip(groups).filter(|(key, _)| *key != VACANT) {
+            let at = self.vacant_from(hash(key));
+            self.keys[at] = key;
+            self.groups[at] = group;
         }
     }
 
@@ -142,32 +144,34 @@ impl GroupIndex {
         let mut at = hole;
         loop {
             at = (at + 1) & mask;
-            let slot = self.slots[at];
-            if slot.group == VACANT {
+            let key = self.keys[at];
+            if key == VACANT {
                 break;
             }
-            // The slot may fill the hole if its home is not between the hole and it.
-            let home = hash(slot.key) as usize & mask;
+            let home = hash(key) as usize & mask;
             if (at.wrapping_sub(home) & mask) >= (at.wrapping_sub(hole) & mask) {
-                self.slots[hole] = slot;
+                self.keys[hole] = key;
+                self.groups[hole] = self.groups[at];
                 hole = at;
             }
         }
-        self.slots[hole] = EMPTY;
+        self.keys[hole] = VACANT;
         self.len -= 1;
     }
 
     /// Called before the lookup of `probes[position]`: every [`AHEAD`] lookups it prefetches
-    /// the home slots of the next [`AHEAD`] (and at the start of this one's too), so their
-    /// cache misses overlap with this group's lookups.
+    /// the home slots of the next [`AHEAD`] (and at the start of this one's too), and their
+    /// groups, so their cache misses overlap with this group's lookups.
     pub fn load_ahead(&self, probes: &[Probe], position: usize) {
-        if !position.is_multiple_of(AHEAD) || self.slots.is_empty() {
+        if !position.is_multiple_of(AHEAD) || self.keys.is_empty() {
             return;
         }
         let start = if position == 0 { 0 } else { position + AHEAD };
         for probe in probes.iter().skip(start).take(position + 2 * AHEAD - start) {
             if let Probe::Packed { hash, .. } = probe {
-                prefetch(&self.slots[*hash as usize & self.mask()]);
+                let home = *hash as usize & self.mask();
+                prefetch(&self.keys[home]);
+                prefetch(&self.groups[home]);
             }
         }
     }
