@@ -318,7 +318,11 @@ impl Operator for Aggregate {
 
 impl Aggregate {
     fn vanish(&mut self, group: usize) {
-        self.groups.remove(self.keys.get(group).as_slice());
+        // A packed key is removed as it is kept, without unpacking and packing it again.
+        match self.keys.packed_key(group) {
+            Some(key) => self.groups.remove_packed(key),
+            None => self.groups.remove(self.keys.get(group).as_slice()),
+        }
         self.free.push(group);
     }
 }

@@ -135,11 +135,17 @@ impl GroupIndex {
 
     /// Removes a key; the slots after it move back so that no lookup stops early.
     pub fn remove(&mut self, key: &[u8]) {
-        let Probe::Packed { key, hash: home } = Probe::of(key) else {
-            self.bytes.remove(key);
-            return;
-        };
-        let Some(mut hole) = self.find(key, home) else { return };
+        match Probe::of(key) {
+            Probe::Packed { key, .. } => self.remove_packed(key),
+            Probe::Bytes => {
+                self.bytes.remove(key);
+            }
+        }
+    }
+
+    /// Removes a packed key (as [`GroupKeys::packed_key`] gives it).
+    pub fn remove_packed(&mut self, key: u128) {
+        let Some(mut hole) = self.find(key, hash(key)) else { return };
         let mask = self.mask();
         let mut at = hole;
         loop {
@@ -239,10 +245,15 @@ impl GroupKeys {
         }
     }
 
+    /// The packed key of `group`, `None` when it is too long to pack.
+    pub fn packed_key(&self, group: usize) -> Option<u128> {
+        Some(self.packed[group]).filter(|&key| key != LONG)
+    }
+
     /// The packed keys of `groups`, in this order; `None` when one of them is too long to
     /// pack.
     pub fn packed(&self, groups: &[usize]) -> Option<Vec<u128>> {
-        groups.iter().map(|&group| Some(self.packed[group]).filter(|&key| key != LONG)).collect()
+        groups.iter().map(|&group| self.packed_key(group)).collect()
     }
 
     pub fn heap_bytes(&self) -> usize {
