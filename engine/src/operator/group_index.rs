@@ -43,9 +43,12 @@ fn hash(key: u128) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-/// The key of a vacant slot: no packed key is all ones (its last byte is its length, at most
-/// [`PACKED_BYTES`]).
-const VACANT: u128 = u128::MAX;
+/// A value no packed key takes (a packed key's last byte is its length, at most
+/// [`PACKED_BYTES`]): the key of a vacant slot in [`GroupIndex`], and in [`GroupKeys`] the
+/// mark of a group whose key is too long to pack.
+const NOT_PACKED: u128 = u128::MAX;
+/// The key of a vacant slot.
+const VACANT: u128 = NOT_PACKED;
 
 #[derive(Default)]
 pub struct GroupIndex {
@@ -154,6 +157,7 @@ impl GroupIndex {
             if key == VACANT {
                 break;
             }
+            // The slot may fill the hole if its home is not between the hole and it.
             let home = hash(key) as usize & mask;
             if (at.wrapping_sub(home) & mask) >= (at.wrapping_sub(hole) & mask) {
                 self.keys[hole] = key;
@@ -193,9 +197,8 @@ pub struct GroupKeys {
     long: FxHashMap<usize, Box<[u8]>>,
 }
 
-/// Marks a group whose key is too long to pack: no packed key is all ones (its last byte is
-/// its length, at most [`PACKED_BYTES`]).
-const LONG: u128 = u128::MAX;
+/// Marks a group whose key is too long to pack.
+const LONG: u128 = NOT_PACKED;
 
 /// A group's key bytes, borrowed or unpacked.
 pub enum KeyBytes<'a> {

@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::DataType;
 use super::accumulator::{Accumulator, OrderedValues};
 use super::packed_values::decode_integers;
 use crate::error::{EngineError, Result};
-use crate::rows::RowCodec;
+use crate::rows::{RowCodec, integer_layout};
 
 /// One accumulator's results for an epoch's touched groups, in the order given.
 pub enum GroupResults {
@@ -59,7 +59,7 @@ impl Accumulator {
     /// The smallest (with `max`, largest) values of `groups` of a min/max, as `output`.
     pub fn extreme_results(&self, groups: &[usize], max: bool, output: &DataType) -> Result<GroupResults> {
         if let Accumulator::Extremum { values: OrderedValues::Packed(packed), input, .. } = self
-            && decode_integers(&[], input).is_some()
+            && integer_layout(input).is_some()
         {
             // 0: the group has no value (a packed value never is 0).
             let values = groups.iter().map(|&g| packed.extreme(g, max).unwrap_or(0)).collect();
