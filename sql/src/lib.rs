@@ -6,7 +6,8 @@
 //! - [`catalog`] holds tables, views, materialized views and sources with their schemas.
 //! - [`context`] lets DataFusion's SQL planner resolve names against the catalog.
 //! - [`planner`] turns a view's optimized DataFusion `LogicalPlan` into the incremental
-//!   dataflow of [`plan`], refusing what cannot be maintained incrementally.
+//!   dataflow of [`plan`], refusing what cannot be maintained incrementally;
+//!   [`eager_aggregation`] first moves aggregates over joins partly below them.
 //! - [`ddl`] maps `CREATE TABLE` to Arrow schemas; [`explain`] renders dataflows.
 //! - [`system_catalog`] answers `pg_catalog` queries (psql's `\d`, drivers) from the catalog.
 
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod change_stream;
 pub mod context;
 pub mod ddl;
+pub mod eager_aggregation;
 pub mod error;
 pub mod explain;
 pub mod names;

@@ -18,7 +18,9 @@ use crate::context::PlanContext;
 use crate::error::{Result, SqlError};
 use crate::plan::{AggregateCall, AggregateKind, JoinKind, NodeKind, PlanNode, SortKey};
 
-/// A planned materialized view: the optimized logical plan and the dataflow maintaining it.
+/// A planned materialized view: the optimized logical plan (its schema is the view's) and the
+/// dataflow maintaining it, planned from that plan with aggregates pushed below joins where
+/// they can be (see [`crate::eager_aggregation`]).
 #[derive(Debug, Clone)]
 pub struct PlannedView {
     pub logical: LogicalPlan,
@@ -30,7 +32,8 @@ pub fn plan_view(context: &PlanContext<'_>, query: &ast::Query) -> Result<Planne
     let unoptimized = context.plan_query(query)?;
     check_time_independent(&unoptimized)?;
     let logical = context.optimize(&unoptimized)?;
-    let dataflow = plan_node(context, &logical)?;
+    let eager = crate::eager_aggregation::push_aggregates_below_joins(logical.clone(), context.catalog());
+    let dataflow = plan_node(context, &eager)?;
     Ok(PlannedView { logical, dataflow })
 }
 

@@ -49,6 +49,17 @@ pub const VIEWS: &[(&str, &str)] = &[
          JOIN experiences e ON s.experience_id = e.id GROUP BY e.city",
     ),
     (
+        "city_revenue",
+        "SELECT e.city, s.experience_id, count(s.sold) AS counted, sum(s.price) AS revenue, min(s.starts_at) AS first_start, \
+         max(s.capacity) AS most FROM sessions s JOIN experiences e ON s.experience_id = e.id AND s.capacity > e.rating \
+         GROUP BY e.city, s.experience_id",
+    ),
+    (
+        "order_totals",
+        "SELECT count(*) AS n, count(o.quantity) AS counted, sum(o.quantity) AS tickets FROM orders o \
+         JOIN sessions s ON o.session_id = s.id",
+    ),
+    (
         "ids",
         "SELECT DISTINCT x FROM (SELECT experience_id AS x FROM sessions UNION ALL SELECT id AS x FROM experiences WHERE rating > 3) u",
     ),
