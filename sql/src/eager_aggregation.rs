@@ -14,9 +14,10 @@
 //!
 //! Conditions: an inner join; aggregates count, sum, min and max only, without DISTINCT,
 //! FILTER or ORDER BY; sums over integers or decimals only (a float sum added in another order
-//! rounds differently); every aggregate argument reads one side only. The side is not
-//! aggregated when its rows are known to be unique on the partial aggregate's key (a table
-//! whose primary key is among those columns): there would be nothing to combine.
+//! rounds differently); every aggregate argument reads one side only; the join is many to
+//! one: the other side is known to be unique on its join key (a table whose primary key is
+//! among the join's columns), and the aggregated side is not known to be unique on the
+//! partial aggregate's key (else there would be nothing to combine).
 
 use std::sync::Arc;
 
@@ -81,17 +82,22 @@ fn eager(aggregate: &Aggregate, catalog: &Catalog) -> Option<LogicalPlan> {
     }
     let calls = aggr_exprs.iter().map(|e| call(e, join.schema.as_ref())).collect::<Option<Vec<Call>>>()?;
 
-    // The side holding every aggregate argument (either, for count(*) alone), whose rows are
-    // not known to be unique on the partial aggregate's key; the left one first.
+    // The side holding every aggregate argument (either, for count(*) alone; the left one
+    // first) that joins many rows to one: the other side is known to be unique on its join
+    // key, and this one is not known to be unique on the partial aggregate's key. Where
+    // neither is known (tables without primary keys) the join is left as written: a side
+    // with one row per key would only gain an aggregate to maintain.
     let argument_columns: Vec<&Column> =
         calls.iter().flat_map(|c| c.function.params.args.iter()).flat_map(Expr::column_refs).collect();
     let (pushed_left, key) = [true, false].into_iter().find_map(|left| {
-        let side = if left { &join.left } else { &join.right };
+        let (side, other) = if left { (&join.left, &join.right) } else { (&join.right, &join.left) };
         if !argument_columns.iter().all(|c| side.schema().has_column(c)) {
             return None;
         }
+        let other_key: Vec<Column> =
+            join.on.iter().flat_map(|(l, r)| if left { r } else { l }.column_refs()).cloned().collect();
         let key = partial_key(join, left, &group_exprs);
-        (!unique_on(side, &key, catalog)).then_some((left, key))
+        (unique_on(other, &other_key, catalog) && !unique_on(side, &key, catalog)).then_some((left, key))
     })?;
     let side = if pushed_left { &join.left } else { &join.right };
 
