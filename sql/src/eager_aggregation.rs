@@ -110,7 +110,15 @@ fn eager(aggregate: &Aggregate, catalog: &Catalog) -> Option<LogicalPlan> {
         .enumerate()
         .map(|(i, c)| Expr::AggregateFunction(c.function.clone()).alias(partial_name(i)))
         .collect();
-    let partial_key: Vec<Expr> = key.into_iter().map(Expr::Column).collect();
+    // Grouping expressions of the side alone are named in the partial aggregate's output as
+    // in the aggregate's; the final aggregate groups by those columns.
+    let group_name = |i: usize| aggregate.schema.field(i).name().clone();
+    let computed: Vec<usize> = (0..group_exprs.len()).filter(|&i| computed_on(&group_exprs[i], side)).collect();
+    let partial_key: Vec<Expr> = key
+        .into_iter()
+        .map(Expr::Column)
+        .chain(computed.iter().map(|&i| group_exprs[i].clone().alias(group_name(i))))
+        .collect();
     let partial = Aggregate::try_new(Arc::clone(side), partial_key, partial_exprs).ok()?;
     let partial = Arc::new(LogicalPlan::Aggregate(partial));
     // The partial aggregate may itself sit over a join (a chain of joins).
@@ -144,7 +152,15 @@ fn eager(aggregate: &Aggregate, catalog: &Catalog) -> Option<LogicalPlan> {
             Expr::AggregateFunction(AggregateFunction::new_udf(function, vec![partial], false, None, vec![], None))
         })
         .collect();
-    let combined = Aggregate::try_new(Arc::new(LogicalPlan::Join(joined)), group_exprs.clone(), final_exprs).ok()?;
+    let final_groups: Vec<Expr> = group_exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match computed.contains(&i) {
+            true => Expr::Column(Column::new_unqualified(group_name(i))),
+            false => e.clone(),
+        })
+        .collect();
+    let combined = Aggregate::try_new(Arc::new(LogicalPlan::Join(joined)), final_groups, final_exprs).ok()?;
     let combined = Arc::new(LogicalPlan::Aggregate(combined));
 
     // The original output, column for column.
@@ -173,13 +189,16 @@ fn eager(aggregate: &Aggregate, catalog: &Catalog) -> Option<LogicalPlan> {
     same_schema(original, projection.schema.as_ref()).then_some(LogicalPlan::Projection(projection))
 }
 
-/// The partial aggregate's key on the `left` (or right) side of `join`: every column of the
-/// side that the join or the grouping reads, in the order first read.
+/// The columns of the partial aggregate's key on the `left` (or right) side of `join`: every
+/// column of the side that the join reads, or a grouping expression that reads the other side
+/// too (or is a plain column), in the order first read. A grouping expression that reads this
+/// side alone is computed by the partial aggregate itself (see [`computed_on`]).
 fn partial_key(join: &Join, left: bool, group_exprs: &[Expr]) -> Vec<Column> {
     let side = if left { &join.left } else { &join.right };
     let join_keys = join.on.iter().map(|(l, r)| if left { l } else { r });
+    let grouping = group_exprs.iter().filter(|e| !computed_on(e, side));
     let mut key: Vec<Column> = Vec::new();
-    for expr in join_keys.chain(join.filter.iter()).chain(group_exprs.iter()) {
+    for expr in join_keys.chain(join.filter.iter()).chain(grouping) {
         for column in expr.column_refs() {
             if side.schema().has_column(column) && !key.contains(column) {
                 key.push(column.clone());
@@ -187,6 +206,14 @@ fn partial_key(join: &Join, left: bool, group_exprs: &[Expr]) -> Vec<Column> {
         }
     }
     key
+}
+
+/// Whether the grouping expression `expr` is computed from `side`'s columns alone (and is not
+/// just one of them): the partial aggregate groups by the expression (by day, not by every
+/// timestamp), and the final one by the partial aggregate's column of it.
+fn computed_on(expr: &Expr, side: &LogicalPlan) -> bool {
+    let columns = expr.column_refs();
+    !matches!(expr, Expr::Column(_)) && !columns.is_empty() && columns.iter().all(|c| side.schema().has_column(c))
 }
 
 /// `expr` with the columns of `projection`'s output replaced by the expressions computing

@@ -55,6 +55,11 @@ pub const VIEWS: &[(&str, &str)] = &[
          GROUP BY e.city, s.experience_id",
     ),
     (
+        "city_days",
+        "SELECT e.city, date_trunc('day', s.starts_at) AS day, count(*) AS n, sum(s.capacity - s.sold) AS seats, \
+         max(s.price) AS top_price FROM sessions s JOIN experiences e ON s.experience_id = e.id GROUP BY 1, 2",
+    ),
+    (
         "order_totals",
         "SELECT count(*) AS n, count(o.quantity) AS counted, sum(o.quantity) AS tickets FROM orders o \
          JOIN sessions s ON o.session_id = s.id",
