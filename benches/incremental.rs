@@ -10,7 +10,8 @@
 //! 1. Single-row UPDATE transactions through the session-calendar view (GROUP BY experience,
 //!    day with count, sum, min, max) at 10k, 100k and 1M sessions: p50 / p99 latency.
 //! 2. Initial load rate, and throughput of 2k- and 10k-change epochs (mixed inserts, updates,
-//!    deletes) through the calendar view and through a join + aggregate view.
+//!    deletes) through the calendar view and through a join + aggregate view (planned with a
+//!    partial aggregate of the sessions below the join, see `sql/src/eager_aggregation.rs`).
 //! 3. DataFusion recomputing the view from scratch, beside one incremental epoch.
 //! 4. Memory: heap bytes of the view's operator state, of its stored rows and of the table's
 //!    stored rows per input row (as `/metrics` reports them, see `changeflow_engine::heap_bytes`),
