@@ -121,6 +121,10 @@ impl Buckets {
 pub struct Arrangement {
     rows: KeyIndex,
     buckets: Buckets,
+    /// Buckets whose last row the change being applied removed: freed once it is applied,
+    /// unless a row of their key came back in it (an update of a row of a side keyed by its
+    /// join key, as an aggregate's output is, retracts the row and inserts its new one).
+    emptied: Vec<u32>,
     #[cfg(test)]
     rebuilds: usize,
 }
@@ -189,10 +193,12 @@ impl Arrangement {
             .map_err(|full| EngineError::Constraint(format!("a join's arrangement: {full}")))?;
         self.rows.reserve(added);
         let hashes: Vec<u64> = changes.iter().map(|c| c.hash).collect();
-        for (position, change) in changes.iter().enumerate() {
+        let applied = changes.iter().enumerate().try_for_each(|(position, change)| {
             self.rows.prefetch_ahead(&hashes, position);
-            self.apply_one(change)?;
-        }
+            self.apply_one(change)
+        });
+        self.free_emptied();
+        applied?;
         if self.rows.compact_if_sparse() {
             self.rebuild_lists();
         }
@@ -233,21 +239,38 @@ impl Arrangement {
         Ok(())
     }
 
-    /// A row of `bucket` was removed: the bucket is freed when it was its last, its list
-    /// pruned when dead offsets outnumber live ones.
+    /// A row of `bucket` was removed: when it was its last, the bucket's list is emptied and
+    /// the bucket freed once the change is applied (see `emptied`); its list is pruned when
+    /// dead offsets outnumber live ones.
     fn removed_from(&mut self, bucket: u32) {
         let Some(entry) = self.buckets.list.get_mut(bucket as usize) else { return };
         entry.live -= 1;
         entry.dead += 1;
         if entry.live == 0 {
-            self.buckets.of_key.remove(&entry.key);
-            *entry = Bucket { key: Box::default(), offsets: Offsets::new(), live: 0, dead: 0 };
-            self.buckets.free.push(bucket);
+            entry.offsets.clear();
+            entry.dead = 0;
+            self.emptied.push(bucket);
         } else if entry.dead > entry.live + PRUNE_AFTER {
             let rows = &self.rows;
             entry.offsets.retain(|at| rows.live_at(*at).is_some());
             entry.dead = 0;
         }
+    }
+
+    /// Frees the buckets emptied by the change just applied that are still empty.
+    fn free_emptied(&mut self) {
+        // A bucket emptied, refilled and emptied again is listed twice; freed once.
+        self.emptied.sort_unstable();
+        self.emptied.dedup();
+        for &bucket in &self.emptied {
+            let Some(entry) = self.buckets.list.get_mut(bucket as usize) else { continue };
+            if entry.live == 0 {
+                self.buckets.of_key.remove(&entry.key);
+                *entry = Bucket { key: Box::default(), offsets: Offsets::new(), live: 0, dead: 0 };
+                self.buckets.free.push(bucket);
+            }
+        }
+        self.emptied.clear();
     }
 
     /// Lists every live row's current offset in its bucket (after a compaction).
@@ -275,6 +298,7 @@ impl Arrangement {
             + self.buckets.list.capacity() * std::mem::size_of::<Bucket>()
             + lists
             + self.buckets.free.heap_bytes()
+            + self.emptied.heap_bytes()
     }
 
     /// Every row as (join key, row, counts), the key `None` for rows never probed.
@@ -322,6 +346,28 @@ mod tests {
             ]
         );
         assert!(side.apply(&[change(Some(b"k"), b"r3", -1)]).is_err(), "a row never inserted cannot be retracted");
+    }
+
+    #[test]
+    fn a_bucket_emptied_and_refilled_by_one_change_is_kept_and_one_left_empty_is_freed() {
+        let mut side = Arrangement::default();
+        side.apply(&[change(Some(b"a"), b"a1", 1), change(Some(b"b"), b"b1", 1)]).expect("a consistent change");
+        // Key a's row is updated (retracted, its new row inserted); key b's row goes.
+        side.apply(&[change(Some(b"a"), b"a1", -1), change(Some(b"a"), b"a2", 1), change(Some(b"b"), b"b1", -1)])
+            .expect("a consistent change");
+        assert_eq!(probed(&side, b"a"), [(b"a2".to_vec(), 1)]);
+        assert_eq!(probed(&side, b"b"), []);
+        assert_eq!(side.buckets.free, [1], "b's bucket is freed, a's kept");
+        let a = side.buckets.get(0).expect("a's bucket");
+        assert_eq!((a.key.as_ref(), a.offsets.len(), a.live, a.dead), (&b"a"[..], 1, 1, 0), "no dead offset listed");
+        // Emptied, refilled and emptied again in one change: freed once.
+        side.apply(&[change(Some(b"a"), b"a2", -1), change(Some(b"a"), b"a3", 1), change(Some(b"a"), b"a3", -1)])
+            .expect("a consistent change");
+        assert_eq!(side.buckets.free, [1, 0]);
+        assert_eq!(probed(&side, b"a"), []);
+        side.apply(&[change(Some(b"c"), b"c1", 1), change(Some(b"d"), b"d1", 1)]).expect("a consistent change");
+        assert_eq!(side.buckets.list.len(), 2, "freed buckets are reused");
+        assert_eq!((probed(&side, b"c").len(), probed(&side, b"d").len()), (1, 1));
     }
 
     #[test]
