@@ -13,6 +13,8 @@
 #[allow(dead_code)]
 #[path = "../tests/it/pg_cluster.rs"]
 mod pg_cluster;
+#[path = "../tests/it/scratch.rs"]
+mod scratch;
 #[allow(dead_code)]
 #[path = "../tests/it/serve_server.rs"]
 mod serve_server;

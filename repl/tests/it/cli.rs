@@ -13,7 +13,7 @@ fn changeflow() -> Command {
 }
 
 fn temp_sql(name: &str, text: &str) -> PathBuf {
-    let dir = crate::support::scratch_dir().join("cli");
+    let dir = crate::scratch::scratch_dir().join("cli");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write sql");
@@ -120,7 +120,7 @@ fn the_main_example_runs() {
 
 #[test]
 fn check_validates_sinks_without_writing_anything() {
-    let out = crate::support::scratch_dir().join("cli-never-written.jsonl");
+    let out = crate::scratch::scratch_dir().join("cli-never-written.jsonl");
     let file = temp_sql(
         "sinks.sql",
         &format!(

@@ -26,7 +26,7 @@ CREATE MATERIALIZED VIEW totals AS SELECT grp, count(*) AS n, sum(qty) AS qty FR
 type Items = BTreeMap<i32, (i32, i32)>;
 
 pub fn data_dir(name: &str) -> PathBuf {
-    let dir = crate::support::scratch_dir().join(format!("data-{name}"));
+    let dir = crate::scratch::scratch_dir().join(format!("data-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

@@ -12,6 +12,7 @@ mod durability_postgres;
 mod pg_cluster;
 mod postgres_oracle;
 mod postgres_source;
+mod scratch;
 mod serve;
 mod serve_server;
 mod sinks;

@@ -463,7 +463,7 @@ async fn health_metrics_and_a_clean_stop_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_when_given_a_certificate_and_json_logs() {
-    let dir = crate::support::scratch_dir().join("tls");
+    let dir = crate::scratch::scratch_dir().join("tls");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")

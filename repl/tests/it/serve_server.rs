@@ -18,7 +18,7 @@ pub struct Server {
 
 /// Writes SQL to a temp file for the server to run at start.
 pub fn sql_file(name: &str, text: &str) -> PathBuf {
-    let dir = crate::support::scratch_dir().join("serve");
+    let dir = crate::scratch::scratch_dir().join("serve");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write sql");
@@ -40,7 +40,7 @@ impl Server {
     pub fn spawn_with(files: &[&Path], args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_port();
         let metrics_port = free_port();
-        let log = crate::support::scratch_dir().join(format!("serve-{port}.log"));
+        let log = crate::scratch::scratch_dir().join(format!("serve-{port}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_changeflow"));
         command.arg("serve");
