@@ -30,6 +30,14 @@ pub struct IntegerLayout {
     pub signed: bool,
 }
 
+impl IntegerLayout {
+    /// The bit the encoding flips in a value read as a `width`-byte number: its sign bit when
+    /// signed (so that negative values order before positive ones as bytes), none otherwise.
+    pub fn sign_bit(&self) -> u64 {
+        if self.signed { 1 << (8 * self.width - 1) } else { 0 }
+    }
+}
+
 /// The layout of an integer-backed type (integers, dates, times, timestamps, durations) in
 /// the row format's default order; `None` for any other type.
 pub fn integer_layout(data_type: &DataType) -> Option<IntegerLayout> {
@@ -155,7 +163,8 @@ pub fn integer_row_width(columns: &[(DataType, IntegerLayout)]) -> usize {
 /// One integer-backed column being decoded: the values so far (NULL as 0, as Arrow's builders
 /// leave them).
 pub(crate) struct IntegerColumn {
-    signed: bool,
+    /// The bit the encoding flipped ([`IntegerLayout::sign_bit`]).
+    sign: u64,
     values: IntegerValues,
     nulls: usize,
 }
@@ -177,7 +186,7 @@ impl IntegerColumn {
             4 => IntegerValues::W4(Vec::with_capacity(rows)),
             _ => IntegerValues::W8(Vec::with_capacity(rows)),
         };
-        Self { signed: layout.signed, values, nulls: 0 }
+        Self { sign: layout.sign_bit(), values, nulls: 0 }
     }
 
     fn len(&self) -> usize {
@@ -209,14 +218,12 @@ impl IntegerColumn {
             }));
             *nulls += missing;
         }
-        let sign = |bits: u32| if self.signed { 1u64 << (bits - 1) } else { 0 };
-        let (sign8, sign16, sign32, sign64) = (sign(8), sign(16), sign(32), sign(64));
-        let nulls = &mut self.nulls;
+        let (sign, nulls) = (self.sign, &mut self.nulls);
         match &mut self.values {
-            IntegerValues::W1(out) => extend(out, values, sign8, nulls, |v| v as u8),
-            IntegerValues::W2(out) => extend(out, values, sign16, nulls, |v| v as u16),
-            IntegerValues::W4(out) => extend(out, values, sign32, nulls, |v| v as u32),
-            IntegerValues::W8(out) => extend(out, values, sign64, nulls, |v| v),
+            IntegerValues::W1(out) => extend(out, values, sign, nulls, |v| v as u8),
+            IntegerValues::W2(out) => extend(out, values, sign, nulls, |v| v as u16),
+            IntegerValues::W4(out) => extend(out, values, sign, nulls, |v| v as u32),
+            IntegerValues::W8(out) => extend(out, values, sign, nulls, |v| v),
         }
     }
 
@@ -340,12 +347,12 @@ pub fn encode_integer_rows(columns: &[ArrayRef], layouts: &[(DataType, IntegerLa
     let mut at = 0;
     for (column, (_, layout)) in columns.iter().zip(layouts) {
         let data = column.to_data();
-        let sign = |bits: u32| if layout.signed { 1u64 << (bits - 1) } else { 0 };
+        let sign = layout.sign_bit();
         match layout.width {
-            1 => put_values(&mut bytes, row_width, at, data.buffer::<u8>(0).iter().map(|v| [v ^ sign(8) as u8])),
-            2 => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u16| (v ^ sign(16) as u16).to_be_bytes())),
-            4 => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u32| (v ^ sign(32) as u32).to_be_bytes())),
-            _ => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u64| (v ^ sign(64)).to_be_bytes())),
+            1 => put_values(&mut bytes, row_width, at, data.buffer::<u8>(0).iter().map(|v| [v ^ sign as u8])),
+            2 => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u16| (v ^ sign as u16).to_be_bytes())),
+            4 => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u32| (v ^ sign as u32).to_be_bytes())),
+            _ => put_values(&mut bytes, row_width, at, big_endian(&data, |v: u64| (v ^ sign).to_be_bytes())),
         }
         if let Some(nulls) = data.nulls().filter(|nulls| nulls.null_count() > 0) {
             for row in (0..len).filter(|&row| nulls.is_null(row)) {

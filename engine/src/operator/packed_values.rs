@@ -121,23 +121,23 @@ pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]
 /// a validity byte of 1, the value big-endian with the sign bit flipped when signed, the
 /// length last. NULL packs as 0. `None` for any other type.
 pub fn pack_integers(array: &ArrayRef) -> Option<Vec<u128>> {
-    let IntegerLayout { width, signed } = integer_layout(array.data_type())?;
+    let layout = integer_layout(array.data_type())?;
+    let (width, sign) = (layout.width, layout.sign_bit());
     let data = array.to_data();
     let start = data.offset() * width;
     let bytes = data.buffers().first()?.as_slice().get(start..start + data.len() * width)?;
     Some(match width {
-        1 => pack_fixed(&data, bytes, signed, |[byte]: [u8; 1]| u64::from(byte)),
-        2 => pack_fixed(&data, bytes, signed, |value: [u8; 2]| u64::from(u16::from_ne_bytes(value))),
-        4 => pack_fixed(&data, bytes, signed, |value: [u8; 4]| u64::from(u32::from_ne_bytes(value))),
-        8 => pack_fixed(&data, bytes, signed, u64::from_ne_bytes),
+        1 => pack_fixed(&data, bytes, sign, |[byte]: [u8; 1]| u64::from(byte)),
+        2 => pack_fixed(&data, bytes, sign, |value: [u8; 2]| u64::from(u16::from_ne_bytes(value))),
+        4 => pack_fixed(&data, bytes, sign, |value: [u8; 4]| u64::from(u32::from_ne_bytes(value))),
+        8 => pack_fixed(&data, bytes, sign, u64::from_ne_bytes),
         _ => return None,
     })
 }
 
-/// [`pack_integers`] for values of `W` bytes, each read by `raw`.
-fn pack_fixed<const W: usize>(data: &ArrayData, bytes: &[u8], signed: bool, raw: impl Fn([u8; W]) -> u64) -> Vec<u128> {
+/// [`pack_integers`] for values of `W` bytes, each read by `raw`, `sign` flipped.
+fn pack_fixed<const W: usize>(data: &ArrayData, bytes: &[u8], sign: u64, raw: impl Fn([u8; W]) -> u64) -> Vec<u128> {
     let shift = 120 - 8 * W as u32;
-    let sign = if signed { 1u64 << (8 * W - 1) } else { 0 };
     let header = (1u128 << 120) | (1 + W) as u128;
     let values = bytes.as_chunks::<W>().0.iter().enumerate();
     values
