@@ -120,12 +120,8 @@ fn eager(aggregate: &Aggregate, catalog: &Catalog) -> Option<LogicalPlan> {
         .chain(computed.iter().map(|&i| group_exprs[i].clone().alias(group_name(i))))
         .collect();
     let partial = Aggregate::try_new(Arc::clone(side), partial_key, partial_exprs).ok()?;
-    let partial = Arc::new(LogicalPlan::Aggregate(partial));
     // The partial aggregate may itself sit over a join (a chain of joins).
-    let partial = match partial.as_ref() {
-        LogicalPlan::Aggregate(inner) => eager(inner, catalog).map(Arc::new).unwrap_or(partial),
-        _ => partial,
-    };
+    let partial = Arc::new(eager(&partial, catalog).unwrap_or(LogicalPlan::Aggregate(partial)));
     let (left, right) =
         if pushed_left { (partial, Arc::clone(&join.right)) } else { (Arc::clone(&join.left), partial) };
     let joined = Join::try_new(
