@@ -19,13 +19,13 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::accumulator::Accumulator;
 use super::group_index::{GroupIndex, GroupKeys, KeyBytes, Probe};
 use super::group_results::GroupResults;
-use super::packed_values::decode_packed_rows;
+use super::packed_values::{decode_packed_rows, pack_integer_rows};
 use super::state::{BYTES, bytes_column, int64_column, state_batch};
 use super::{EpochChanges, Operator, StateReader, evaluate, physical};
 use crate::change::ChangeBatch;
 use crate::error::{EngineError, Result};
 use crate::heap_bytes::HeapBytes;
-use crate::rows::{RowCodec, encode_rows};
+use crate::rows::{Encoded, RowCodec, encode_rows};
 
 pub struct Aggregate {
     input: Box<dyn Operator>,
@@ -95,7 +95,8 @@ impl Aggregate {
         Ok(aggregate)
     }
 
-    /// The group of a key, made (empty) when the key has none.
+    /// The group of a key, made (empty) when the key has none (`key`: its encoding, read
+    /// only when it is too long to pack).
     fn group_for(&mut self, probe: Probe, key: &[u8]) -> usize {
         if let Some(group) = self.groups.get(probe, key) {
             return group;
@@ -169,15 +170,24 @@ impl Operator for Aggregate {
         let mut prepared = Vec::with_capacity(self.accumulators.len());
         if !change.is_empty() {
             let key_columns = self.group_exprs.iter().map(|e| evaluate(e, &change.data)).collect::<Result<Vec<_>>>()?;
-            let keys = encode_rows(&self.key_codec, &key_columns)?;
+            // Keys of integer columns that pack (most) are packed straight from the columns:
+            // a packed probe needs no encoded key.
+            let packed = self.key_codec.integer_columns().and_then(|layouts| pack_integer_rows(&key_columns, layouts));
+            let (keys, probes): (Option<Encoded>, Vec<Probe>) = match packed {
+                Some(packed) => (None, packed.into_iter().map(Probe::packed).collect()),
+                None => {
+                    let keys = encode_rows(&self.key_codec, &key_columns)?;
+                    let probes = (0..change.len()).map(|row| Probe::of(keys.get(row))).collect();
+                    (Some(keys), probes)
+                }
+            };
             for (accumulator, arg) in self.accumulators.iter().zip(&self.arg_exprs) {
                 let arg = arg.as_ref().map(|a| evaluate(a, &change.data)).transpose()?;
                 prepared.push(accumulator.prepare(arg.as_ref())?);
             }
-            let probes: Vec<Probe> = (0..change.len()).map(|row| Probe::of(keys.get(row))).collect();
             for (row, &probe) in probes.iter().enumerate() {
                 self.groups.load_ahead(&probes, row);
-                let group = self.group_for(probe, keys.get(row));
+                let group = self.group_for(probe, keys.as_ref().map_or(&[], |keys| keys.get(row)));
                 if self.touched.insert(group) {
                     touched.push(group);
                 }

@@ -23,13 +23,18 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// A key already packed (see `packed_values::pack_integer_rows`).
+    pub fn packed(key: u128) -> Self {
+        Probe::Packed { key, hash: hash(key) }
+    }
+
     pub fn of(key: &[u8]) -> Self {
         // Checked first: `pack` refuses a long key with an error, built per call.
         if key.len() > PACKED_BYTES {
             return Probe::Bytes;
         }
         match pack(key) {
-            Ok(key) => Probe::Packed { key, hash: hash(key) },
+            Ok(key) => Probe::packed(key),
             Err(_) => Probe::Bytes,
         }
     }

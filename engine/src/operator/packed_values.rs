@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use datafusion::arrow::array::{ArrayData, ArrayRef};
+use datafusion::arrow::array::{Array, ArrayData, ArrayRef};
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
@@ -122,27 +122,66 @@ pub fn decode_packed_rows(values: &[u128], columns: &[(DataType, IntegerLayout)]
 /// length last. NULL packs as 0. `None` for any other type.
 pub fn pack_integers(array: &ArrayRef) -> Option<Vec<u128>> {
     let layout = integer_layout(array.data_type())?;
-    let (width, sign) = (layout.width, layout.sign_bit());
-    let data = array.to_data();
-    let start = data.offset() * width;
-    let bytes = data.buffers().first()?.as_slice().get(start..start + data.len() * width)?;
-    Some(match width {
-        1 => pack_fixed(&data, bytes, sign, |[byte]: [u8; 1]| u64::from(byte)),
-        2 => pack_fixed(&data, bytes, sign, |value: [u8; 2]| u64::from(u16::from_ne_bytes(value))),
-        4 => pack_fixed(&data, bytes, sign, |value: [u8; 4]| u64::from(u32::from_ne_bytes(value))),
-        8 => pack_fixed(&data, bytes, sign, u64::from_ne_bytes),
-        _ => return None,
-    })
+    let mut packed = pack_integer_rows(std::slice::from_ref(array), &[(array.data_type().clone(), layout)])?;
+    if let Some(nulls) = array.nulls() {
+        nulls.iter().zip(&mut packed).filter(|(valid, _)| !valid).for_each(|(_, packed)| *packed = 0);
+    }
+    Some(packed)
 }
 
-/// [`pack_integers`] for values of `W` bytes, each read by `raw`, `sign` flipped.
-fn pack_fixed<const W: usize>(data: &ArrayData, bytes: &[u8], sign: u64, raw: impl Fn([u8; W]) -> u64) -> Vec<u128> {
-    let shift = 120 - 8 * W as u32;
-    let header = (1u128 << 120) | (1 + W) as u128;
-    let values = bytes.as_chunks::<W>().0.iter().enumerate();
-    values
-        .map(|(i, &value)| if data.is_null(i) { 0 } else { header | (u128::from(raw(value) ^ sign) << shift) })
-        .collect()
+/// Packs rows of integer-backed columns laid out as `layouts` (an aggregate's group keys) as
+/// [`pack`] would pack their row encodings, straight from the columns' buffers, without
+/// encoding the rows: per column a validity byte (NULL: 0, and its value's bytes 0, as the
+/// row format writes it), then the value big-endian with the sign bit flipped when signed;
+/// the rows' width last. `None` when the rows are wider than [`PACKED_BYTES`], there are no
+/// columns, or a column is not of its layout's type.
+pub fn pack_integer_rows(columns: &[ArrayRef], layouts: &[(DataType, IntegerLayout)]) -> Option<Vec<u128>> {
+    let width = integer_row_width(layouts);
+    if width > PACKED_BYTES || columns.len() != layouts.len() {
+        return None;
+    }
+    let mut packed = vec![width as u128; columns.first()?.len()];
+    let mut at = 0;
+    for (column, (data_type, layout)) in columns.iter().zip(layouts) {
+        if column.data_type() != data_type {
+            return None;
+        }
+        let data = column.to_data();
+        let start = data.offset() * layout.width;
+        let bytes = data.buffers().first()?.as_slice().get(start..start + data.len() * layout.width)?;
+        let sign = layout.sign_bit();
+        match layout.width {
+            1 => or_fixed(&mut packed, &data, bytes, at, sign, |[byte]: [u8; 1]| u64::from(byte)),
+            2 => or_fixed(&mut packed, &data, bytes, at, sign, |value: [u8; 2]| u64::from(u16::from_ne_bytes(value))),
+            4 => or_fixed(&mut packed, &data, bytes, at, sign, |value: [u8; 4]| u64::from(u32::from_ne_bytes(value))),
+            8 => or_fixed(&mut packed, &data, bytes, at, sign, u64::from_ne_bytes),
+            _ => return None,
+        }
+        at += 1 + layout.width;
+    }
+    Some(packed)
+}
+
+/// Sets, in each of `packed`, the validity byte at byte `at` and the `W` value bytes after
+/// it of a column's values (each read by `raw`, `sign` flipped); a NULL's bytes stay 0.
+fn or_fixed<const W: usize>(
+    packed: &mut [u128],
+    data: &ArrayData,
+    bytes: &[u8],
+    at: usize,
+    sign: u64,
+    raw: impl Fn([u8; W]) -> u64,
+) {
+    let validity_shift = 120 - 8 * at as u32;
+    let (valid, value_shift) = (1u128 << validity_shift, validity_shift - 8 * W as u32);
+    let values = packed.iter_mut().zip(bytes.as_chunks::<W>().0);
+    match data.nulls() {
+        None => values.for_each(|(packed, &value)| *packed |= valid | (u128::from(raw(value) ^ sign) << value_shift)),
+        Some(nulls) => values
+            .zip(nulls.iter())
+            .filter(|(_, is_valid)| *is_valid)
+            .for_each(|((packed, &value), _)| *packed |= valid | (u128::from(raw(value) ^ sign) << value_shift)),
+    }
 }
 
 /// Rows adjusted per group of lookahead loads (see [`PackedMultisets::adjust_rows`]).
@@ -669,9 +708,16 @@ mod tests {
                 if rows.row(0).as_ref().len() > PACKED_BYTES {
                     let packed = vec![1u128; first.len()];
                     assert!(decode_packed_rows(&packed, integers).is_none(), "{types:?} do not pack");
+                    assert!(pack_integer_rows(&expected, integers).is_none(), "{types:?} do not pack");
                     continue;
                 }
                 let packed: Vec<u128> = (0..first.len()).map(|i| pack(rows.row(i).as_ref()).expect("packs")).collect();
+                // Packed straight from the columns, also from slices of them.
+                assert_eq!(pack_integer_rows(&expected, integers).as_deref(), Some(&packed[..]), "{types:?}");
+                let (offset, len) = (first.len() / 3, first.len() / 2);
+                let slices: Vec<ArrayRef> = expected.iter().map(|column| column.slice(offset, len)).collect();
+                let sliced = pack_integer_rows(&slices, integers);
+                assert_eq!(sliced.as_deref(), Some(&packed[offset..offset + len]), "{types:?} sliced");
                 let decoded = decode_packed_rows(&packed, integers).expect("integer rows").expect("decodes");
                 for (decoded, expected) in decoded.iter().zip(&expected) {
                     assert_eq!(decoded.to_data(), expected.to_data(), "{types:?}");
@@ -688,5 +734,12 @@ mod tests {
             }
         }
         assert!(decoded_keys > 50, "most pairs of integer columns pack");
+        // A column of another type than its layout's is not packed as that type.
+        let (int32, int64) = (&columns[2], &columns[3]);
+        let codec = RowCodec::new(&[DataType::Int64]).expect("codec");
+        let integers = codec.integer_columns().expect("integer columns");
+        assert!(pack_integer_rows(std::slice::from_ref(int64), integers).is_some());
+        assert!(pack_integer_rows(std::slice::from_ref(int32), integers).is_none(), "an INT column as BIGINT");
+        assert!(pack_integer_rows(&[], &[]).is_none(), "no columns: no rows to count");
     }
 }
