@@ -126,16 +126,20 @@ impl GroupResults {
                     .then(|| NullBuffer::from_iter(picked.iter().map(|&(side, i)| counts[side][i] != 0)));
                 match output {
                     DataType::Int64 => {
-                        let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-                        let values = picked
+                        // Narrowed in one pass that notes whether a sum with values (one that is
+                        // not NULL) did not fit, rather than stopping at it: no branch per value.
+                        let mut out_of_range = false;
+                        let values: Vec<i64> = picked
                             .iter()
-                            .enumerate()
-                            .map(|(at, pick)| match i64::try_from(sum_of(pick)) {
-                                Ok(sum) => Ok(sum),
-                                Err(_) if !valid(at) => Ok(0),
-                                Err(_) => Err(EngineError::Constraint("bigint out of range in sum".into())),
+                            .map(|&(side, i)| {
+                                let (sum, narrow) = (sums[side][i], sums[side][i] as i64);
+                                out_of_range |= i128::from(narrow) != sum && counts[side][i] != 0;
+                                narrow
                             })
-                            .collect::<Result<Vec<i64>>>()?;
+                            .collect();
+                        if out_of_range {
+                            return Err(EngineError::Constraint("bigint out of range in sum".into()));
+                        }
                         Arc::new(Int64Array::new(values.into(), nulls))
                     }
                     DataType::Decimal128(precision, scale) => {
