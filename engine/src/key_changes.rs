@@ -63,7 +63,7 @@ pub(crate) fn net_change<'a>(
     };
     let Some(repeated) = repeated else { return Ok(net) };
     // A few keys occur more than once (an epoch that inserts a row and updates it, say): only
-    // their rows (those of every key with a repeated hash) are grouped, in ascending order as
+    // their rows (those of every key that may repeat) are grouped, in ascending order as
     // the keys came; the paired keys stay, moved down in place over the others.
     let mut order: Vec<u32> = Vec::new();
     let mut kept = 0;
@@ -88,9 +88,10 @@ pub(crate) fn net_change<'a>(
     Ok(net)
 }
 
-/// The keys of a paired change whose hashes occur more than once.
+/// The keys of a paired change that may occur more than once.
 struct RepeatedKeys {
-    /// Per key change (in order), whether another key change has its hash.
+    /// Per key change (in order), whether another key change may have its key (see
+    /// [`maybe_repeated`]).
     marked: Vec<bool>,
     /// Per key change, its first row (an update's two rows are this one and the next).
     first_rows: Vec<u32>,
@@ -238,8 +239,8 @@ fn grouped<'a>(
 /// The net change of a change in which every key occurs once, or twice side by side as an
 /// update (one row retracted and another inserted), each row with weight 1 or -1: the order
 /// sources and SQL UPDATE send changes in, and that of an aggregate's output. One pass pairs
-/// each update's halves, and when `check_keys` a table of the keys' hashes marks the key
-/// changes whose hash another one has (returned beside the result, which is the general
+/// each update's halves, and when `check_keys` a filter of the keys' hashes marks the key
+/// changes whose key another one may have (returned beside the result, which is the general
 /// path's for every key change not marked; `None`: none). `None` when a row does not fit the
 /// shape: the general path then brings each key's rows together.
 fn adjacent_updates<'a>(
@@ -252,10 +253,7 @@ fn adjacent_updates<'a>(
     let count = weights.len();
     let mut net =
         NetChange { keys: Vec::with_capacity(count), rows: Vec::with_capacity(count), remaining: None, distinct: true };
-    // (hash, the first key change with it)
-    let mut seen: HashTable<(u64, u32)> = HashTable::with_capacity(if check_keys { count } else { 0 });
     let mut first_rows: Vec<u32> = Vec::with_capacity(if check_keys { count } else { 0 });
-    let mut marked: Vec<bool> = Vec::new();
     let mut row = 0;
     while row < count {
         let (hash, key, weight) = (hashes[row], keys.get(row), weights[row]);
@@ -267,20 +265,7 @@ fn adjacent_updates<'a>(
             return None;
         }
         if check_keys {
-            let index = net.keys.len() as u32;
             first_rows.push(row as u32);
-            match seen.entry(hash, |&(seen, _)| seen == hash, |&(seen, _)| seen) {
-                Entry::Occupied(first) => {
-                    if marked.is_empty() {
-                        marked = vec![false; count];
-                    }
-                    marked[first.get().1 as usize] = true;
-                    marked[index as usize] = true;
-                }
-                Entry::Vacant(vacant) => {
-                    vacant.insert((hash, index));
-                }
-            }
         }
         let (before, after, behind) = match (pair, weight > 0) {
             (false, true) => (None, Some(rows.get(row)), row),
@@ -292,8 +277,41 @@ fn adjacent_updates<'a>(
         net.rows.push(behind as u32);
         row += if pair { 2 } else { 1 };
     }
-    let repeated = (!marked.is_empty()).then_some(RepeatedKeys { marked, first_rows });
-    Some((net, repeated))
+    let repeated = if check_keys { maybe_repeated(&net.keys) } else { None };
+    Some((net, repeated.map(|marked| RepeatedKeys { marked, first_rows })))
+}
+
+/// Bits per key change of [`maybe_repeated`]'s filter.
+const FILTER_BITS_PER_KEY: usize = 64;
+
+/// Marks the key changes whose key may be another's: each hash sets one bit of a filter of
+/// [`FILTER_BITS_PER_KEY`] bits a key change (small enough to stay in the cache, zeroed in
+/// one pass: cheaper than a hash table of the hashes); a bit set twice is a suspect, and
+/// every key change whose bit is a suspect is marked. Every change of a key named more than
+/// once is among them, with a few others whose bits collide (about one in
+/// `2 * FILTER_BITS_PER_KEY`), which the general path handles as well. `None`: no key repeats.
+fn maybe_repeated(keys: &[KeyChange]) -> Option<Vec<bool>> {
+    let bits = (keys.len() * FILTER_BITS_PER_KEY).next_power_of_two().max(64);
+    // The top bits of a multiplicative mix of the hash (its own low bits pick index slots).
+    let bit_of = |hash: u64| (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits.trailing_zeros())) as usize;
+    let (mut seen, mut twice) = (vec![0u64; bits / 64], vec![0u64; bits / 64]);
+    let mut any_twice = false;
+    for key in keys {
+        let bit = bit_of(key.hash);
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        let again = seen[word] & mask != 0;
+        seen[word] |= mask;
+        twice[word] |= mask & u64::from(again).wrapping_neg();
+        any_twice |= again;
+    }
+    any_twice.then(|| {
+        keys.iter()
+            .map(|key| {
+                let bit = bit_of(key.hash);
+                twice[bit / 64] & (1u64 << (bit % 64)) != 0
+            })
+            .collect()
+    })
 }
 
 /// The net change of a change that only inserts or only retracts: one key change per row,
@@ -439,9 +457,14 @@ mod tests {
                     assert!(fits, "{rows:?} {weights:?}");
                     whole_pass += 1;
                 }
-                Some(_) => {
-                    assert!(!fits, "{rows:?} {weights:?}");
-                    partly += 1;
+                Some((net, Some(repeated))) => {
+                    // Every change of a key named twice is marked; a key named once may be
+                    // too (its filter bit collides), which only sends it the general way.
+                    for (index, change) in net.keys.iter().enumerate() {
+                        let named = net.keys.iter().filter(|other| other.key == change.key).count();
+                        assert!(named == 1 || repeated.marked[index], "{rows:?} {weights:?}: change {index}");
+                    }
+                    partly += usize::from(!fits);
                 }
                 None => general += 1,
             }
@@ -463,6 +486,39 @@ mod tests {
             whole_pass > 100 && partly > 100 && general > 100,
             "every path taken: {whole_pass} in one pass, {partly} partly grouped, {general} grouped"
         );
+    }
+
+    #[test]
+    fn the_repeated_key_filter_marks_every_repeated_key_and_few_others() {
+        let mut next = crate::test_random::xorshift(0xf1_17e5);
+        let (mut marked_once, mut named_once) = (0, 0);
+        for round in 0..200 {
+            // Distinct keys, some of them named again further on.
+            let distinct: Vec<u64> = (0..1 + next() % 3000).map(|_| next()).collect();
+            let mut named: Vec<u64> = distinct.clone();
+            named.extend(distinct.iter().filter(|_| next().is_multiple_of(500)));
+            let changes: Vec<KeyChange> =
+                named.iter().map(|&hash| KeyChange { hash, key: &[], before: None, after: None }).collect();
+            let twice = |hash: u64| named.iter().filter(|&&other| other == hash).count() > 1;
+            match maybe_repeated(&changes) {
+                None => assert!(named.len() == distinct.len(), "round {round}: a repeated key went unseen"),
+                Some(marked) => {
+                    for (index, &hash) in named.iter().enumerate() {
+                        if twice(hash) {
+                            assert!(marked[index], "round {round}: change {index} of a repeated key");
+                        } else {
+                            marked_once += usize::from(marked[index]);
+                            named_once += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // A key named once shares its bit with another key's at a chance of at most one in
+        // FILTER_BITS_PER_KEY: allow twice that.
+        assert!(named_once > 10_000, "{named_once} keys named once among batches with repeats");
+        assert!(marked_once * FILTER_BITS_PER_KEY <= 2 * named_once, "{marked_once} of {named_once} marked");
+        assert!(marked_once > 0, "collisions happen, and are marked");
     }
 
     #[test]
