@@ -203,10 +203,15 @@ pub trait SourceConnector: Send + Sync {
 
     /// Connects, prepares the upstream side, and starts reading: from the beginning (a
     /// snapshot, when the source takes one), or after `resume.progress` when given.
+    /// `relations` are the relations the engine holds for the source, as [`Self::describe`]
+    /// declared them when the source was created: the reader delivers rows of exactly these
+    /// columns, whatever the upstream schema has become since (columns added upstream are
+    /// not read, columns gone read as NULL, a column whose type changed is an error).
     async fn open(
         &self,
         create: &CreateSource,
         resume: SourceResume,
+        relations: &[SourceRelationDef],
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>>;
 }
@@ -286,6 +291,15 @@ pub trait SinkConnector: Send + Sync {
     /// Checks the options against the relation; touches nothing outside (`changeflow check`
     /// and CREATE SINK run it before anything starts).
     fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()>;
+
+    /// Reaches the target as [`Self::open`] would (connects, looks the target up) and
+    /// changes nothing, so that CREATE SINK fails at once on a target that is unreachable or
+    /// missing. CREATE SINK skips it with `validate = 'false'` (to create a sink while its
+    /// target is down); `changeflow check` never runs it.
+    async fn check(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
+        let _ = (options, target);
+        Ok(())
+    }
 
     /// Connects and prepares the target; `resume` is the position [`SinkWriter::flush`]
     /// returned at the checkpoint being restored (output after it is to be written again).

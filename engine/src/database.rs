@@ -16,6 +16,9 @@ use crate::durable::{Checkpointer, DurabilityOptions, RestoreReport};
 use crate::engine::{Engine, Mode, Output};
 use crate::error::{EngineError, Result};
 
+/// How long a shutdown waits for sinks to deliver what they have waiting.
+const SHUTDOWN_SINK_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Database {
     engine: Arc<Mutex<Engine>>,
     /// The writer lease: held by a session from its block's first write to COMMIT /
@@ -28,6 +31,8 @@ pub struct Database {
     background: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Delivery tasks of the sinks.
     sink_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// How long a local write waits for sinks that are too far behind (see `wait_for_sinks`).
+    write_wait: Duration,
 }
 
 /// A running source: its task, and the signal that stops it (true: drop upstream state).
@@ -50,7 +55,13 @@ impl Database {
             checkpointer: None,
             background: std::sync::Mutex::new(None),
             sink_tasks: std::sync::Mutex::new(Vec::new()),
+            write_wait: Duration::from_secs(30),
         }
+    }
+
+    /// How long a local write waits for sinks that are too far behind before it fails.
+    pub fn set_write_wait(&mut self, wait: Duration) {
+        self.write_wait = wait;
     }
 
     /// Opens a database kept in a data directory: restores the catalog, local tables and
@@ -119,6 +130,30 @@ impl Database {
         }
     }
 
+    /// Takes the writer lease (see `Session`). A transaction the engine still holds then has
+    /// no session: the one that opened it ended without COMMIT or ROLLBACK. It is rolled back
+    /// before the new holder writes, so no write of the new holder joins it.
+    pub(crate) async fn writer_lease(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let lease = Arc::clone(&self.writer).lock_owned().await;
+        if self.roll_back_open_transaction().await {
+            tracing::warn!("rolled back a transaction left open by a session that is gone");
+        }
+        lease
+    }
+
+    /// Rolls back the engine's open transaction; true when there was one. The caller holds
+    /// the writer lease.
+    pub(crate) async fn roll_back_open_transaction(&self) -> bool {
+        let mut engine = self.engine.lock().await;
+        if !engine.in_transaction() {
+            return false;
+        }
+        if let Err(error) = engine.execute_sql_text("ROLLBACK").await {
+            tracing::error!(%error, "rolling back an open transaction failed");
+        }
+        true
+    }
+
     /// Exclusive access to the engine (one statement or one epoch at a time).
     pub async fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().await
@@ -141,9 +176,23 @@ impl Database {
             let prepared = self.engine.lock().await.prepare_query(query, !owns_transaction)?;
             return prepared.run().await;
         }
-        let (output, mode) = {
+        if let Statement::CreateSink(create) = &statement.statement {
+            // The target is reached before anything is created (without holding the engine).
+            let checks = self.engine.lock().await.sink_checks(create)?;
+            for (connector, options, target) in checks {
+                connector.check(&options, &target).await?;
+            }
+        }
+        if is_local_write(statement) {
+            self.wait_for_sinks().await?;
+        }
+        let (output, mode, restored_source) = {
             let mut engine = self.engine.lock().await;
-            (engine.execute(statement).await?, engine.mode)
+            // A CREATE SOURCE of a startup file, restarted with the same files: the source
+            // came back from the data directory and was started (or is being retried) then.
+            let restored_source = matches!(&statement.statement,
+                Statement::CreateSource(create) if engine.catalog.source(&create.name).is_some());
+            (engine.execute(statement).await?, engine.mode, restored_source)
         };
         if let Statement::DropSource { name, .. } = &statement.statement {
             let task = self.tasks()?.remove(name);
@@ -158,6 +207,7 @@ impl Database {
         }
         if let Statement::CreateSource(create) = &statement.statement
             && mode == Mode::Execute
+            && !restored_source
         {
             let running = self.tasks()?.contains_key(&create.name);
             if !running && let Err(error) = self.start_source(create).await {
@@ -167,6 +217,32 @@ impl Database {
             }
         }
         Ok(output)
+    }
+
+    /// Backpressure on local writes: while the sinks have more than [`BACKLOG_LIMIT`] epochs
+    /// waiting, a write waits for them to catch up, up to `write_wait`; then it fails (53000),
+    /// naming the sinks behind, and nothing is applied.
+    ///
+    /// [`BACKLOG_LIMIT`]: crate::sink::BACKLOG_LIMIT
+    async fn wait_for_sinks(&self) -> Result<()> {
+        let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
+        let behind = || backlog.load(std::sync::atomic::Ordering::Relaxed) > crate::sink::BACKLOG_LIMIT;
+        if !behind() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.write_wait;
+        while behind() {
+            if tokio::time::Instant::now() >= deadline {
+                let lagging = self.engine.lock().await.lagging_sinks();
+                return Err(EngineError::Backpressure(format!(
+                    "the write waited {} s for sinks that are too far behind and was not applied: {}",
+                    self.write_wait.as_secs(),
+                    lagging.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// What a statement returns and takes, without running it (nothing changes).
@@ -209,11 +285,22 @@ impl Database {
         for task in tasks {
             task.stop(false).await;
         }
-        // Sinks deliver what they have waiting (a sink that keeps failing gets 30 s).
+        // Sinks deliver what they have waiting, for a bounded time: what a sink has not
+        // delivered by then stays in the last checkpoint (with a data directory) and is
+        // delivered after the restart.
         let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_SINK_WAIT;
         while backlog.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let behind = self.engine.lock().await.lagging_sinks();
+        if !behind.is_empty() {
+            let kept = if self.checkpointer.is_some() {
+                "the checkpoint keeps what they did not deliver"
+            } else {
+                "without a data directory, what they did not deliver is lost"
+            };
+            tracing::warn!(sinks = %behind.join(", "), "stopping with sinks that have not delivered everything; {kept}");
         }
         if let Err(error) = self.checkpoint().await {
             tracing::error!(%error, "the checkpoint at shutdown failed");
@@ -231,7 +318,7 @@ impl Database {
         let mut handles = self.sink_tasks.lock().map_err(|_| EngineError::Internal("sink tasks poisoned".into()))?;
         handles.retain(|h| !h.is_finished());
         for task in tasks {
-            handles.push(tokio::spawn(task.run()));
+            handles.push(tokio::spawn(task.run_contained()));
         }
         Ok(())
     }
@@ -271,17 +358,17 @@ impl SourceStarter {
             .registry
             .source(&create.connector)
             .ok_or_else(|| EngineError::Connector(format!("unknown connector {}", create.connector)))?;
-        let (monitor, resume) = {
+        let (monitor, resume, relations) = {
             let engine = self.engine.lock().await;
             let monitor = engine.sources.get(&create.name).map(|s| s.monitor.clone()).unwrap_or_default();
-            (monitor, engine.source_resume(&create.name))
+            (monitor, engine.source_resume(&create.name), engine.source_relations(&create.name))
         };
         if resume == SourceResume::default() && self.checkpointer.is_some() {
             // Recorded before anything is created upstream: a crash inside `open` leaves
             // the reader, on restart, knowing it may have created what it finds.
             self.engine.lock().await.source_opened(&create.name, Some(OPENING.into()))?;
         }
-        let reader = connector.open(create, resume, monitor.clone()).await?;
+        let reader = connector.open(create, resume, &relations, monitor.clone()).await?;
         self.engine.lock().await.source_opened(&create.name, reader.upstream_state())?;
         let state = monitor.report().state;
         if state == "starting" || state.starts_with("retrying") {
@@ -290,8 +377,8 @@ impl SourceStarter {
         let (stop, stopped) = oneshot::channel();
         let confirm = self.checkpointer.as_ref().map(|c| c.confirmable());
         let backlog = Arc::clone(&self.engine.lock().await.sink_backlog);
-        let handle =
-            tokio::spawn(run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm, backlog));
+        let run = run_source(Arc::clone(&self.engine), create.name.clone(), reader, stopped, confirm, backlog);
+        let handle = tokio::spawn(contain_source_panic(Arc::clone(&self.engine), create.name.clone(), run));
         self.tasks
             .lock()
             .map_err(|_| EngineError::Internal("source task table poisoned".into()))?
@@ -320,6 +407,15 @@ impl SourceStarter {
             }
         }
     }
+}
+
+/// INSERT, UPDATE, DELETE and COMMIT: statements that make epochs of local tables.
+fn is_local_write(statement: &ParsedStatement) -> bool {
+    use datafusion::sql::sqlparser::ast;
+    matches!(&statement.statement, Statement::Sql(sql) if matches!(
+        sql.as_ref(),
+        ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) | ast::Statement::Commit { .. }
+    ))
 }
 
 fn describe_output(output: Output) -> Result<crate::Description> {
@@ -456,6 +552,17 @@ async fn run_source(
     }
 }
 
+/// Runs a source's task; a panic in it (a bug) fails the source with the panic's message,
+/// so SHOW SOURCES and `/health` report it instead of a source that looks alive.
+async fn contain_source_panic(engine: Arc<Mutex<Engine>>, name: String, run: impl Future<Output = ()>) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        let message = crate::error::panic_message(&*panic);
+        tracing::error!(source = %name, panic = %message, "the source's task panicked");
+        engine.lock().await.source_failed(&name, &format!("panicked: {message}"));
+    }
+}
+
 /// Records an applied transaction, or the failure that stops the source; false on failure.
 fn finish_transaction(engine: &mut Engine, name: &str, applied: Result<()>, count: usize, progress: &Progress) -> bool {
     match applied {
@@ -490,6 +597,22 @@ impl Drop for Database {
 }
 
 impl Engine {
+    /// The relations a source feeds, as the catalog holds them (declared at CREATE SOURCE).
+    pub(crate) fn source_relations(&self, source: &str) -> Vec<crate::connector::SourceRelationDef> {
+        let Some(definition) = self.catalog.source(source) else { return Vec::new() };
+        definition
+            .relations
+            .iter()
+            .filter_map(|name| self.catalog.relation(name))
+            .map(|relation| crate::connector::SourceRelationDef {
+                name: relation.name.clone(),
+                schema: Arc::clone(&relation.schema),
+                primary_key: relation.primary_key.clone(),
+                expected_rows: 0,
+            })
+            .collect()
+    }
+
     pub(crate) fn source_progress(&mut self, source: &str, transactions: u64, changes: u64, progress: &str) {
         if let Some(status) = self.sources.get_mut(source) {
             status.transactions += transactions;

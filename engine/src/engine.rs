@@ -106,7 +106,7 @@ pub struct Engine {
     /// Set while a restore loads a checkpoint's contents: already delivered, not sent again.
     pub(crate) sinks_muted: bool,
     /// Sink positions of the checkpoint being restored.
-    pub(crate) replay_sink_positions: BTreeMap<String, String>,
+    pub(crate) replay_sinks: BTreeMap<String, crate::sink::SavedSink>,
     /// The source transaction being applied: source, position, upstream transaction (sinks
     /// and `changes(...)` report it).
     pub(crate) epoch_origin: Option<crate::connector::Origin>,
@@ -146,7 +146,7 @@ impl Engine {
             started_sinks: rustc_hash::FxHashSet::default(),
             sink_backlog: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             sinks_muted: false,
-            replay_sink_positions: BTreeMap::new(),
+            replay_sinks: BTreeMap::new(),
             epoch_origin: None,
             epoch_is_snapshot: false,
             startup_applied: std::collections::BTreeSet::new(),
@@ -416,7 +416,13 @@ impl Engine {
             let Some(dataflow) = view.dataflow.as_mut() else { continue };
             let started = std::time::Instant::now();
             view.epochs += 1;
-            let result = dataflow.step(&epoch).and_then(|out| out.consolidate());
+            // A panic in an operator (a bug) fails this view alone, as an error would.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dataflow.step(&epoch).and_then(|out| out.consolidate())
+            }))
+            .unwrap_or_else(|panic| {
+                Err(EngineError::Internal(format!("panicked: {}", crate::error::panic_message(&*panic))))
+            });
             match result {
                 Ok(out) => {
                     if out.is_empty() {

@@ -26,6 +26,10 @@ pub enum EngineError {
     /// Reading or writing the data directory failed, or what it holds is damaged.
     #[error("{0}")]
     Durability(String),
+    /// A write waited too long for sinks that are far behind (backpressure); it was not
+    /// applied.
+    #[error("{0}")]
+    Backpressure(String),
     /// An invariant of the engine was broken: a bug, reported rather than hidden.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ impl EngineError {
                 }
             }
             EngineError::Arrow(_) => "22000",
+            EngineError::Backpressure(_) => "53000",
             EngineError::Connector(_) => "08000",
             EngineError::Durability(_) => "58030",
             EngineError::Internal(_) => "XX000",
@@ -111,5 +116,15 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
         DataFusionError::Execution(_) if message.contains("Divide by zero") => "22012",
         DataFusionError::Execution(_) => "22000",
         _ => "XX000",
+    }
+}
+
+/// The message a panic carried (its `&str` or `String` payload), for reporting a task that
+/// panicked by name instead of letting it vanish.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (None, Some(text)) => text.clone(),
+        (None, None) => "a panic without a message".to_string(),
     }
 }

@@ -118,6 +118,13 @@ impl RelationStore {
     /// deletes and updates must carry the whole old row.
     pub fn resolve<'s>(&'s self, changes: &KeyedChanges) -> Result<ChangeBatch> {
         let rows = &changes.rows;
+        if rows.num_columns() != self.schema().fields().len() {
+            return Err(EngineError::Internal(format!(
+                "the source sent rows of {} columns, and the relation has {}",
+                rows.num_columns(),
+                self.schema().fields().len()
+            )));
+        }
         let keyed = self.key_codec().is_some();
         let keys: Encoded = match self.key_codec() {
             Some(codec) => {

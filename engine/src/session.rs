@@ -6,6 +6,12 @@
 //! only reads never takes the lease (drivers that open a block for every query do not stall
 //! writers). Queries never wait for the lease, and do not see another session's uncommitted
 //! changes; source epochs go on meanwhile.
+//!
+//! However a session ends (closed, dropped, or its connection's task panicked), its open
+//! transaction is rolled back: [`Drop`] hands the rollback to the runtime, and whoever takes
+//! the writer lease next rolls back any transaction the engine still holds first (it can
+//! only belong to a session that is gone), so no later write joins a transaction nobody
+//! will commit.
 
 use std::sync::Arc;
 
@@ -83,13 +89,13 @@ impl Session {
             Access::Write if writing => self.database.execute_as(statement, true).await,
             Access::Write if matches!(self.block, Block::Reading) => {
                 // The block's first write opens the engine's transaction under the lease.
-                let lease = Arc::clone(&self.database.writer).lock_owned().await;
+                let lease = self.database.writer_lease().await;
                 self.database.engine().await.execute_sql_text("BEGIN").await?;
                 self.block = Block::Writing(lease);
                 self.database.execute_as(statement, true).await
             }
             Access::Write => {
-                let _lease = Arc::clone(&self.database.writer).lock_owned().await;
+                let _lease = self.database.writer_lease().await;
                 self.database.execute_as(statement, true).await
             }
             Access::Begin => {
@@ -113,10 +119,81 @@ impl Session {
     /// Ends the session: an open transaction block is rolled back.
     pub async fn close(&mut self) {
         if let Block::Writing(_lease) = std::mem::replace(&mut self.block, Block::None) {
-            let mut engine = self.database.engine().await;
-            if let Err(error) = engine.execute_sql_text("ROLLBACK").await {
-                tracing::warn!(%error, "rolling back the transaction of a closed session failed");
-            }
+            self.database.roll_back_open_transaction().await;
         }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped inside a transaction block (its task panicked or was aborted) has
+    /// its transaction rolled back on the runtime, under the lease it still holds. Without a
+    /// runtime, the next writer to take the lease rolls it back.
+    fn drop(&mut self) {
+        let Block::Writing(lease) = std::mem::replace(&mut self.block, Block::None) else { return };
+        let database = Arc::clone(&self.database);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if database.roll_back_open_transaction().await {
+                        tracing::warn!("rolled back the transaction of a session that ended without closing");
+                    }
+                    drop(lease);
+                });
+            }
+            Err(_) => tracing::warn!(
+                "a session ended in a transaction block outside a runtime; the next writer rolls it back"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::ConnectorRegistry;
+
+    async fn run(session: &mut Session, sql: &str) -> Result<Output> {
+        let mut last = Output::Command(String::new());
+        for statement in changeflow_sql::parse_sql(sql)? {
+            last = session.execute(&statement).await?;
+        }
+        Ok(last)
+    }
+
+    async fn count(session: &mut Session) -> usize {
+        match run(session, "SELECT * FROM t").await.expect("select") {
+            Output::Rows { batches, .. } => batches.iter().map(|b| b.num_rows()).sum(),
+            Output::Command(tag) => panic!("a query answered {tag}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_dropped_in_a_transaction_block_is_rolled_back() {
+        let database = Arc::new(Database::new(ConnectorRegistry::default()));
+        let mut setup = Session::new(Arc::clone(&database));
+        run(&mut setup, "CREATE TABLE t (id INT PRIMARY KEY)").await.expect("create");
+
+        let mut gone = Session::new(Arc::clone(&database));
+        run(&mut gone, "BEGIN; INSERT INTO t VALUES (1)").await.expect("open a block");
+        drop(gone);
+
+        let mut other = Session::new(Arc::clone(&database));
+        run(&mut other, "INSERT INTO t VALUES (2)").await.expect("autocommit insert");
+        assert_eq!(count(&mut setup).await, 1, "the autocommitted row is visible and the dropped block's is not");
+        run(&mut other, "BEGIN; INSERT INTO t VALUES (3); COMMIT").await.expect("a later block commits");
+        assert_eq!(count(&mut setup).await, 2);
+        assert!(!database.engine().await.in_transaction());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_writer_rolls_back_a_transaction_whose_session_is_gone() {
+        let database = Arc::new(Database::new(ConnectorRegistry::default()));
+        let mut session = Session::new(Arc::clone(&database));
+        run(&mut session, "CREATE TABLE t (id INT PRIMARY KEY)").await.expect("create");
+        // A transaction the engine holds with no session (its session vanished without Drop).
+        database.engine().await.execute_sql_text("BEGIN; INSERT INTO t VALUES (1)").await.expect("orphan");
+        run(&mut session, "INSERT INTO t VALUES (2)").await.expect("insert");
+        assert_eq!(count(&mut session).await, 1, "only the acknowledged row: the orphan was rolled back");
+        assert!(!database.engine().await.in_transaction());
     }
 }

@@ -92,3 +92,28 @@ impl Engine {
         EngineStats { epoch: self.epoch, sources, tables, views, subscriptions: self.subscription_count() }
     }
 }
+
+impl Engine {
+    /// What keeps the engine from being healthy, one line each naming the object: failed
+    /// sources, failed materialized views and failed sinks (`/health` answers 503 with them).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for source in self.catalog.sources() {
+            let state = self.sources.get(&source.name).map(|s| s.monitor.report().state).unwrap_or_default();
+            if state.starts_with("failed") {
+                problems.push(format!("source \"{}\" {state}", source.name));
+            }
+        }
+        for view in &self.views {
+            if let Some(error) = &view.error {
+                problems.push(format!("materialized view \"{}\": {error}", view.name));
+            }
+        }
+        for (name, _, _, report) in self.sink_reports() {
+            if report.state.starts_with("failed") {
+                problems.push(format!("sink \"{name}\" {}", report.state));
+            }
+        }
+        problems
+    }
+}

@@ -23,6 +23,10 @@ pub struct StorageOptions {
     /// Take a checkpoint after this many epochs, even before the interval is up.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub checkpoint_epochs: u64,
+    /// Seconds a write to a local table waits for sinks that are too far behind before it
+    /// fails (SQLSTATE 53000) without being applied.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub sink_wait: u64,
 }
 
 impl StorageOptions {
@@ -35,15 +39,20 @@ impl StorageOptions {
             (None, false) => default.map(PathBuf::from),
             (None, true) => None,
         };
-        let Some(data_dir) = data_dir else { return Ok(Database::new(registry)) };
+        let Some(data_dir) = data_dir else {
+            let mut database = Database::new(registry);
+            database.set_write_wait(Duration::from_secs(self.sink_wait));
+            return Ok(database);
+        };
         let options = DurabilityOptions {
             data_dir: data_dir.clone(),
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval.max(1)),
             checkpoint_epochs: self.checkpoint_epochs.max(1),
         };
-        let (database, report) = Database::open(registry, options)
+        let (mut database, report) = Database::open(registry, options)
             .await
             .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+        database.set_write_wait(Duration::from_secs(self.sink_wait));
         if report.checkpoint.is_some() || report.journal_records > 0 {
             eprintln!(
                 "changeflow: restored {} from {}{} and {} journal record{} in {} ms",

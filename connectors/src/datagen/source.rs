@@ -30,6 +30,7 @@ impl SourceConnector for DatagenConnector {
         &self,
         create: &CreateSource,
         resume: SourceResume,
+        _relations: &[SourceRelationDef],
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
         let config = DatagenConfig::from_options(&create.name, &create.options)?;

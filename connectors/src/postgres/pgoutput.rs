@@ -313,6 +313,23 @@ mod tests {
     }
 
     #[test]
+    fn random_messages_are_errors_or_messages_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(25);
+        let tags = b"BCRIUDTOYMwkx";
+        for _ in 0..50_000 {
+            let mut bytes = vec![tags[rng.random_range(0..tags.len())]];
+            let len = rng.random_range(0..64);
+            // Mostly small numbers, so lengths and counts often fit what follows.
+            bytes.extend(
+                (0..len).map(|_| if rng.random_bool(0.6) { rng.random_range(0..4) } else { rng.random::<u8>() }),
+            );
+            let _ = parse_logical_message(Bytes::from(bytes.clone()));
+            let _ = parse_stream_message(Bytes::from(bytes));
+        }
+    }
+
+    #[test]
     fn short_messages_are_errors_not_panics() {
         for bytes in [&b"B\x00\x01"[..], b"I\x00\x00\x00\x01N\x00\x02t\x00\x00\x00\x09ab", b"R\x00\x00\x00\x01pub"] {
             assert!(parse_logical_message(Bytes::copy_from_slice(bytes)).is_err());

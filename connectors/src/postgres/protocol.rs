@@ -87,7 +87,7 @@ impl ReplicationConnection {
             match message.tag {
                 b'R' => {
                     let mut body = message.body.clone();
-                    let code = body.get_i32();
+                    let code = body.try_get_i32().map_err(|_| PgError::protocol("short authentication request"))?;
                     match code {
                         0 => {}
                         3 => {
@@ -98,7 +98,8 @@ impl ReplicationConnection {
                         5 => {
                             let password = self.password(&password, &user)?;
                             let mut salt = [0u8; 4];
-                            body.copy_to_slice(&mut salt);
+                            body.try_copy_to_slice(&mut salt)
+                                .map_err(|_| PgError::protocol("an MD5 request without its salt"))?;
                             let hashed = md5_hash(user.as_bytes(), &password, salt);
                             frontend::password_message(hashed.as_bytes(), &mut self.write).map_err(PgError::io)?;
                             self.flush().await?;

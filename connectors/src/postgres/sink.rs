@@ -23,6 +23,8 @@ use super::config::{quote_ident, redact};
 use crate::format::events;
 
 const PROGRESS_TABLE: &str = "changeflow_sink_progress";
+/// How long CREATE SINK waits for the target to answer its check.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Upserts of at least this many rows go through COPY into a staging table.
 const COPY_THRESHOLD: usize = 1_000;
 
@@ -57,7 +59,10 @@ fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<Sin
     let bad = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
     const KNOWN: [&str; 4] = ["url", "table", "columns", "create_table"];
     if let Some(unknown) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(bad(format!("unknown option '{unknown}' for INTO POSTGRES; known: key, {}", KNOWN.join(", "))));
+        return Err(bad(format!(
+            "unknown option '{unknown}' for INTO POSTGRES; known: key, validate, {}",
+            KNOWN.join(", ")
+        )));
     }
     let url = options.get("url").ok_or_else(|| bad("INTO POSTGRES needs url = 'postgres://...'".into()))?;
     let mut client = tokio_postgres::Config::from_str(url)
@@ -120,6 +125,21 @@ fn classify(error: &tokio_postgres::Error, what: &str) -> SinkFailure {
     }
 }
 
+/// The columns of the target table and their types (none when it does not exist).
+async fn target_columns(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 fn refused(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
 }
@@ -128,6 +148,45 @@ fn refused(error: &tokio_postgres::Error) -> bool {
 impl SinkConnector for PostgresSinkConnector {
     fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
         config(options, target).map(|_| ())
+    }
+
+    async fn check(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
+        let config = config(options, target)?;
+        let failed = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
+        let connect = tokio::time::timeout(CHECK_TIMEOUT, config.client.connect(tokio_postgres::NoTls));
+        let (client, connection) = match connect.await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                return Err(failed(format!("cannot reach PostgreSQL at {}: {error}", config.display_url)));
+            }
+            Err(_) => {
+                return Err(failed(format!(
+                    "PostgreSQL at {} did not answer within {} s",
+                    config.display_url,
+                    CHECK_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let connection = tokio::spawn(connection);
+        let checked = if config.create_table {
+            Ok(())
+        } else {
+            target_columns(&client, &config.table).await.map_err(|e| failed(e.to_string())).and_then(|found| {
+                if found.is_empty() {
+                    return Err(failed(format!(
+                        "table {} does not exist in {}; create it, or set create_table = 'true'",
+                        config.table, config.display_url
+                    )));
+                }
+                match config.columns.iter().map(|&i| target.schema.field(i).name()).find(|n| !found.contains_key(*n)) {
+                    Some(missing) => Err(failed(format!("table {} has no column \"{missing}\"", config.table))),
+                    None => Ok(()),
+                }
+            })
+        };
+        drop(client);
+        connection.abort();
+        checked
     }
 
     async fn open(
@@ -227,21 +286,15 @@ impl PostgresSinkWriter {
             );
             client.batch_execute(&sql).await.map_err(|e| classify(&e, "creating the target table"))?;
         }
-        let rows = client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&self.plan.config.table],
-            )
+        let types = target_columns(&client, &self.plan.config.table)
             .await
             .map_err(|e| classify(&e, "reading the target table"))?;
-        if rows.is_empty() {
+        if types.is_empty() {
             return Err(SinkFailure::Fatal(format!(
                 "table {} does not exist in {}; create it, or set create_table = 'true'",
                 self.plan.config.table, self.plan.config.display_url
             )));
         }
-        let types: BTreeMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         self.plan.types = names
             .iter()
             .map(|name| {

@@ -155,7 +155,9 @@ async fn copy_table(
     copied: &AtomicU64,
     sender: &mpsc::Sender<Chunk>,
 ) -> Result<(), PgError> {
-    let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    // A declared column gone upstream reads as NULL.
+    let columns: Vec<String> =
+        table.columns.iter().map(|c| if c.missing { "NULL".to_string() } else { quote_ident(&c.name) }).collect();
     let sql = format!("COPY (SELECT {} FROM {}) TO STDOUT", columns.join(", "), table.qualified());
     let stream = client.copy_out(&sql).await?;
     let mut stream = std::pin::pin!(stream);

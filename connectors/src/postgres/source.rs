@@ -34,7 +34,7 @@ use super::slot::{Resume, drop_slot, open_slot};
 use super::snapshot::start_copy;
 use super::spill::Spill;
 use super::transaction::{CapturedTable, PendingChanges};
-use super::upstream::{check_server, describe_tables, ensure_publication};
+use super::upstream::{check_server, describe_tables, ensure_publication, keep_declared_columns};
 
 /// Buffered transactions are coalesced into one event up to this many operations.
 const COALESCE_OPERATIONS: usize = 100_000;
@@ -66,10 +66,11 @@ impl SourceConnector for PostgresConnector {
         &self,
         create: &CreateSource,
         resume: SourceResume,
+        relations: &[SourceRelationDef],
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
         let config = PostgresConfig::from_statement(create)?;
-        Ok(Box::new(PostgresReader::open(config, monitor, resume).await?))
+        Ok(Box::new(PostgresReader::open(config, monitor, resume, relations).await?))
     }
 }
 
@@ -130,10 +131,19 @@ struct PostgresReader {
 }
 
 impl PostgresReader {
-    async fn open(config: PostgresConfig, monitor: SourceMonitor, resume: SourceResume) -> Result<Self, PgError> {
+    async fn open(
+        config: PostgresConfig,
+        monitor: SourceMonitor,
+        resume: SourceResume,
+        relations: &[SourceRelationDef],
+    ) -> Result<Self, PgError> {
         let client = config.connect().await?;
         check_server(&client, &config).await?;
-        let tables = describe_tables(&client, &config).await?;
+        let (tables, schema_changes) =
+            keep_declared_columns(describe_tables(&client, &config).await?, relations, &config)?;
+        for warning in &schema_changes.warnings {
+            tracing::warn!(source = %config.source, "{warning}");
+        }
         let resume = Resume::parse(&config, &resume)?;
         let created_publication = ensure_publication(&client, &config, &tables).await? || resume.created_publication;
         let result = open_slot(&config, &client, &resume).await;
@@ -149,6 +159,7 @@ impl PostgresReader {
         };
         let positions = Arc::new(Positions::default());
         positions.confirmed.store(start, Ordering::Relaxed);
+        positions.set_warnings(&schema_changes.warnings);
         let poller = tokio::spawn(poll_server(config.clone(), monitor.clone(), Arc::clone(&positions)));
         let count = tables.len();
         Ok(Self {
@@ -163,8 +174,8 @@ impl PostgresReader {
             created_publication,
             pending: PendingChanges::new(count),
             spill: None,
-            dropped: Vec::new(),
-            schema_warnings: Vec::new(),
+            dropped: schema_changes.dropped,
+            schema_warnings: schema_changes.warnings,
             in_transaction: None,
             pending_end: None,
             current_transaction: None,

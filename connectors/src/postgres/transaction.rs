@@ -23,7 +23,8 @@ pub struct CapturedTable {
 
 impl CapturedTable {
     pub fn new(upstream: UpstreamTable) -> Self {
-        let upstream_position = (0..upstream.columns.len()).map(Some).collect();
+        // Positions until the first Relation message says where the upstream has them.
+        let upstream_position = upstream.columns.iter().enumerate().map(|(i, c)| (!c.missing).then_some(i)).collect();
         Self {
             declared: declared_schema(&upstream),
             tuple_schema: tuple_schema(&upstream),

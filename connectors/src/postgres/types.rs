@@ -67,6 +67,29 @@ impl PgType {
         scalar(info.oid, info.typmod, info.kind)
     }
 
+    /// A type whose [`Self::arrow_type`] is `data_type` (text-like types all come back as
+    /// text): how a relation's column is read when its upstream column is gone.
+    pub fn from_arrow(data_type: &DataType) -> Option<PgType> {
+        Some(match data_type {
+            DataType::Boolean => PgType::Bool,
+            DataType::Int16 => PgType::Int2,
+            DataType::Int32 => PgType::Int4,
+            DataType::Int64 => PgType::Int8,
+            DataType::Float32 => PgType::Float4,
+            DataType::Float64 => PgType::Float8,
+            DataType::Decimal128(precision, scale) => PgType::Numeric { precision: *precision, scale: *scale },
+            DataType::Utf8 => PgType::Text,
+            DataType::Date32 => PgType::Date,
+            DataType::Time64(TimeUnit::Microsecond) => PgType::Time,
+            DataType::Timestamp(TimeUnit::Microsecond, None) => PgType::Timestamp,
+            DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => PgType::Timestamptz,
+            DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano) => PgType::Interval,
+            DataType::Binary => PgType::Bytea,
+            DataType::List(element) => PgType::Array(Box::new(PgType::from_arrow(element.data_type())?)),
+            _ => return None,
+        })
+    }
+
     pub fn arrow_type(&self) -> DataType {
         match self {
             PgType::Bool => DataType::Boolean,
@@ -247,23 +270,30 @@ pub fn parse_interval(value: &str) -> Result<IntervalMonthDayNano, PgError> {
             '0'..='9' | '.' | '-' | '+' => number.push(c),
             unit => {
                 let amount: f64 = number.parse().map_err(|_| bad())?;
+                if !amount.is_finite() || amount.abs() >= i64::MAX as f64 {
+                    return Err(bad());
+                }
                 let whole = amount as i64;
+                // Every step is checked: a value out of range is an error, never a wrap.
+                let add = |total: i64, amount: Option<i64>| amount.and_then(|a| total.checked_add(a)).ok_or_else(bad);
                 match (in_time, unit) {
-                    (false, 'Y') => months += whole * 12,
-                    (false, 'M') => months += whole,
-                    (false, 'W') => days += whole * 7,
-                    (false, 'D') => days += whole,
-                    (true, 'H') => nanos += whole * 3_600_000_000_000,
-                    (true, 'M') => nanos += whole * 60_000_000_000,
+                    (false, 'Y') => months = add(months, whole.checked_mul(12))?,
+                    (false, 'M') => months = add(months, Some(whole))?,
+                    (false, 'W') => days = add(days, whole.checked_mul(7))?,
+                    (false, 'D') => days = add(days, Some(whole))?,
+                    (true, 'H') => nanos = add(nanos, whole.checked_mul(3_600_000_000_000))?,
+                    (true, 'M') => nanos = add(nanos, whole.checked_mul(60_000_000_000))?,
                     (true, 'S') => {
                         // Seconds carry up to six decimals: parse them exactly.
                         let (int, fraction) = number.split_once('.').unwrap_or((&number, ""));
                         let seconds: i64 = int.parse().map_err(|_| bad())?;
-                        let mut micros: i64 = format!("{fraction:0<6}")[..6].parse().map_err(|_| bad())?;
+                        let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(6).collect();
+                        let mut micros: i64 = digits.parse().map_err(|_| bad())?;
                         if int.starts_with('-') {
                             micros = -micros;
                         }
-                        nanos += seconds * 1_000_000_000 + micros * 1_000;
+                        let total = seconds.checked_mul(1_000_000_000).and_then(|s| s.checked_add(micros * 1_000));
+                        nanos = add(nanos, total)?;
                     }
                     _ => return Err(bad()),
                 }
@@ -386,6 +416,29 @@ mod tests {
         let negative = parse_interval("P-1DT-0.25S").expect("parses");
         assert_eq!((negative.days, negative.nanoseconds), (-1, -250_000_000));
         assert_eq!(parse_interval("PT0S").expect("zero").nanoseconds, 0);
+        // Out of range is an error, never a value that wrapped around.
+        for huge in ["P999999999999999999Y", "PT9999999999H", "PT9223372036854775807S", "P1e300D", "PT3000000H4000000H"]
+        {
+            assert!(parse_interval(huge).is_err(), "{huge} was accepted");
+        }
+    }
+
+    #[test]
+    fn random_text_never_panics_a_value_parser() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(25);
+        let pieces = [
+            "P", "T", "Y", "M", "D", "H", "S", "W", "-", "+", ".", "9", "0", "{", "}", ",", "\"", "\\", "x", "é",
+            "NULL", " ",
+        ];
+        for _ in 0..20_000 {
+            let text: String =
+                (0..rng.random_range(0..12)).map(|_| pieces[rng.random_range(0..pieces.len())]).collect();
+            let _ = parse_interval(&text);
+            let _ = parse_bytea(&text);
+            let _ = parse_decimal(&text, 10, 2);
+            let _ = parse_array_literal(&text, &mut StringBuilder::new());
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! changeflow can carry and whose updates and deletes PostgreSQL identifies. Each refusal
 //! says what to run to fix it. Also creates (or checks) the publication.
 
+use changeflow_engine::connector::SourceRelationDef;
 use changeflow_sql::parser::{SourceTable, SourceTables};
 use tokio_postgres::Client;
 
@@ -15,6 +16,8 @@ pub struct UpstreamColumn {
     pub name: String,
     pub pg_type: PgType,
     pub not_null: bool,
+    /// Declared when the source was created, gone upstream since: read as NULL.
+    pub missing: bool,
 }
 
 /// A captured table as the upstream catalog describes it.
@@ -190,7 +193,7 @@ async fn describe_table(
                 config.source, info.display
             ))
         })?;
-        columns.push(UpstreamColumn { name, pg_type, not_null: row.get(3) });
+        columns.push(UpstreamColumn { name, pg_type, not_null: row.get(3), missing: false });
     }
     let key_columns = |flag: &'static str| {
         format!(
@@ -278,4 +281,111 @@ pub async fn ensure_publication(
         }
     }
     Ok(false)
+}
+
+/// What [`keep_declared_columns`] found changed upstream since the source was created.
+#[derive(Debug, Default)]
+pub struct SchemaChanges {
+    /// Per relation, declared columns gone upstream (read as NULL from now on).
+    pub dropped: Vec<(String, Vec<String>)>,
+    /// Messages for SHOW SOURCES and the log: columns added upstream (not read) and dropped.
+    pub warnings: Vec<String>,
+}
+
+/// Shapes each described table as the relation the engine holds for it: exactly the
+/// declared columns, in their order, by name. Columns added upstream since are left out (not
+/// read), declared columns gone upstream are kept as `missing` (NULL), and a declared column
+/// whose type changed upstream is an error that names it. Tables without a declared relation
+/// (a first open) are kept as described.
+pub fn keep_declared_columns(
+    tables: Vec<UpstreamTable>,
+    declared: &[SourceRelationDef],
+    config: &PostgresConfig,
+) -> Result<(Vec<UpstreamTable>, SchemaChanges), PgError> {
+    let mut changes = SchemaChanges::default();
+    let mut kept = Vec::with_capacity(tables.len());
+    for mut table in tables {
+        let Some(relation) = declared.iter().find(|r| r.name == table.relation) else {
+            kept.push(table);
+            continue;
+        };
+        let key_names: Vec<String> = table.key.iter().map(|&i| table.columns[i].name.clone()).collect();
+        let mut columns = Vec::with_capacity(relation.schema.fields().len());
+        let mut dropped = Vec::new();
+        for field in relation.schema.fields() {
+            match table.columns.iter().find(|c| &c.name == field.name()) {
+                Some(column) if column.pg_type.arrow_type() != *field.data_type() => {
+                    return Err(PgError::Config(format!(
+                        "source \"{}\": column \"{}\" of {} changed type upstream (relation \"{}\" has {}, the \
+                         table now has {}); changeflow cannot convert it. DROP SOURCE and CREATE SOURCE again to \
+                         capture the new type",
+                        config.source,
+                        field.name(),
+                        table.display(),
+                        table.relation,
+                        field.data_type(),
+                        column.pg_type.arrow_type()
+                    )));
+                }
+                Some(column) => columns.push(UpstreamColumn { not_null: !field.is_nullable(), ..column.clone() }),
+                None => {
+                    let pg_type = PgType::from_arrow(field.data_type()).ok_or_else(|| {
+                        PgError::protocol(format!(
+                            "relation \"{}\" has a column of type {}",
+                            table.relation,
+                            field.data_type()
+                        ))
+                    })?;
+                    dropped.push(field.name().clone());
+                    columns.push(UpstreamColumn {
+                        name: field.name().clone(),
+                        pg_type,
+                        not_null: false,
+                        missing: true,
+                    });
+                }
+            }
+        }
+        let added: Vec<&str> = table
+            .columns
+            .iter()
+            .filter(|c| relation.schema.field_with_name(&c.name).is_err())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !added.is_empty() {
+            changes.warnings.push(format!(
+                "column(s) {} of {} were added upstream after CREATE SOURCE; relation \"{}\" does not read them",
+                added.join(", "),
+                table.display(),
+                table.relation
+            ));
+        }
+        if !dropped.is_empty() {
+            changes.warnings.push(format!(
+                "column(s) {} of {} were dropped upstream; relation \"{}\" reads them as NULL, and views reading \
+                 them fail",
+                dropped.join(", "),
+                table.display(),
+                table.relation
+            ));
+            changes.dropped.push((table.relation.clone(), dropped));
+        }
+        table.key = key_names
+            .iter()
+            .map(|name| columns.iter().position(|c| !c.missing && &c.name == name))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| {
+                PgError::Config(format!(
+                    "source \"{}\": the key of {} ({}) is no longer among the columns of relation \"{}\"; DROP SOURCE \
+                     and CREATE SOURCE again",
+                    config.source,
+                    table.display(),
+                    key_names.join(", "),
+                    table.relation
+                ))
+            })?;
+        table.columns = columns;
+        kept.push(table);
+    }
+    Ok((kept, changes))
 }

@@ -122,17 +122,7 @@ impl Checkpointer {
             }
             (key, engine.capture_checkpoint()?)
         };
-        let (key, (mut captured, barriers)) = captured;
-        // Sinks deliver everything up to the checkpoint and flush it; a failed sink has
-        // stopped and is left out (it starts over when created again).
-        for (sink, barrier) in barriers {
-            match barrier.await {
-                Ok(position) => {
-                    captured.sinks.insert(sink, position);
-                }
-                Err(_) => tracing::warn!(%sink, "the sink has stopped; the checkpoint leaves it out"),
-            }
-        }
+        let (key, captured) = captured;
         last.taken_at = Instant::now();
         let progress: BTreeMap<String, Progress> = captured
             .sources

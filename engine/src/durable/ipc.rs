@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::reader::StreamDecoder;
 use datafusion::arrow::ipc::writer::StreamWriter;
 
 use crate::change::ChangeBatch;
@@ -25,12 +26,32 @@ pub(crate) fn encode_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> Res
     Ok(writer.into_inner()?)
 }
 
-/// The schema and batches of one IPC stream.
+/// The schema and batches of one IPC stream. Bytes that are not a well-formed stream are an
+/// error (a panic inside the IPC reader on malformed input included).
 pub(crate) fn decode_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(bytes, None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
+    // The push decoder never allocates more than the bytes it is given, so a damaged length
+    // field cannot ask for a buffer of exabytes (the pull reader allocates what it reads).
+    let decode = || -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut decoder = StreamDecoder::new();
+        let mut buffer = Buffer::from(bytes.to_vec());
+        let mut batches = Vec::new();
+        while !buffer.is_empty() {
+            match decoder.decode(&mut buffer)? {
+                Some(batch) => batches.push(batch),
+                None => break,
+            }
+        }
+        decoder.finish()?;
+        let schema =
+            decoder.schema().ok_or_else(|| EngineError::Durability("stored Arrow data has no schema".into()))?;
+        Ok((schema, batches))
+    };
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
+        Err(EngineError::Durability(format!(
+            "stored Arrow data is malformed ({})",
+            crate::error::panic_message(&*panic)
+        )))
+    })
 }
 
 pub(crate) fn encode_schema(schema: &SchemaRef) -> Result<Vec<u8>> {
@@ -51,6 +72,15 @@ pub(crate) fn encode_change(change: &ChangeBatch) -> Result<Vec<u8>> {
     columns.push(Arc::new(Int64Array::from(change.weights.clone())));
     let batch = RecordBatch::try_new(Arc::clone(&with_weights), columns)?;
     encode_batches(&with_weights, &[batch])
+}
+
+/// The change batch of [`encode_change`], with the columns it was stored with.
+pub(crate) fn decode_change_as_stored(bytes: &[u8]) -> Result<ChangeBatch> {
+    let (stored, _) = decode_batches(bytes)?;
+    let fields = stored.fields();
+    let data_fields: Vec<Field> =
+        fields.iter().take(fields.len().saturating_sub(1)).map(|f| f.as_ref().clone()).collect();
+    decode_change(bytes, &Arc::new(Schema::new(data_fields)))
 }
 
 /// The change batch of [`encode_change`], with the given schema (the relation's).

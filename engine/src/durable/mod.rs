@@ -27,6 +27,22 @@ pub use restore::RestoreReport;
 
 use crate::error::{EngineError, Result};
 
+/// Bytes with one to three random bytes overwritten, and every third round cut short: what
+/// the readers of stored files must turn into errors, never panics.
+#[cfg(test)]
+pub(crate) fn randomly_damaged(bytes: &[u8], rng: &mut rand::rngs::StdRng, round: usize) -> Vec<u8> {
+    use rand::Rng;
+    let mut damaged = bytes.to_vec();
+    for _ in 0..rng.random_range(1..4) {
+        let at = rng.random_range(0..damaged.len());
+        damaged[at] = rng.random();
+    }
+    if round % 3 == 0 {
+        damaged.truncate(rng.random_range(0..damaged.len()));
+    }
+    damaged
+}
+
 /// Runs `work` on every item, spread over the machine's cores (a checkpoint's relations and
 /// views are captured and restored independently of each other); results in item order.
 pub(crate) fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {

@@ -175,9 +175,10 @@ impl Engine {
     }
 
     /// The state to checkpoint, taken at one epoch: the journal continues in a new segment,
-    /// which the checkpoint names as where replay starts. Each sink is asked for its
-    /// position once it has delivered everything up to here.
-    pub(crate) fn capture_checkpoint(&mut self) -> Result<(Checkpoint, crate::sink::SinkBarriers)> {
+    /// which the checkpoint names as where replay starts. Each sink is kept as it is (its last
+    /// flushed position and every epoch after it), without waiting for it, and asked to
+    /// flush so that the next checkpoint finds it further on.
+    pub(crate) fn capture_checkpoint(&mut self) -> Result<Checkpoint> {
         let journal_from = match self.journal.as_mut() {
             Some(journal) => journal.rotate()?,
             None => 0,
@@ -222,12 +223,12 @@ impl Engine {
             journal_from,
             definitions: self.definitions.clone(),
             sources,
-            sinks: BTreeMap::new(),
+            sinks: self.saved_sinks(),
             startup: self.startup_applied.iter().cloned().collect(),
             relations,
             views,
         };
-        Ok((checkpoint, self.sink_barriers()))
+        Ok(checkpoint)
     }
 
     /// Rebuilds the engine from a data directory, then journals into a new segment.
@@ -286,12 +287,13 @@ impl Engine {
         let mut rows = 0;
         let mut views = ViewsRestored::default();
         if let Some(checkpoint) = checkpoint {
-            // Sinks in the checkpoint resume from their positions there (no new snapshot).
-            self.replay_sink_positions = checkpoint.sinks.clone();
+            // Sinks in the checkpoint resume from their positions there (no new snapshot),
+            // with what they had not made durable queued again.
+            self.replay_sinks = checkpoint.sinks.clone();
             for definition in &checkpoint.definitions {
                 self.replay_definition(definition).await?;
             }
-            self.replay_sink_positions.clear();
+            self.replay_sinks.clear();
             let mut changes = Vec::with_capacity(checkpoint.relations.len());
             for (name, batch) in &checkpoint.relations {
                 let store = self.stores.get(name).ok_or_else(|| {
@@ -339,11 +341,6 @@ impl Engine {
                     let rebuilt = self.run_epoch(changes);
                     self.sinks_muted = false;
                     rebuilt?;
-                }
-            }
-            for handle in self.sinks.values() {
-                if let Ok(mut report) = handle.report.lock() {
-                    report.delivered_epoch = self.epoch;
                 }
             }
             for (name, resume) in &checkpoint.sources {

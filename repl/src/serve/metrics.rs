@@ -32,6 +32,9 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_nanos: AtomicU64,
     subscriptions_open: AtomicI64,
+    connection_panics: AtomicU64,
+    /// The newest connection panic: peer and message, for `/health`.
+    last_panic: std::sync::Mutex<Option<String>>,
 }
 
 /// Decrements a gauge when dropped (a connection or subscription ending).
@@ -53,6 +56,14 @@ impl Metrics {
     pub fn subscription_started(&self) -> Live<'_> {
         self.subscriptions_open.fetch_add(1, Ordering::Relaxed);
         Live(&self.subscriptions_open)
+    }
+
+    /// A connection's task panicked (a bug): counted, and `/health` reports it from then on.
+    pub fn connection_panicked(&self, peer: &str, message: &str) {
+        self.connection_panics.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_panic.lock() {
+            *last = Some(format!("the task of connection {peer} panicked: {message}"));
+        }
     }
 
     pub fn query_finished(&self, elapsed: Duration, ok: bool) {
@@ -246,6 +257,13 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     let _ = writeln!(out, "changeflow_connections_total {}", metrics.connections_total.load(Ordering::Relaxed));
     family(&mut out, "changeflow_subscriptions", "gauge", "Open SUBSCRIBE streams.");
     let _ = writeln!(out, "changeflow_subscriptions {}", metrics.subscriptions_open.load(Ordering::Relaxed));
+    family(
+        &mut out,
+        "changeflow_connection_panics_total",
+        "counter",
+        "Connections whose task panicked (each rolled back and closed alone).",
+    );
+    let _ = writeln!(out, "changeflow_connection_panics_total {}", metrics.connection_panics.load(Ordering::Relaxed));
     family(&mut out, "changeflow_queries_failed_total", "counter", "Statements that returned an error.");
     let _ = writeln!(out, "changeflow_queries_failed_total {}", metrics.queries_failed.load(Ordering::Relaxed));
     family(&mut out, "changeflow_query_duration_seconds", "histogram", "Time to run a statement.");
@@ -264,6 +282,18 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     out
 }
 
+/// What makes `/health` fail: failed sources, views and sinks, and a connection whose task
+/// panicked (with the newest such panic), one line each.
+async fn health_problems(database: &Database, metrics: &Metrics) -> Vec<String> {
+    let mut problems = database.engine().await.problems();
+    let panics = metrics.connection_panics.load(Ordering::Relaxed);
+    if panics > 0 {
+        let last = metrics.last_panic.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+        problems.push(format!("{panics} connection task(s) panicked; the newest: {last}"));
+    }
+    problems
+}
+
 async fn respond(
     request: Request<Incoming>,
     database: Arc<Database>,
@@ -271,7 +301,14 @@ async fn respond(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", render(&database, &metrics).await),
-        "/health" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string()),
+        "/health" => {
+            let problems = health_problems(&database, &metrics).await;
+            if problems.is_empty() {
+                (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", problems.join("\n") + "\n")
+            }
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /health\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -176,8 +176,17 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _live = shared.metrics.connection_opened();
             tracing::debug!(%peer, "connection opened");
-            if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            // The protocol runs on a task of its own: a panic in it (a bug) ends that task
+            // only; the session is rolled back and this connection alone is closed.
+            match tokio::spawn(pgwire::tokio::process_socket(socket, tls, handlers)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+                Err(error) if error.is_panic() => {
+                    let message = changeflow_engine::error::panic_message(&*error.into_panic());
+                    tracing::error!(%peer, panic = %message, "a connection's task panicked; its session is rolled back");
+                    shared.metrics.connection_panicked(&peer.to_string(), &message);
+                }
+                Err(error) => tracing::debug!(%peer, %error, "connection task cancelled"),
             }
             connection.close().await;
             tracing::debug!(%peer, "connection closed");

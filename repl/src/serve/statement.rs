@@ -45,6 +45,13 @@ pub fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
 }
 
+/// `text` after its leading `word` (ASCII, any case), or None when it does not start with it.
+/// Never slices inside a character, whatever the text holds.
+pub fn after_keyword<'a>(text: &'a str, word: &str) -> Option<&'a str> {
+    let head = text.get(..word.len())?;
+    head.eq_ignore_ascii_case(word).then(|| &text[word.len()..])
+}
+
 fn words(text: &str, n: usize) -> Vec<String> {
     text.split(|c: char| c.is_whitespace() || c == '=' || c == ';')
         .filter(|w| !w.is_empty())
@@ -65,7 +72,8 @@ pub fn command(source: &StatementText) -> Result<Command, PgWireError> {
         "DISCARD" => return Ok(Command::Acknowledge("DISCARD ALL")),
         "DEALLOCATE" => return Ok(Command::Acknowledge("DEALLOCATE")),
         "SHOW" if !matches!(second, "TABLES" | "VIEWS" | "MATERIALIZED" | "SOURCES" | "SINKS") => {
-            let name = text[4..].trim().trim_end_matches(';').trim().to_ascii_lowercase();
+            let rest = after_keyword(text, "SHOW").unwrap_or_default();
+            let name = rest.trim().trim_end_matches(';').trim().to_ascii_lowercase();
             return Ok(Command::ShowVariable(name));
         }
         _ => {}
@@ -79,24 +87,23 @@ pub fn command(source: &StatementText) -> Result<Command, PgWireError> {
 
 /// `SET [SESSION | LOCAL] name { = | TO } value`, and `SET TIME ZONE value`.
 fn parse_set(text: &str) -> Command {
-    let mut rest = text[3..].trim();
+    let mut rest = after_keyword(text, "SET").unwrap_or_default().trim();
     for scope in ["SESSION ", "LOCAL "] {
-        if rest.len() >= scope.len() && rest[..scope.len()].eq_ignore_ascii_case(scope) {
-            rest = rest[scope.len()..].trim_start();
+        if let Some(after) = after_keyword(rest, scope) {
+            rest = after.trim_start();
         }
     }
-    if rest.len() >= 9 && rest[..9].eq_ignore_ascii_case("TIME ZONE") {
-        return Command::Set { name: "timezone".into(), value: unquote(rest[9..].trim()) };
+    if let Some(zone) = after_keyword(rest, "TIME ZONE") {
+        return Command::Set { name: "timezone".into(), value: unquote(zone.trim()) };
     }
-    let split = rest.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(rest.len());
-    let name = rest[..split].to_ascii_lowercase();
-    let mut value = rest[split..].trim_start();
+    let (name, value) = rest.split_at(rest.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(rest.len()));
+    let mut value = value.trim_start();
     if let Some(stripped) = value.strip_prefix('=') {
         value = stripped;
-    } else if value.len() >= 2 && value[..2].eq_ignore_ascii_case("TO") {
-        value = &value[2..];
+    } else if let Some(stripped) = after_keyword(value, "TO") {
+        value = stripped;
     }
-    Command::Set { name, value: unquote(value.trim()) }
+    Command::Set { name: name.to_ascii_lowercase(), value: unquote(value.trim()) }
 }
 
 fn unquote(value: &str) -> String {

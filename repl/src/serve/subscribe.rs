@@ -20,7 +20,7 @@ use pgwire::messages::response::ReadyForQuery;
 
 use super::Shared;
 use super::encode;
-use super::statement::{engine_error, user_error};
+use super::statement::{after_keyword, engine_error, user_error};
 
 /// How a subscription's rows go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,15 +38,11 @@ pub struct Target {
     pub delivery: Delivery,
 }
 
-fn starts_with_word(text: &str, word: &str) -> bool {
-    text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word)
-}
-
 /// The subscription a simple query asks for, if it is one.
 pub fn target(query: &str) -> Option<Target> {
     let trimmed = query.trim().trim_end_matches(';').trim();
-    if starts_with_word(trimmed, "COPY") {
-        let inner = trimmed[4..].trim_start().strip_prefix('(')?;
+    if let Some(copied) = after_keyword(trimmed, "COPY") {
+        let inner = copied.trim_start().strip_prefix('(')?;
         let close = inner.rfind(')')?;
         let tail: String = inner[close + 1..].split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase();
         if tail != "TO STDOUT" {
@@ -60,9 +56,7 @@ pub fn target(query: &str) -> Option<Target> {
 }
 
 fn subscribe_statement(text: &str) -> Option<(String, bool)> {
-    if !starts_with_word(text.trim_start(), "SUBSCRIBE") {
-        return None;
-    }
+    after_keyword(text.trim_start(), "SUBSCRIBE")?;
     let statements = changeflow_sql::parser::parse_sql(text).ok()?;
     match statements.as_slice() {
         [one] => match &one.statement {

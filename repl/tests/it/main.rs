@@ -1,20 +1,25 @@
 //! Integration tests of changeflow: randomized differential tests (against DataFusion's
 //! from-scratch evaluation and against PostgreSQL), the CLI, the datagen source, the
-//! PostgreSQL source, `changeflow serve`, and restarts from a data directory (`kill -9`
-//! included, and views loaded from their checkpointed state).
+//! PostgreSQL source (upstream schema changes included), `changeflow serve` (and clients
+//! that go wrong), restarts from a data directory (`kill -9` included, views loaded from
+//! their checkpointed state, a full disk), and sinks that fail or cannot reach their target.
 
 mod checkpoint_file;
 mod cli;
 mod datagen;
 mod differential;
+mod disk_full;
 mod durability;
 mod durability_postgres;
 mod pg_cluster;
 mod postgres_oracle;
+mod postgres_schema_changes;
 mod postgres_source;
 mod scratch;
 mod serve;
 mod serve_server;
+mod session_failures;
+mod sink_failures;
 mod sinks;
 mod state_size;
 mod support;

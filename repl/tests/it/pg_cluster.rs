@@ -5,6 +5,10 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Clusters started by this process, numbering their temp dirs.
+static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
 
 /// A PostgreSQL cluster in a temp dir, on a free port, stopped on drop.
 pub struct PostgresCluster {
@@ -25,8 +29,18 @@ pub fn postgres_bin() -> PathBuf {
     })
 }
 
+/// A port free on 127.0.0.1 now and not handed out before in this process (tests run in
+/// parallel threads, and the kernel may offer a just-released port again).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 impl PostgresCluster {
@@ -38,7 +52,11 @@ impl PostgresCluster {
     pub fn start_with(wal_level: &str) -> Self {
         let bin = postgres_bin();
         let as_postgres_user = running_as_root();
-        let base = std::env::temp_dir().join(format!("changeflow-pg-{}-{}", std::process::id(), free_port()));
+        let base = std::env::temp_dir().join(format!(
+            "changeflow-pg-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&base).expect("create temp dir");
         let data_dir = base.join("data");
         if as_postgres_user {

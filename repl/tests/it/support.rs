@@ -90,3 +90,12 @@ pub async fn postgres_rows(client: &tokio_postgres::Client, query: &str) -> Vec<
 }
 
 pub use crate::pg_cluster::PostgresCluster;
+
+/// What a PostgreSQL client error says: the server's message (and SQLSTATE) for a database
+/// error, which the error's own `Display` reduces to "db error".
+pub fn pg_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
