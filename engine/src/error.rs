@@ -42,6 +42,7 @@ impl EngineError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             EngineError::Sql(SqlError::Syntax { .. }) => "42601",
+            EngineError::Sql(SqlError::TooComplex(_)) => "54001",
             EngineError::Sql(SqlError::Catalog(message)) => catalog_sqlstate(message),
             EngineError::Sql(SqlError::Unsupported(_)) | EngineError::Sql(SqlError::NotIncremental(_)) => "0A000",
             EngineError::Sql(SqlError::DataFusion(error)) | EngineError::DataFusion(error) => {

@@ -34,6 +34,7 @@ pub mod keyed;
 pub mod memory;
 pub mod operator;
 mod prefetch;
+pub mod redact;
 pub mod rows;
 mod same_bytes;
 mod session;

@@ -53,8 +53,24 @@ enum Command {
     Serve(serve::ServeOptions),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The stack of every runtime thread. Statements are planned on them, and planning walks a
+/// statement's tree recursively: 16 MiB covers the deepest statement the parser accepts
+/// (`changeflow_sql::depth::MAX_DEPTH`) many times over; untouched stack costs no memory.
+const THREAD_STACK_BYTES: usize = 16 << 20;
+
+fn main() -> ExitCode {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     changeflow_engine::memory::keep_freed_memory();
     let cli = Cli::parse();
     let default_filter = match cli.command {
@@ -72,14 +88,14 @@ async fn main() -> ExitCode {
         Some(Command::Serve(options)) => match serve::serve(options, &cli.storage).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));
                 ExitCode::FAILURE
             }
         },
         None => match repl::run(&cli.storage).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));
                 ExitCode::FAILURE
             }
         },
@@ -87,7 +103,7 @@ async fn main() -> ExitCode {
             let database = match cli.storage.open(None).await {
                 Ok(database) => database,
                 Err(error) => {
-                    eprintln!("error: {error:#}");
+                    eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));
                     return ExitCode::FAILURE;
                 }
             };

@@ -219,7 +219,7 @@ async fn execute_text(database: &Database, text: &str, timing: bool) {
                 Ok(None) => {}
                 Err(error) => eprintln!("ERROR: {error}"),
             },
-            Err(error) => eprintln!("ERROR: {error}"),
+            Err(error) => eprintln!("ERROR: {}", changeflow_engine::redact::redact_credentials(&error)),
         }
         if timing {
             println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);

@@ -27,6 +27,9 @@ pub enum SqlError {
     /// A statement that is valid SQL but not something changeflow does.
     #[error("{0}")]
     Unsupported(String),
+    /// A statement that nests too deeply to be planned safely (see [`crate::depth`]).
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
     /// A view query the incremental planner cannot maintain; names the blocking construct.
     #[error("cannot maintain this view incrementally: {0}")]
     NotIncremental(String),

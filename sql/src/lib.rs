@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod change_stream;
 pub mod context;
 pub mod ddl;
+pub mod depth;
 pub mod eager_aggregation;
 pub mod error;
 pub mod explain;

@@ -232,9 +232,12 @@ fn parse_standard(text: &str) -> Result<ast::Statement> {
         .and_then(|mut parser| parser.parse_statements())
         .map_err(syntax_error)?;
     match statements.len() {
-        1 => Ok(statements.remove(0)),
+        1 => crate::depth::check_depth(statements.remove(0), text.len()),
         0 => Err(SqlError::Syntax { message: "empty statement".into(), position: None }),
-        _ => Err(SqlError::Syntax { message: "expected one statement".into(), position: None }),
+        _ => {
+            crate::depth::drop_deep(statements, text.len());
+            Err(SqlError::Syntax { message: "expected one statement".into(), position: None })
+        }
     }
 }
 

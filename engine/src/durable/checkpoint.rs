@@ -20,7 +20,7 @@
 //! does, which gives the same contents.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -321,12 +321,17 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<CheckpointFile>> {
 
 /// Writes a checkpoint atomically as the newest one; returns its file and size in bytes.
 pub(crate) fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<(CheckpointFile, u64)> {
-    fs::create_dir_all(dir).map_err(|e| durability("creating", dir, e))?;
+    super::create_private_dir(dir).map_err(|e| durability("creating", dir, e))?;
     let number = list(dir)?.last().map_or(1, |f| f.number + 1);
     let path = dir.join(format!("checkpoint-{number:010}.cfck"));
     let temp = dir.join(format!("checkpoint-{number:010}.tmp"));
     let bytes = checkpoint.encode()?;
-    let mut file = File::create(&temp).map_err(|e| durability("creating", &temp, e))?;
+    let mut file = super::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(|e| durability("creating", &temp, e))?;
     file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| durability("writing", &temp, e))?;
     drop(file);
     fs::rename(&temp, &path).map_err(|e| durability("renaming", &temp, e))?;

@@ -106,5 +106,7 @@ pub(crate) fn difference(stored: &str, given: &str) -> String {
     let given_words: Vec<&str> = given.split_whitespace().collect();
     let at = stored_words.iter().zip(&given_words).take_while(|(a, b)| a == b).count();
     let word = |words: &[&str]| words.get(at).map_or("the end".to_string(), |w| format!("`{w}`"));
-    format!("the stored definition has {} where this one has {}", word(&stored_words), word(&given_words))
+    let difference =
+        format!("the stored definition has {} where this one has {}", word(&stored_words), word(&given_words));
+    crate::redact::redact_credentials(&difference)
 }

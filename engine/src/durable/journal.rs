@@ -15,7 +15,7 @@
 //! it cannot be trusted. Segments of the first format (`CFJRNL01`, whose checksum did not
 //! cover the length) are still read.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -155,14 +155,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 impl Journal {
     /// Starts a new, empty segment after every existing one.
     pub(crate) fn create(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+        super::create_private_dir(dir).map_err(|e| io_error("creating", dir, e))?;
         let segment = segments(dir)?.last().map_or(1, |last| last + 1);
         Self::create_segment(dir, segment)
     }
 
     fn create_segment(dir: &Path, segment: u64) -> Result<Self> {
         let path = segment_path(dir, segment);
-        let open = || OpenOptions::new().create_new(true).append(true).open(&path);
+        let open = || super::private_file().create_new(true).append(true).open(&path);
         let mut file = match open() {
             // Left by an attempt that failed before its header was durable (a full disk):
             // it holds no record, so it is made again.
@@ -519,7 +519,7 @@ mod tests {
         // still full): nothing is appended until the partial frame is cut off.
         let writable = std::mem::replace(&mut journal.file, File::open(&path).expect("read-only handle"));
         {
-            let mut raw = OpenOptions::new().append(true).open(&path).expect("open");
+            let mut raw = fs::OpenOptions::new().append(true).open(&path).expect("open");
             raw.write_all(&record.frame()[..7]).expect("partial frame");
         }
         assert!(journal.append(&record).is_err(), "the read-only handle cannot append");

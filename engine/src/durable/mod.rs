@@ -37,7 +37,7 @@ pub(crate) fn randomly_damaged(bytes: &[u8], rng: &mut rand::rngs::StdRng, round
         let at = rng.random_range(0..damaged.len());
         damaged[at] = rng.random();
     }
-    if round % 3 == 0 {
+    if round.is_multiple_of(3) {
         damaged.truncate(rng.random_range(0..damaged.len()));
     }
     damaged
@@ -82,6 +82,40 @@ impl DurabilityOptions {
     }
 }
 
+/// Creates a directory (and its parents) readable by its owner only.
+pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Options for a file created readable and writable by its owner only.
+pub(crate) fn private_file() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+/// Restricts a data directory and everything in it to its owner (0700 directories, 0600
+/// files).
+fn make_private(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An open, locked data directory.
 #[derive(Debug)]
 pub(crate) struct DataDir {
@@ -96,9 +130,12 @@ impl DataDir {
         let failed = |what: &str, error: std::io::Error| {
             EngineError::Durability(format!("{what} data directory {}: {error}", root.display()))
         };
-        fs::create_dir_all(root).map_err(|e| failed("creating", e))?;
+        create_private_dir(root).map_err(|e| failed("creating", e))?;
+        // Definitions in the journal and checkpoints can hold credentials: only the owner
+        // reads the directory, whatever an earlier version left.
+        make_private(root).map_err(|e| failed("restricting access to", e))?;
         let path = root.join("LOCK");
-        let mut lock = OpenOptions::new()
+        let mut lock = private_file()
             .read(true)
             .write(true)
             .create(true)

@@ -156,6 +156,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.shared.check_statement_size(&query.query)?;
         if let Some(target) = subscribe::target(&query.query) {
             return subscribe::simple(client, &self.shared, target).await;
         }
@@ -209,6 +210,7 @@ impl QueryParser for StatementParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        self.shared.check_statement_size(sql)?;
         statement::prepare(&self.shared.database, sql, types).await.map(Some)
     }
 

@@ -27,6 +27,7 @@ const LATENCY_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.00
 pub struct Metrics {
     connections_open: AtomicI64,
     connections_total: AtomicU64,
+    connections_refused: AtomicU64,
     queries_failed: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -47,9 +48,24 @@ impl Drop for Live<'_> {
 }
 
 impl Metrics {
-    pub fn connection_opened(&self) -> Live<'_> {
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
-        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    /// Counts a new connection as open unless `max` are open already; the connection's
+    /// task then holds [`Metrics::open_connection`] until it ends.
+    pub fn try_admit_connection(&self, max: usize) -> bool {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let admitted = self
+            .connections_open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| (open < max).then_some(open + 1))
+            .is_ok();
+        if admitted {
+            self.connections_total.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// The open-connection count of an admitted connection, given back when dropped.
+    pub fn open_connection(&self) -> Live<'_> {
         Live(&self.connections_open)
     }
 
@@ -255,6 +271,14 @@ pub async fn render(database: &Database, metrics: &Metrics) -> String {
     let _ = writeln!(out, "changeflow_connections {}", metrics.connections_open.load(Ordering::Relaxed));
     family(&mut out, "changeflow_connections_total", "counter", "Client connections accepted.");
     let _ = writeln!(out, "changeflow_connections_total {}", metrics.connections_total.load(Ordering::Relaxed));
+    family(
+        &mut out,
+        "changeflow_connections_refused_total",
+        "counter",
+        "Client connections refused because --max-connections were open.",
+    );
+    let _ =
+        writeln!(out, "changeflow_connections_refused_total {}", metrics.connections_refused.load(Ordering::Relaxed));
     family(&mut out, "changeflow_subscriptions", "gauge", "Open SUBSCRIBE streams.");
     let _ = writeln!(out, "changeflow_subscriptions {}", metrics.subscriptions_open.load(Ordering::Relaxed));
     family(

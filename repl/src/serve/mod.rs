@@ -1,6 +1,7 @@
 //! `changeflow serve`: runs SQL files, then serves the engine over the Postgres wire protocol
 //! (psql, drivers, BI tools) and `/metrics` + `/health` over HTTP, until SIGINT or SIGTERM.
 
+mod admission;
 mod auth;
 mod encode;
 mod handler;
@@ -46,6 +47,18 @@ pub struct ServeOptions {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Most client connections open at once; a client past it is refused with SQLSTATE
+    /// 53300 ("too many clients").
+    #[arg(long, default_value_t = 100)]
+    pub max_connections: usize,
+    /// Longest statement text (a query message or a statement to prepare) accepted, in
+    /// bytes; a longer one is refused with SQLSTATE 54000 before it is parsed.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_statement_bytes: usize,
+    /// Allow trust authentication (no --users) on an address other than loopback: anyone
+    /// who can reach the port may then read and write everything.
+    #[arg(long)]
+    pub allow_trust_remote: bool,
     /// SQL files run in order before serving (sources, views, tables).
     pub files: Vec<PathBuf>,
 }
@@ -54,6 +67,26 @@ pub struct ServeOptions {
 pub struct Shared {
     database: Arc<Database>,
     metrics: Arc<Metrics>,
+    /// Longest statement text accepted (`--max-statement-bytes`).
+    max_statement_bytes: usize,
+}
+
+impl Shared {
+    /// Refuses a statement text longer than `--max-statement-bytes` (54000), before it is
+    /// parsed.
+    fn check_statement_size(&self, text: &str) -> pgwire::error::PgWireResult<()> {
+        if text.len() <= self.max_statement_bytes {
+            return Ok(());
+        }
+        Err(statement::user_error(
+            "54000",
+            format!(
+                "statement is {} bytes, more than the limit of {} bytes (--max-statement-bytes)",
+                text.len(),
+                self.max_statement_bytes
+            ),
+        ))
+    }
 }
 
 /// The pgwire handlers of one connection.
@@ -94,6 +127,14 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         (Some(cert), Some(key)) => Some(auth::tls_acceptor(cert, key)?),
         _ => None,
     };
+    if users.is_none() && !options.listen.ip().is_loopback() && !options.allow_trust_remote {
+        anyhow::bail!(
+            "refusing to serve {} without passwords: on an address other than loopback anyone who reaches \
+             the port could read and write everything. Give --users FILE (or CHANGEFLOW_USERS), listen on \
+             127.0.0.1, or pass --allow-trust-remote to accept that",
+            options.listen
+        );
+    }
     let database = Arc::new(storage.open(Some("changeflow-data")).await?);
     if let Err(error) = run_files(&database, &options.files).await {
         database.shutdown().await;
@@ -105,7 +146,11 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
     let metrics_listener = TcpListener::bind(options.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {} for metrics", options.metrics_listen))?;
-    let shared = Arc::new(Shared { database: Arc::clone(&database), metrics: Arc::new(Metrics::default()) });
+    let shared = Arc::new(Shared {
+        database: Arc::clone(&database),
+        metrics: Arc::new(Metrics::default()),
+        max_statement_bytes: options.max_statement_bytes,
+    });
     let (stop, stopped) = watch::channel(false);
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
@@ -128,7 +173,7 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         options.metrics_listen
     );
     let connections = Arc::new(ConnectionManager::new());
-    let accept = accept_loop(listener, Arc::clone(&shared), users, tls, connections, stopped);
+    let accept = accept_loop(listener, Arc::clone(&shared), users, tls, connections, options.max_connections, stopped);
     tokio::select! {
         () = accept => {}
         signal = shutdown_signal() => {
@@ -149,22 +194,38 @@ async fn accept_loop(
     users: Option<Arc<Users>>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     connections: Arc<ConnectionManager>,
+    max_connections: usize,
     mut stopped: watch::Receiver<bool>,
 ) {
     let startup = Arc::new(Startup::new(users, Arc::clone(&connections)));
     let cancel = Arc::new(DefaultCancelHandler::new(connections));
+    let mut backoff = admission::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stopped.wait_for(|s| *s) => return,
         };
         let (socket, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff.accepted();
+                accepted
+            }
             Err(error) => {
-                tracing::warn!(%error, "accepting a connection failed");
+                let wait = backoff.failed(&error);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
                 continue;
             }
         };
+        if !shared.metrics.try_admit_connection(max_connections) {
+            // Counted in changeflow_connections_refused_total; a log line each would let a
+            // flood of clients flood the log.
+            tracing::debug!(%peer, max_connections, "refused a connection: --max-connections are open");
+            tokio::spawn(admission::refuse(socket, max_connections));
+            continue;
+        }
         let connection = Arc::new(Connection::new(Arc::clone(&shared)));
         let handlers = Handlers {
             connection: Arc::clone(&connection),
@@ -174,7 +235,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let _live = shared.metrics.connection_opened();
+            let _live = shared.metrics.open_connection();
             tracing::debug!(%peer, "connection opened");
             // The protocol runs on a task of its own: a panic in it (a bug) ends that task
             // only; the session is rolled back and this connection alone is closed.
@@ -254,6 +315,7 @@ async fn run_files(database: &Arc<Database>, files: &[PathBuf]) -> anyhow::Resul
 }
 
 fn located(file: &std::path::Path, position: changeflow_sql::error::Position, message: &str) -> anyhow::Error {
+    let message = changeflow_engine::redact::redact_credentials(message);
     anyhow::anyhow!("{}:{}:{}: {message}", file.display(), position.line, position.column)
 }
 

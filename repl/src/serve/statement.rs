@@ -37,8 +37,9 @@ pub struct Prepared {
     pub columns: Option<SchemaRef>,
 }
 
+/// The wire error of an engine error, credentials masked (a definition may quote a URL).
 pub fn engine_error(error: EngineError) -> PgWireError {
-    user_error(error.sqlstate(), error.to_string())
+    user_error(error.sqlstate(), changeflow_engine::redact::redact_credentials(&error.to_string()))
 }
 
 pub fn user_error(code: &str, message: String) -> PgWireError {

@@ -1,7 +1,7 @@
 //! Integration tests of changeflow: randomized differential tests (against DataFusion's
 //! from-scratch evaluation and against PostgreSQL), the CLI, the datagen source, the
-//! PostgreSQL source (upstream schema changes included), `changeflow serve` (and clients
-//! that go wrong), restarts from a data directory (`kill -9` included, views loaded from
+//! PostgreSQL source (upstream schema changes included), `changeflow serve` (clients
+//! that go wrong, hostile ones and their limits), restarts from a data directory (`kill -9` included, views loaded from
 //! their checkpointed state, a full disk), and sinks that fail or cannot reach their target.
 
 mod checkpoint_file;
@@ -18,6 +18,7 @@ mod postgres_source;
 mod scratch;
 mod serve;
 mod serve_server;
+mod server_limits;
 mod session_failures;
 mod sink_failures;
 mod sinks;

@@ -76,6 +76,11 @@ impl Server {
         panic!("changeflow serve did not listen on port {} within 60 s:\n{}", self.port, self.log());
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the server wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,0 +1,194 @@
+//! `changeflow serve` against careless and hostile clients: deeply nested and oversized
+//! statements get errors (the server keeps answering), connections past
+//! `--max-connections` are refused with 53300, running out of file descriptors neither
+//! stops nor floods the server, trust authentication is refused on a non-loopback address,
+//! and credentials stay out of errors, logs and files others can read.
+
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::durability::data_dir;
+use crate::pg_cluster::free_port;
+use crate::serve_server::{Server, sql_file};
+use crate::support::{PostgresCluster, pg_error, postgres_rows};
+
+fn chain(terms: usize) -> String {
+    format!("SELECT {}", vec!["1"; terms].join("+"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_and_oversized_statements_get_errors_and_the_server_keeps_answering() {
+    let server = Server::start_with(&[], &["--max-statement-bytes", "1000000"], &[]);
+    let client = server.client().await;
+    assert_eq!(postgres_rows(&client, &chain(900)).await, vec!["900.000000".to_string()]);
+    for terms in [2_000, 100_000] {
+        let error = client.simple_query(&chain(terms)).await.expect_err("too deep");
+        assert_eq!(error.code().map(|c| c.code()), Some("54001"), "{terms} terms: {}", pg_error(&error));
+        assert!(pg_error(&error).contains("nests more than 1000 levels"), "{}", pg_error(&error));
+        let error = client.prepare(&chain(terms)).await.expect_err("too deep to prepare");
+        assert_eq!(error.code().map(|c| c.code()), Some("54001"), "{}", pg_error(&error));
+    }
+    let deep_union = vec!["SELECT 1"; 5_000].join(" UNION ALL ");
+    let error = client.simple_query(&deep_union).await.expect_err("too deep");
+    assert_eq!(error.code().map(|c| c.code()), Some("54001"), "{}", pg_error(&error));
+
+    // 5 MB, over the limit of 1 MB given: refused before it is parsed.
+    let huge = format!("SELECT {}", vec!["1"; 2_500_000].join(","));
+    let error = client.simple_query(&huge).await.expect_err("too long");
+    assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{}", pg_error(&error));
+    assert!(pg_error(&error).contains("--max-statement-bytes"), "{}", pg_error(&error));
+    let error = client.prepare(&huge).await.expect_err("too long to prepare");
+    assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{}", pg_error(&error));
+
+    // The same connection, and the server, go on.
+    assert_eq!(postgres_rows(&client, "SELECT 41 + 1").await, vec!["42.000000".to_string()]);
+    assert!(server.log().lines().all(|l| !l.contains("overflow")), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_with_53300() {
+    let server = Server::start_with(&[], &["--max-connections", "2"], &[]);
+    let first = server.client().await;
+    let second = server.client().await;
+    let error = server.connect("third", None).await.expect_err("a third connection is refused");
+    assert_eq!(error.code().map(|c| c.code()), Some("53300"), "{}", pg_error(&error));
+    assert!(pg_error(&error).contains("too many clients"), "{}", pg_error(&error));
+    assert_eq!(postgres_rows(&first, "SELECT 1").await, vec!["1.000000".to_string()]);
+
+    // A slot frees when a client leaves.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match server.connect("third", None).await {
+            Ok(client) => break client,
+            Err(error) => assert!(Instant::now() < deadline, "no slot freed: {}", pg_error(&error)),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(postgres_rows(&third, "SELECT 2").await, vec!["2.000000".to_string()]);
+    let (_, metrics) = server.http_get("/metrics");
+    // The first refusal, and any while the freed slot was not yet given back.
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("changeflow_connections_refused_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refused count in {metrics}"));
+    assert!(refused >= 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_server_backs_off_and_recovers() {
+    let server = Server::start(&[]);
+    let limited = Command::new("prlimit")
+        .args(["--pid", &server.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success(), "prlimit failed");
+    // More clients than descriptors: the rest wait in the listen backlog while accept fails.
+    let sockets: Vec<TcpStream> =
+        (0..150).filter_map(|_| TcpStream::connect(("127.0.0.1", server.port)).ok()).collect();
+    assert!(sockets.len() > 64, "only {} connections were made", sockets.len());
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = server.log().matches("accepting connections failed").count();
+    assert!((1..=2).contains(&failures), "{failures} log lines about accept failures:\n{}", server.log());
+    drop(sockets);
+    // Once descriptors are free again, clients are served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(client) = server.connect("after", None).await
+            && let Ok(rows) = client.simple_query("SELECT 1").await
+            && !rows.is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `changeflow serve` with `args` expecting it to refuse to start; returns its stderr.
+fn serve_refuses_to_start(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_changeflow"))
+        .arg("serve")
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(args)
+        .env_remove("CHANGEFLOW_USERS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run changeflow serve");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn trust_authentication_is_refused_on_a_non_loopback_address() {
+    // 192.0.2.1 (TEST-NET-1) is not an address of this machine: were the check missing,
+    // binding would fail instead of exposing anything.
+    let stderr = serve_refuses_to_start(&["--in-memory", "--listen", &format!("192.0.2.1:{}", free_port())]);
+    assert!(stderr.contains("refusing to serve 192.0.2.1") && stderr.contains("--allow-trust-remote"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_stay_out_of_errors_logs_and_the_data_directory() {
+    let cluster = PostgresCluster::start();
+    let upstream = cluster.connect().await;
+    upstream.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.expect("table");
+    // Trust authentication upstream: the password is sent nowhere, but it is in the
+    // definition.
+    let port = cluster.port;
+    let definition = |password: &str| {
+        format!(
+            "CREATE SOURCE src FROM POSTGRES WITH (url = 'postgres://postgres:{password}@127.0.0.1:{port}/postgres', \
+             slot = 's', publication = 'p') FOR TABLES (t);\n"
+        )
+    };
+    let dir = data_dir("secrets");
+    let first = sql_file("secrets.sql", &definition("S3cretSRC"));
+    let server = crate::durability::start(&[&first], &dir);
+    let client = server.client().await;
+    let error = client.simple_query(&definition("S3cretTWO")).await.expect_err("a second definition");
+    assert!(!pg_error(&error).contains("S3cretSRC") && !pg_error(&error).contains("S3cretTWO"), "{}", pg_error(&error));
+    for show in ["SHOW SOURCES", "SHOW CREATE SOURCE src"] {
+        if let Ok(rows) = client.simple_query(show).await {
+            let text = format!("{rows:?}");
+            assert!(!text.contains("S3cretSRC"), "{show}: {text}");
+        }
+    }
+    let (_, metrics) = server.http_get("/metrics");
+    assert!(!metrics.contains("S3cretSRC"), "{metrics}");
+    drop(client);
+    server.kill();
+
+    // Restarted with a changed definition: refused, naming the difference, not the password.
+    let changed = sql_file("secrets_changed.sql", &definition("S3cretTWO"));
+    let stderr = serve_refuses_to_start(&[
+        "--data-dir",
+        dir.to_str().expect("utf-8"),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        changed.to_str().expect("utf-8"),
+    ]);
+    assert!(stderr.contains("different definition"), "{stderr}");
+    assert!(!stderr.contains("S3cretSRC") && !stderr.contains("S3cretTWO"), "{stderr}");
+    assert!(stderr.contains("postgres:***@"), "the difference is shown, masked: {stderr}");
+
+    // What holds the definition is the owner's alone.
+    let mut pending = vec![dir.clone()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            pending.extend(std::fs::read_dir(&path).expect("read dir").map(|e| e.expect("entry").path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "only {files} files in the data directory");
+    let _ = std::fs::remove_dir_all(&dir);
+}
