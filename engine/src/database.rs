@@ -163,18 +163,23 @@ impl Database {
     /// SOURCE` stops it and removes what it created upstream. Concurrent callers should each
     /// use a [`crate::Session`], which keeps their transactions apart.
     pub async fn execute(&self, statement: &ParsedStatement) -> Result<Output> {
-        self.execute_as(statement, true).await
+        self.execute_as(statement, true, None).await
     }
 
     /// Executes a statement; a query sees an open transaction's changes only when
     /// `owns_transaction` (the session that opened it asks). Queries are planned and their
     /// snapshots taken under the engine lock, then run without it.
-    pub(crate) async fn execute_as(&self, statement: &ParsedStatement, owns_transaction: bool) -> Result<Output> {
+    pub(crate) async fn execute_as(
+        &self,
+        statement: &ParsedStatement,
+        owns_transaction: bool,
+        interrupt: Option<&Arc<crate::interrupt::Interrupt>>,
+    ) -> Result<Output> {
         if let Statement::Sql(sql) = &statement.statement
             && let datafusion::sql::sqlparser::ast::Statement::Query(query) = sql.as_ref()
         {
             let prepared = self.engine.lock().await.prepare_query(query, !owns_transaction)?;
-            return prepared.run().await;
+            return prepared.run(interrupt).await;
         }
         if let Statement::CreateSink(create) = &statement.statement {
             // The target is reached before anything is created (without holding the engine).

@@ -30,6 +30,9 @@ pub enum EngineError {
     /// applied.
     #[error("{0}")]
     Backpressure(String),
+    /// A statement stopped by a cancel request, its client going away, or its timeout.
+    #[error("{0}")]
+    Canceled(String),
     /// An invariant of the engine was broken: a bug, reported rather than hidden.
     #[error("internal error: {0}")]
     Internal(String),
@@ -74,6 +77,7 @@ impl EngineError {
             }
             EngineError::Arrow(_) => "22000",
             EngineError::Backpressure(_) => "53000",
+            EngineError::Canceled(_) => "57014",
             EngineError::Connector(_) => "08000",
             EngineError::Durability(_) => "58030",
             EngineError::Internal(_) => "XX000",

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use changeflow_sql::ddl::sql_type_name;
+
+use crate::interrupt::Interrupt;
 use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::array::{BooleanArray, Scalar};
@@ -63,15 +65,26 @@ impl PreparedQuery {
         &self.schema
     }
 
-    pub async fn run(self) -> Result<Output> {
+    /// Runs the query; with an `interrupt`, a cancel or timeout stops it between batches.
+    pub async fn run(self, interrupt: Option<&Arc<Interrupt>>) -> Result<Output> {
         if let Some(rows) = self.rows {
             return Ok(Output::Rows { schema: self.schema, batches: vec![rows] });
         }
         let (Some(plan), Some(state)) = (self.plan, self.state) else {
             return Ok(Output::Rows { schema: self.schema, batches: Vec::new() });
         };
-        let physical = state.create_physical_plan(&plan).await?;
-        let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+        let mut physical = state.create_physical_plan(&plan).await?;
+        if let Some(interrupt) = interrupt {
+            physical = crate::interrupt::interruptible(physical, interrupt)?;
+        }
+        let batches = match run_on_query_runtime(physical, state.task_ctx()).await {
+            Ok(batches) => batches,
+            // Stopped on purpose: say why (57014), not how DataFusion wraps it.
+            Err(error) => {
+                interrupt.map_or(Ok(()), |i| i.check())?;
+                return Err(error.into());
+            }
+        };
         let batches = batches
             .into_iter()
             .map(|b| {
@@ -86,6 +99,59 @@ impl PreparedQuery {
     }
 }
 
+/// Queries run on a runtime of their own. A query keeps its threads busy (DataFusion runs
+/// its partitions in parallel, and an operator may compute for long between yields); on the
+/// runtime that serves connections it would hold up accepting clients, cancel requests and
+/// everyone else's statements until it ended.
+fn query_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("changeflow-query")
+                .thread_stack_size(16 << 20)
+                .enable_time()
+                .build();
+            match built {
+                Ok(runtime) => Some(runtime),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the query runtime; queries run beside the server's work");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Runs a physical plan to completion on the query runtime; dropping the returned future
+/// (the client canceled) stops it there too.
+async fn run_on_query_runtime(
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    context: Arc<datafusion::execution::TaskContext>,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let Some(runtime) = query_runtime() else {
+        return datafusion::physical_plan::collect(plan, context).await;
+    };
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = runtime.spawn(datafusion::physical_plan::collect(plan, context));
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => Err(datafusion::error::DataFusionError::Execution(format!(
+            "the query panicked: {}",
+            crate::error::panic_message(&*error.into_panic())
+        ))),
+        Err(error) => Err(datafusion::error::DataFusionError::Execution(format!("the query was stopped: {error}"))),
+    }
+}
+
 /// What a statement takes and returns, known without running it (the extended query
 /// protocol's Describe): result columns, if it returns rows, and its parameters' types
 /// where planning can tell them.
@@ -97,7 +163,7 @@ pub struct Description {
 
 impl Engine {
     pub(crate) async fn query(&mut self, query: &ast::Query) -> Result<Output> {
-        self.prepare_query(query, false)?.run().await
+        self.prepare_query(query, false)?.run(None).await
     }
 
     /// Plans a query and takes snapshots of what it reads. With `committed`, an open

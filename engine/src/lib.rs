@@ -28,6 +28,7 @@ mod exec_ddl;
 mod exec_dml;
 mod exec_query;
 pub mod heap_bytes;
+pub mod interrupt;
 mod key_changes;
 mod key_index;
 pub mod keyed;

@@ -22,10 +22,13 @@ use tokio::sync::OwnedMutexGuard;
 use crate::database::Database;
 use crate::engine::Output;
 use crate::error::{EngineError, Result};
+use crate::interrupt::Interrupt;
 
 pub struct Session {
     database: Arc<Database>,
     block: Block,
+    /// Stops the session's running query (cancel requests, statement_timeout).
+    interrupt: Arc<Interrupt>,
 }
 
 /// The session's transaction block.
@@ -70,7 +73,7 @@ fn end_tag(statement: &ParsedStatement) -> &'static str {
 
 impl Session {
     pub fn new(database: Arc<Database>) -> Self {
-        Self { database, block: Block::None }
+        Self { database, block: Block::None, interrupt: Interrupt::new() }
     }
 
     pub fn database(&self) -> &Arc<Database> {
@@ -82,21 +85,28 @@ impl Session {
         !matches!(self.block, Block::None)
     }
 
+    /// What stops this session's running query: cancel it, or give it a timeout, from
+    /// another task while the query runs.
+    pub fn interrupt(&self) -> Arc<Interrupt> {
+        Arc::clone(&self.interrupt)
+    }
+
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
         let writing = matches!(self.block, Block::Writing(_));
+        self.interrupt.start();
         match access(statement) {
-            Access::Read => self.database.execute_as(statement, writing).await,
-            Access::Write if writing => self.database.execute_as(statement, true).await,
+            Access::Read => self.database.execute_as(statement, writing, Some(&self.interrupt)).await,
+            Access::Write if writing => self.database.execute_as(statement, true, None).await,
             Access::Write if matches!(self.block, Block::Reading) => {
                 // The block's first write opens the engine's transaction under the lease.
                 let lease = self.database.writer_lease().await;
                 self.database.engine().await.execute_sql_text("BEGIN").await?;
                 self.block = Block::Writing(lease);
-                self.database.execute_as(statement, true).await
+                self.database.execute_as(statement, true, None).await
             }
             Access::Write => {
                 let _lease = self.database.writer_lease().await;
-                self.database.execute_as(statement, true).await
+                self.database.execute_as(statement, true, None).await
             }
             Access::Begin => {
                 if self.in_transaction() {
@@ -111,7 +121,7 @@ impl Session {
                 Block::Reading => Ok(Output::Command(end_tag(statement).into())),
                 // The block ends whatever the outcome (the engine has closed it); the lease
                 // goes when this returns.
-                Block::Writing(_lease) => self.database.execute_as(statement, true).await,
+                Block::Writing(_lease) => self.database.execute_as(statement, true, None).await,
             },
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use changeflow_engine::interrupt::Interrupt;
 use changeflow_engine::{Output, Session};
 use changeflow_sql::parser::split_statements;
 use futures_util::{Sink, stream};
@@ -25,6 +26,7 @@ use pgwire::messages::simplequery::Query;
 use tokio::sync::Mutex;
 
 use super::Shared;
+use super::cancel::{BackendKey, backend_key};
 use super::encode;
 use super::statement::{self, Command, Prepared, engine_error, user_error};
 use super::subscribe;
@@ -45,6 +47,7 @@ fn default_variable(name: &str) -> Option<&'static str> {
         "max_identifier_length" => "63",
         "lc_collate" | "lc_ctype" | "lc_messages" => "C",
         "application_name" => "",
+        "statement_timeout" => "0",
         _ => return None,
     })
 }
@@ -52,6 +55,11 @@ fn default_variable(name: &str) -> Option<&'static str> {
 pub struct Connection {
     shared: Arc<Shared>,
     session: Mutex<Session>,
+    /// Stops the session's running query (cancel requests, statement_timeout, the client
+    /// going away), usable while the session is busy.
+    interrupt: Arc<Interrupt>,
+    /// The key cancel requests name this connection by, once known.
+    backend_key: std::sync::OnceLock<BackendKey>,
     variables: std::sync::Mutex<BTreeMap<String, String>>,
     parser: Arc<StatementParser>,
 }
@@ -59,12 +67,38 @@ pub struct Connection {
 impl Connection {
     pub fn new(shared: Arc<Shared>) -> Self {
         let session = Session::new(Arc::clone(&shared.database));
+        let interrupt = session.interrupt();
         let parser = Arc::new(StatementParser { shared: Arc::clone(&shared) });
-        Self { shared, session: Mutex::new(session), variables: Default::default(), parser }
+        Self {
+            shared,
+            session: Mutex::new(session),
+            interrupt,
+            backend_key: std::sync::OnceLock::new(),
+            variables: Default::default(),
+            parser,
+        }
+    }
+
+    pub fn interrupt(&self) -> Arc<Interrupt> {
+        Arc::clone(&self.interrupt)
+    }
+
+    /// Makes the connection reachable by cancel requests (its key is known once the client
+    /// has started up).
+    fn register_for_cancel<C: ClientInfo>(&self, client: &C) {
+        if self.backend_key.get().is_none() {
+            let (pid, secret) = client.pid_and_secret_key();
+            let key = backend_key(pid, &secret);
+            self.shared.cancels.register(key.clone(), &self.interrupt);
+            let _ = self.backend_key.set(key);
+        }
     }
 
     /// Rolls back an open transaction block when the client goes away.
     pub async fn close(&self) {
+        if let Some(key) = self.backend_key.get() {
+            self.shared.cancels.unregister(key);
+        }
         self.session.lock().await.close().await;
     }
 
@@ -75,6 +109,8 @@ impl Connection {
 
     /// Runs one command; rows are encoded in `format`.
     async fn run(&self, command: Command, format: &Format) -> PgWireResult<Response> {
+        let timeout = self.variable("statement_timeout").and_then(|t| parse_timeout(&t));
+        self.interrupt.set_timeout(timeout);
         let started = Instant::now();
         let result = self.run_command(command, format).await;
         self.shared.metrics.query_finished(started.elapsed(), result.is_ok());
@@ -88,6 +124,12 @@ impl Connection {
                 response(output, format)
             }
             Command::Set { name, value } => {
+                if name == "statement_timeout" && parse_timeout(&value).is_none() {
+                    return Err(user_error(
+                        "22023",
+                        format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
+                    ));
+                }
                 if let Ok(mut variables) = self.variables.lock() {
                     variables.insert(name, value);
                 }
@@ -113,6 +155,25 @@ impl Connection {
             }
         }
     }
+}
+
+/// A `statement_timeout` as PostgreSQL reads it: a number of milliseconds, or a number with
+/// a unit (`ms`, `s`, `min`, `h`, `d`); 0 means none.
+fn parse_timeout(value: &str) -> Option<std::time::Duration> {
+    let value = value.trim().trim_matches('\'').trim();
+    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let millis_per_unit = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let millis = number * millis_per_unit;
+    (millis <= i32::MAX as f64).then(|| std::time::Duration::from_millis(millis as u64))
 }
 
 /// The wire response to an engine output.
@@ -156,6 +217,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.register_for_cancel(client);
         self.shared.check_statement_size(&query.query)?;
         if let Some(target) = subscribe::target(&query.query) {
             return subscribe::simple(client, &self.shared, target).await;
@@ -242,6 +304,7 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.register_for_cancel(client);
         let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
         if let Some(pgwire::api::store::Entry::Value(portal)) = client.portal_store().get_portal(name)
             && let Command::Subscribe { relation, snapshot } = &portal.statement.statement.command
@@ -304,5 +367,24 @@ impl ExtendedQueryHandler for Connection {
     {
         let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
         Ok(DescribePortalResponse::new(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_timeout;
+
+    #[test]
+    fn statement_timeouts_read_as_postgresql_reads_them() {
+        for (text, millis) in
+            [("0", 0), ("1500", 1500), ("'2s'", 2000), ("1min", 60_000), ("250ms", 250), ("1.5s", 1500)]
+        {
+            assert_eq!(parse_timeout(text), Some(Duration::from_millis(millis)), "{text}");
+        }
+        for bad in ["", "x", "-1", "5 parsecs", "1e99", "9999999999"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admission;
 mod auth;
+mod cancel;
 mod encode;
 mod handler;
 mod metrics;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use changeflow_engine::{Database, Session};
-use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use tokio::net::TcpListener;
@@ -69,6 +69,8 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     /// Longest statement text accepted (`--max-statement-bytes`).
     max_statement_bytes: usize,
+    /// The open connections' interrupts, for cancel requests.
+    cancels: Arc<cancel::CancelRegistry>,
 }
 
 impl Shared {
@@ -93,7 +95,7 @@ impl Shared {
 struct Handlers {
     connection: Arc<Connection>,
     startup: Arc<Startup>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<cancel::CancelRequests>,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -150,6 +152,7 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         database: Arc::clone(&database),
         metrics: Arc::new(Metrics::default()),
         max_statement_bytes: options.max_statement_bytes,
+        cancels: Arc::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let metrics_task = tokio::spawn(metrics::serve(
@@ -198,8 +201,9 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let startup = Arc::new(Startup::new(users, Arc::clone(&connections)));
-    let cancel = Arc::new(DefaultCancelHandler::new(connections));
+    let cancel = Arc::new(cancel::CancelRequests::new(Arc::clone(&shared.cancels), connections));
     let mut backoff = admission::AcceptBackoff::default();
+    let disconnects = cancel::DisconnectWatch::start();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -227,6 +231,7 @@ async fn accept_loop(
             continue;
         }
         let connection = Arc::new(Connection::new(Arc::clone(&shared)));
+        disconnects.watch(&socket, &connection.interrupt());
         let handlers = Handlers {
             connection: Arc::clone(&connection),
             startup: Arc::clone(&startup),

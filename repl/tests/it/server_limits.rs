@@ -192,3 +192,83 @@ async fn passwords_stay_out_of_errors_logs_and_the_data_directory() {
     assert!(files >= 3, "only {files} files in the data directory");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server with a table big enough that a three-way join of it runs for hours.
+async fn server_with_a_long_query() -> (Server, tokio_postgres::Client) {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let values: Vec<String> = (1..=20_000).map(|id| format!("({id})")).collect();
+    client
+        .batch_execute(&format!("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES {}", values.join(",")))
+        .await
+        .expect("load");
+    (server, client)
+}
+
+const LONG_QUERY: &str = "SELECT count(*) FROM t a, t b, t c WHERE a.id + b.id + c.id < 0";
+
+/// CPU seconds the process has used (user and system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_and_a_statement_timeout_stop_a_running_query() {
+    let (server, client) = server_with_a_long_query().await;
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move {
+        let result = client.simple_query(LONG_QUERY).await;
+        (client, result)
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!running.is_finished(), "the query ended by itself");
+    let canceled_at = Instant::now();
+    cancel.cancel_query(tokio_postgres::NoTls).await.expect("send a cancel request");
+    let (client, result) = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the query stops after the cancel")
+        .expect("query task");
+    assert!(canceled_at.elapsed() < Duration::from_secs(1), "stopped {:?} after the cancel", canceled_at.elapsed());
+    let error = result.expect_err("canceled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{}", pg_error(&error));
+    assert!(pg_error(&error).contains("user request"), "{}", pg_error(&error));
+
+    // The connection goes on; a statement timeout stops the next one.
+    client.batch_execute("SET statement_timeout = '700ms'").await.expect("set a timeout");
+    let started = Instant::now();
+    let error = client.simple_query(LONG_QUERY).await.expect_err("timed out");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{}", pg_error(&error));
+    assert!(pg_error(&error).contains("statement timeout"), "{}", pg_error(&error));
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let error = client.batch_execute("SET statement_timeout = 'soon'").await.expect_err("a bad timeout");
+    assert_eq!(error.code().map(|c| c.code()), Some("22023"), "{}", pg_error(&error));
+    client.batch_execute("SET statement_timeout = 0").await.expect("no timeout");
+    assert_eq!(postgres_rows(&client, "SELECT count(*) FROM t").await, vec!["20000.000000".to_string()]);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_query_frees_the_server() {
+    let (server, _client) = server_with_a_long_query().await;
+    let psql = crate::pg_cluster::postgres_bin().join("psql");
+    let mut client = Command::new(psql)
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "tester", "-d", "changeflow", "-c", LONG_QUERY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start psql");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let busy = cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(cpu_seconds(server.pid()) - busy > 0.5, "the query is not running");
+    client.kill().expect("kill psql");
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(server.pid()) - after;
+    assert!(used < 0.3, "the server used {used:.2} s of CPU in the 2 s after its client went away");
+}
