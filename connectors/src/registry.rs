@@ -13,6 +13,13 @@ pub fn registry() -> ConnectorRegistry {
     registry.register_source("postgres", Arc::new(crate::postgres::PostgresConnector));
     #[cfg(feature = "postgres")]
     registry.register_sink("postgres", Arc::new(crate::postgres::PostgresSinkConnector));
-    registry.register_sink("file", Arc::new(crate::file::FileSinkConnector));
+    registry.register_sink("file", Arc::new(crate::file::FileSinkConnector::unconfined()));
+    registry
+}
+
+/// Every connector, with FILE sinks confined to `directory` (for `changeflow serve`).
+pub fn registry_with_sink_directory(directory: crate::file::SinkDirectory) -> ConnectorRegistry {
+    let mut registry = registry();
+    registry.register_sink("file", Arc::new(crate::file::FileSinkConnector::confined(directory)));
     registry
 }

@@ -100,7 +100,7 @@ async fn run() -> ExitCode {
             }
         },
         Some(Command::Run { format, files }) => {
-            let database = match cli.storage.open(None).await {
+            let database = match cli.storage.open(None, false).await {
                 Ok(database) => database,
                 Err(error) => {
                     eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));

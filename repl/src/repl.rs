@@ -144,7 +144,7 @@ fn history_path() -> Option<PathBuf> {
 }
 
 pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()> {
-    let database = storage.open(None).await?;
+    let database = storage.open(None, false).await?;
     let relations = Arc::new(Mutex::new(Vec::new()));
     let mut editor: Editor<SqlHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(SqlHelper { relations: Arc::clone(&relations) }));

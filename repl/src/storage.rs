@@ -27,17 +27,34 @@ pub struct StorageOptions {
     /// fails (SQLSTATE 53000) without being applied.
     #[arg(long, global = true, default_value_t = 30)]
     pub sink_wait: u64,
+    /// `serve` only: the directory FILE sinks write in (paths are taken inside it, and none
+    /// may lead out of it). Default: `sinks/` in the data directory, or ./changeflow-sinks
+    /// with --in-memory.
+    #[arg(long, global = true)]
+    pub sink_dir: Option<PathBuf>,
 }
 
 impl StorageOptions {
     /// Opens the database: restored from the data directory when there is one (`default`
     /// applies when none was given and not `--in-memory`).
-    pub async fn open(&self, default: Option<&str>) -> anyhow::Result<Database> {
-        let registry = changeflow_connectors::registry();
+    /// With `confine_file_sinks` (serve), FILE sinks write only inside the sink directory.
+    pub async fn open(&self, default: Option<&str>, confine_file_sinks: bool) -> anyhow::Result<Database> {
         let data_dir = match (&self.data_dir, self.in_memory) {
             (Some(dir), _) => Some(dir.clone()),
             (None, false) => default.map(PathBuf::from),
             (None, true) => None,
+        };
+        let registry = if confine_file_sinks {
+            let dir = match (&self.sink_dir, &data_dir) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(data_dir)) => data_dir.join("sinks"),
+                (None, None) => PathBuf::from("changeflow-sinks"),
+            };
+            let directory = changeflow_connectors::file::SinkDirectory::new(&dir, data_dir.as_deref())
+                .with_context(|| format!("cannot use sink directory {}", dir.display()))?;
+            changeflow_connectors::registry_with_sink_directory(directory)
+        } else {
+            changeflow_connectors::registry()
         };
         let Some(data_dir) = data_dir else {
             let mut database = Database::new(registry);

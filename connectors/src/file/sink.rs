@@ -9,11 +9,28 @@ use async_trait::async_trait;
 use changeflow_engine::connector::{Rejected, SinkConnector, SinkEpoch, SinkFailure, SinkTarget, SinkWriter};
 use changeflow_engine::error::{EngineError, Result};
 
+use super::confine::SinkDirectory;
 use crate::format::{Encoder, take_encoder};
 
 const DEFAULT_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
 
-pub struct FileSinkConnector;
+/// The FILE connector; confined to a [`SinkDirectory`] under `changeflow serve`.
+#[derive(Default)]
+pub struct FileSinkConnector {
+    directory: Option<SinkDirectory>,
+}
+
+impl FileSinkConnector {
+    /// Writes wherever a sink's path says (the operator's own `run` and REPL).
+    pub fn unconfined() -> Self {
+        Self { directory: None }
+    }
+
+    /// Writes only inside `directory`.
+    pub fn confined(directory: SinkDirectory) -> Self {
+        Self { directory: Some(directory) }
+    }
+}
 
 struct FileConfig {
     path: Option<PathBuf>,
@@ -21,7 +38,11 @@ struct FileConfig {
     encoder: Encoder,
 }
 
-fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<FileConfig> {
+fn config(
+    options: &BTreeMap<String, String>,
+    target: &SinkTarget,
+    directory: Option<&SinkDirectory>,
+) -> Result<FileConfig> {
     let bad = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
     let mut options = options.clone();
     let encoder = take_encoder(&mut options, target, "json")?;
@@ -41,13 +62,17 @@ fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<Fil
              json_columns, payload_column, key_column, type_column"
         )));
     }
-    Ok(FileConfig { path: (path != "-").then(|| PathBuf::from(path)), rotate_bytes, encoder })
+    let path = match directory {
+        Some(directory) => Some(directory.resolve(&path).map_err(bad)?),
+        None => (path != "-").then(|| PathBuf::from(path)),
+    };
+    Ok(FileConfig { path, rotate_bytes, encoder })
 }
 
 #[async_trait]
 impl SinkConnector for FileSinkConnector {
     fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
-        config(options, target).map(|_| ())
+        config(options, target, self.directory.as_ref()).map(|_| ())
     }
 
     async fn open(
@@ -56,7 +81,7 @@ impl SinkConnector for FileSinkConnector {
         target: &SinkTarget,
         resume: Option<String>,
     ) -> Result<Box<dyn SinkWriter>> {
-        let config = config(options, target)?;
+        let config = config(options, target, self.directory.as_ref())?;
         let Some(path) = config.path else {
             return Ok(Box::new(FileWriter {
                 encoder: config.encoder,

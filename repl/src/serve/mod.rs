@@ -137,7 +137,7 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
             options.listen
         );
     }
-    let database = Arc::new(storage.open(Some("changeflow-data")).await?);
+    let database = Arc::new(storage.open(Some("changeflow-data"), true).await?);
     if let Err(error) = run_files(&database, &options.files).await {
         database.shutdown().await;
         return Err(error);

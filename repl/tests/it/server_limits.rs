@@ -272,3 +272,34 @@ async fn a_client_that_disconnects_mid_query_frees_the_server() {
     let used = cpu_seconds(server.pid()) - after;
     assert!(used < 0.3, "the server used {used:.2} s of CPU in the 2 s after its client went away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sinks_write_only_inside_the_sink_directory() {
+    let sink_dir = crate::scratch::scratch_dir().join("confined-sinks");
+    let _ = std::fs::remove_dir_all(&sink_dir);
+    let server = Server::start_with(&[], &["--sink-dir", sink_dir.to_str().expect("utf-8")], &[]);
+    let client = server.client().await;
+    client.batch_execute("CREATE TABLE t (id INT PRIMARY KEY)").await.expect("table");
+    let outside = crate::scratch::scratch_dir().join("outside.jsonl");
+    for (path, why) in [
+        (outside.to_str().expect("utf-8"), "outside the sink directory"),
+        ("../escape.jsonl", "'..'"),
+        ("-", "standard output"),
+    ] {
+        let error = client
+            .batch_execute(&format!("CREATE SINK s FROM t INTO FILE WITH (path = '{path}')"))
+            .await
+            .expect_err(path);
+        assert!(pg_error(&error).contains(why), "{path}: {}", pg_error(&error));
+    }
+    assert!(!outside.exists());
+    client.batch_execute("CREATE SINK s FROM t INTO FILE WITH (path = 'out/t.jsonl')").await.expect("inside");
+    client.batch_execute("INSERT INTO t VALUES (7)").await.expect("insert");
+    let written = sink_dir.join("out").join("t.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&written).unwrap_or_default().contains("\"id\":7") {
+        assert!(Instant::now() < deadline, "nothing written to {}:\n{}", written.display(), server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&sink_dir);
+}

@@ -215,7 +215,7 @@ async fn a_sink_whose_target_is_down_holds_up_nothing_and_delivers_everything_wh
 async fn a_sink_of_a_failed_view_says_so() {
     let dir = data_dir("sink-of-failed-view");
     std::fs::create_dir_all(&dir).expect("dir");
-    let out = dir.join("ratios.jsonl");
+    let out = dir.join("data").join("sinks").join("ratios.jsonl");
     let pipeline = sql_file(
         "sink_of_failed_view.sql",
         &format!(

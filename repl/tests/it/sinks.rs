@@ -52,7 +52,8 @@ async fn insert_until_killed(client: tokio_postgres::Client, next: Arc<AtomicI64
 async fn a_file_sink_gets_each_change_once_in_order_across_kill_9() {
     let dir = data_dir("file-sink");
     std::fs::create_dir_all(&dir).expect("dir");
-    let output = dir.join("out").join("events.jsonl");
+    // Under the sink directory `serve` gives FILE sinks by default: the data directory's sinks/.
+    let output = dir.join("sinks").join("out").join("events.jsonl");
     let pipeline = sql_file(
         "sink_file.sql",
         &format!(
@@ -121,7 +122,7 @@ async fn a_postgres_sink_replicates_a_table_across_kill_9_and_dead_letters_refus
         .expect("guarded table");
     let dir = data_dir("postgres-sink");
     std::fs::create_dir_all(&dir).expect("dir");
-    let dead_letters = dir.join("dead.jsonl");
+    let dead_letters = dir.join("sinks").join("dead.jsonl");
     let pipeline = sql_file(
         "sink_postgres.sql",
         &format!(
@@ -254,7 +255,7 @@ async fn outbox_rows_deleted_in_their_transaction_reach_a_file_once_in_commit_or
         .expect("outbox table");
     let dir = data_dir("outbox");
     std::fs::create_dir_all(&dir).expect("dir");
-    let events = dir.join("events.jsonl");
+    let events = dir.join("sinks").join("events.jsonl");
     let pipeline = sql_file(
         "sink_outbox.sql",
         &format!(
