@@ -2,7 +2,7 @@
 //! '...', [columns = 'a, b'], [create_table = 'true'])`. Each epoch is one transaction that
 //! deletes the keys whose rows went away, upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`)
 //! the new rows, and records the sink's progress in `changeflow_sink_progress` (the epoch,
-//! and the source position it came from). After a restart, epochs whose source position is
+//! and the source position it came from; keyed by sink and target table). After a restart, epochs whose source position is
 //! at or below the recorded one are not applied again; a sink that starts over (no
 //! checkpoint holds its position) on a table it wrote before empties it in its first
 //! transaction, as everything is delivered again. Rows the target refuses (a
@@ -303,17 +303,17 @@ impl PostgresSinkWriter {
                 })
             })
             .collect::<Result<_, _>>()?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (sink text PRIMARY KEY, epoch bigint NOT NULL, \
-                 source text, position text, updated_at timestamptz NOT NULL DEFAULT now())"
-            ))
-            .await
-            .map_err(|e| classify(&e, "creating the progress table"))?;
+        prepare_progress_table(&client).await?;
+        // A row of this sink for another table (the sink was dropped and made again with
+        // another target) says nothing about this table. Rows from before the table was
+        // recorded ('') belong to the sink, whatever its table.
         let progress = client
             .query_opt(
-                &format!("SELECT source, position FROM {PROGRESS_TABLE} WHERE sink = $1"),
-                &[&self.plan.target.sink],
+                &format!(
+                    "SELECT source, position FROM {PROGRESS_TABLE} WHERE sink = $1 AND target_table IN ($2, '') \
+                     ORDER BY target_table DESC LIMIT 1"
+                ),
+                &[&self.plan.target.sink, &self.plan.config.table],
             )
             .await
             .map_err(|e| classify(&e, "reading the progress row"))?;
@@ -325,6 +325,41 @@ impl PostgresSinkWriter {
         self.client = Some(client);
         Ok(())
     }
+}
+
+/// Creates the progress table, keyed by sink and target table, or brings one keyed by sink
+/// alone (as first made) to that key; its rows get the table '' (not recorded).
+async fn prepare_progress_table(client: &tokio_postgres::Client) -> Result<(), SinkFailure> {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (sink text NOT NULL, target_table text NOT NULL DEFAULT '', \
+             epoch bigint NOT NULL, source text, position text, updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (sink, target_table));
+             ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS target_table text NOT NULL DEFAULT ''"
+        ))
+        .await
+        .map_err(|e| classify(&e, "creating the progress table"))?;
+    let key_columns: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+                 AND a.attnum = ANY(i.indkey) WHERE i.indrelid = '{PROGRESS_TABLE}'::regclass AND i.indisprimary"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| classify(&e, "reading the progress table's key"))?
+        .get(0);
+    if key_columns == 1 {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {PROGRESS_TABLE} DROP CONSTRAINT {PROGRESS_TABLE}_pkey, \
+                 ADD PRIMARY KEY (sink, target_table)"
+            ))
+            .await
+            .map_err(|e| classify(&e, "keying the progress table by sink and table"))?;
+    }
+    Ok(())
 }
 
 impl Plan {
@@ -496,8 +531,8 @@ impl SinkWriter for PostgresSinkWriter {
         let upserts: Vec<usize> = last.iter().filter(|(_, upsert)| *upsert).map(|(r, _)| *r).collect();
         self.connect().await?;
         let progress_sql = format!(
-            "INSERT INTO {PROGRESS_TABLE} (sink, epoch, source, position) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, source = EXCLUDED.source, \
+            "INSERT INTO {PROGRESS_TABLE} (sink, target_table, epoch, source, position) VALUES ($1, $5, $2, $3, $4) \
+             ON CONFLICT (sink, target_table) DO UPDATE SET epoch = EXCLUDED.epoch, source = EXCLUDED.source, \
              position = EXCLUDED.position, updated_at = now()"
         );
         let epoch_number = epoch.epoch as i64;
@@ -548,13 +583,13 @@ impl SinkWriter for PostgresSinkWriter {
                 return Err(SinkFailure::Rejected(rejected));
             }
             transaction
-                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position])
+                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position, &this.config.table])
                 .await
                 .map_err(|e| classify(&e, "recording progress"))?;
             transaction.commit().await.map_err(|e| classify(&e, "committing"))?;
         } else {
             transaction
-                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position])
+                .execute(&progress_sql, &[&this.target.sink, &epoch_number, &source, &position, &this.config.table])
                 .await
                 .map_err(|e| classify(&e, "recording progress"))?;
             transaction.commit().await.map_err(|e| classify(&e, "committing"))?;

@@ -28,6 +28,26 @@ const SCRAM_ITERATIONS: usize = 4096;
 #[derive(Debug)]
 pub struct Users {
     salted: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    /// Makes the salt of the challenge an unknown user gets, the same each time for a name.
+    mock_secret: [u8; 32],
+    /// The stored key of unknown users: random, so no proof matches it.
+    mock_hash: Vec<u8>,
+}
+
+impl Users {
+    /// What an unknown user is challenged with, as PostgreSQL does: a salt that looks like
+    /// a real user's (stable per name, so probing twice tells nothing), and a key no
+    /// password matches. The client fails at its proof, exactly as with a wrong password.
+    fn mock_password(&self, user: &str) -> Password {
+        use std::hash::{Hash, Hasher};
+        let mut salt = Vec::with_capacity(16);
+        for half in 0u8..2 {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (self.mock_secret, user, half).hash(&mut hasher);
+            salt.extend_from_slice(&hasher.finish().to_le_bytes());
+        }
+        Password::new(Some(salt), self.mock_hash.clone())
+    }
 }
 
 impl Users {
@@ -52,7 +72,9 @@ impl Users {
         if salted.is_empty() {
             bail!("{origin} names no users");
         }
-        Ok(Self { salted })
+        let mock_secret: [u8; 32] = rand::random();
+        let mock_key: [u8; 32] = rand::random();
+        Ok(Self { salted, mock_secret, mock_hash: mock_key.to_vec() })
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -68,8 +90,9 @@ impl AuthSource for Users {
         let user = login.user().unwrap_or_default();
         match self.salted.get(user) {
             Some((salt, hash)) => Ok(Password::new(Some(salt.clone()), hash.clone())),
-            // Unknown users fail like a wrong password: which names exist is not told.
-            None => Err(PgWireError::InvalidPassword(user.to_string())),
+            // Unknown users are challenged and fail at the proof, like a wrong password:
+            // which names exist is not told.
+            None => Ok(self.mock_password(user)),
         }
     }
 }
@@ -85,25 +108,32 @@ impl NoopStartupHandler for Trust {
     }
 }
 
-/// The startup handler in use.
-pub enum Startup {
+/// How clients authenticate.
+enum Authentication {
     Trust(Trust),
     Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
 }
 
+/// The startup handler in use: authentication, and whether TLS is required first.
+pub struct Startup {
+    authentication: Authentication,
+    tls_required: bool,
+}
+
 impl Startup {
-    pub fn new(users: Option<Arc<Users>>, connections: Arc<ConnectionManager>) -> Self {
-        match users {
-            None => Startup::Trust(Trust { connections }),
+    pub fn new(users: Option<Arc<Users>>, connections: Arc<ConnectionManager>, tls_required: bool) -> Self {
+        let authentication = match users {
+            None => Authentication::Trust(Trust { connections }),
             Some(users) => {
                 let mut scram = ScramAuth::new(users);
                 scram.set_iterations(SCRAM_ITERATIONS);
                 let parameters = Arc::new(DefaultServerParameterProvider::default());
-                Startup::Scram(
+                Authentication::Scram(
                     SASLAuthStartupHandler::new(parameters).with_scram(scram).with_connection_manager(connections),
                 )
             }
-        }
+        };
+        Self { authentication, tls_required }
     }
 }
 
@@ -115,9 +145,16 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Trust(trust) => trust.on_startup(client, message).await,
-            Startup::Scram(scram) => scram.on_startup(client, message).await,
+        if self.tls_required && !client.is_secure() && matches!(message, PgWireFrontendMessage::Startup(_)) {
+            return Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server requires TLS (--tls-required): connect with sslmode=require".into(),
+            ))));
+        }
+        match &self.authentication {
+            Authentication::Trust(trust) => trust.on_startup(client, message).await,
+            Authentication::Scram(scram) => scram.on_startup(client, message).await,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct ServeOptions {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (28000), so no password or row crosses the
+    /// network in the clear. Needs --tls-cert and --tls-key.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_required: bool,
     /// Most client connections open at once; a client past it is refused with SQLSTATE
     /// 53300 ("too many clients").
     #[arg(long, default_value_t = 100)]
@@ -176,7 +180,9 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         options.metrics_listen
     );
     let connections = Arc::new(ConnectionManager::new());
-    let accept = accept_loop(listener, Arc::clone(&shared), users, tls, connections, options.max_connections, stopped);
+    let startup = Arc::new(Startup::new(users, Arc::clone(&connections), options.tls_required));
+    let accept =
+        accept_loop(listener, Arc::clone(&shared), startup, tls, connections, options.max_connections, stopped);
     tokio::select! {
         () = accept => {}
         signal = shutdown_signal() => {
@@ -194,13 +200,12 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    users: Option<Arc<Users>>,
+    startup: Arc<Startup>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     connections: Arc<ConnectionManager>,
     max_connections: usize,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let startup = Arc::new(Startup::new(users, Arc::clone(&connections)));
     let cancel = Arc::new(cancel::CancelRequests::new(Arc::clone(&shared.cancels), connections));
     let mut backoff = admission::AcceptBackoff::default();
     let disconnects = cancel::DisconnectWatch::start();

@@ -491,6 +491,24 @@ async fn tls_when_given_a_certificate_and_json_logs() {
         serde_json::from_str(serving).unwrap_or_else(|e| panic!("not JSON ({e}): {serving}"));
     assert_eq!(parsed["fields"]["tls"], serde_json::Value::Bool(true), "{serving}");
 
+    // With --tls-required a plain connection is refused, and TLS ones are served.
+    let strict = Server::start_with(
+        &[],
+        &["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path"), "--tls-required"],
+        &[],
+    );
+    let plain_url = format!("{} sslmode=disable", strict.url("tls_user"));
+    let output = Command::new(&psql).args(["-X", "-At", "-d", &plain_url, "-c", "SELECT 1"]).output().expect("psql");
+    assert!(!output.status.success(), "a plain connection must be refused");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tls_url = format!("{} sslmode=require", strict.url("tls_user"));
+    let output = Command::new(&psql).args(["-X", "-At", "-d", &tls_url, "-c", "SELECT 7"]).output().expect("psql");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "7", "{}", String::from_utf8_lossy(&output.stderr));
+
     // Without a certificate the server refuses TLS, and sslmode=require fails.
     let plain = Server::start(&[]);
     let url = format!("{} sslmode=require", plain.url("tls_user"));

@@ -303,3 +303,62 @@ async fn file_sinks_write_only_inside_the_sink_directory() {
     }
     let _ = std::fs::remove_dir_all(&sink_dir);
 }
+
+/// Reads one backend message: its type and body.
+fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    socket.read_exact(&mut head).expect("message head");
+    let length = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0; length - 4];
+    socket.read_exact(&mut body).expect("message body");
+    (head[0], body)
+}
+
+/// Starts up as `user` and sends a SCRAM client-first message by hand; returns the type of
+/// the server's answer and its body.
+fn scram_first_answer(port: u16, user: &str) -> (u8, Vec<u8>) {
+    use std::io::Write;
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut startup = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "changeflow"] {
+        startup.extend_from_slice(part.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut message = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    message.extend_from_slice(&startup);
+    socket.write_all(&message).expect("startup");
+    let (kind, body) = read_message(&mut socket);
+    assert_eq!((kind, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "SASL authentication is asked for");
+    let client_first = b"n,,n=,r=rOprNGfwEbeRWgbNEkqO";
+    let mut initial = b"SCRAM-SHA-256\0".to_vec();
+    initial.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
+    initial.extend_from_slice(client_first);
+    let mut message = vec![b'p'];
+    message.extend_from_slice(&((initial.len() + 4) as i32).to_be_bytes());
+    message.extend_from_slice(&initial);
+    socket.write_all(&message).expect("client-first");
+    read_message(&mut socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_user_is_challenged_like_a_known_one() {
+    let users = sql_file("users_challenge.txt", "alice:wonderland\n");
+    let server = Server::start_with(&[], &["--users", users.to_str().expect("path")], &[]);
+    let salt = |body: &[u8]| {
+        let text = String::from_utf8_lossy(&body[4..]).to_string();
+        text.split(',').find(|part| part.starts_with("s=")).map(str::to_string)
+    };
+    let (kind, known) = scram_first_answer(server.port, "alice");
+    assert_eq!((kind, &known[..4]), (b'R', &11i32.to_be_bytes()[..]), "a challenge for alice");
+    let (kind, unknown) = scram_first_answer(server.port, "mallory");
+    assert_eq!(kind, b'R', "an unknown user gets a challenge, not an error: {}", String::from_utf8_lossy(&unknown));
+    assert_eq!(&unknown[..4], &11i32.to_be_bytes()[..]);
+    let (_, again) = scram_first_answer(server.port, "mallory");
+    assert!(salt(&unknown).is_some() && salt(&unknown) == salt(&again), "the same salt each time");
+    assert_ne!(salt(&unknown), salt(&known));
+    // And the proof fails as a wrong password does.
+    let error = server.connect("mallory", Some("wonderland")).await.expect_err("unknown user");
+    assert_eq!(error.code().map(|c| c.code()), Some("28P01"), "{}", pg_error(&error));
+}

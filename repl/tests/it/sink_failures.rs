@@ -236,3 +236,39 @@ async fn a_sink_of_a_failed_view_says_so() {
     assert!(status.contains("503") && body.contains("ratios"), "{status}\n{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_made_again_for_another_table_leaves_that_table_alone() {
+    let cluster = PostgresCluster::start();
+    cluster.connect().await.batch_execute("CREATE DATABASE target").await.expect("target database");
+    let target = target_client(&cluster).await;
+    // The progress table as the first versions made it (keyed by sink alone), with a row.
+    target
+        .batch_execute(
+            "CREATE TABLE first (id int PRIMARY KEY, v int); CREATE TABLE second (id int PRIMARY KEY, v int);
+             INSERT INTO second VALUES (99, 99);
+             CREATE TABLE changeflow_sink_progress (sink text PRIMARY KEY, epoch bigint NOT NULL, source text,
+                 position text, updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO changeflow_sink_progress (sink, epoch) VALUES ('old', 1)",
+        )
+        .await
+        .expect("target tables");
+    let url = format!("postgres://postgres@127.0.0.1:{}/target", cluster.port);
+    let server = start(&[], &data_dir("sink-made-again"), &[]);
+    let client = server.client().await;
+    client.batch_execute("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await.expect("t");
+    client
+        .batch_execute(&format!("CREATE SINK s FROM t INTO POSTGRES WITH (url = '{url}', table = 'first')"))
+        .await
+        .expect("sink into first");
+    wait_for_target(&server, &cluster, "SELECT id, v FROM first", &[&row(1, 1)]).await;
+    client.batch_execute("DROP SINK s").await.expect("drop");
+    client
+        .batch_execute(&format!("CREATE SINK s FROM t INTO POSTGRES WITH (url = '{url}', table = 'second')"))
+        .await
+        .expect("sink into second");
+    // The progress row of s names `first`: `second` is not emptied as if s had written it.
+    wait_for_target(&server, &cluster, "SELECT id, v FROM second ORDER BY id", &[&row(1, 1), &row(99, 99)]).await;
+    let keys = postgres_rows(&target, "SELECT sink, target_table FROM changeflow_sink_progress ORDER BY 1, 2").await;
+    assert_eq!(keys, vec!["old | ".to_string(), "s | \"first\"".to_string(), "s | \"second\"".to_string()]);
+}
