@@ -250,6 +250,18 @@ impl Database {
         Ok(())
     }
 
+    /// Starts a query and streams its rows (see [`crate::RowStream`]); planned over a
+    /// snapshot under the engine lock, then run without it.
+    pub(crate) async fn stream_query(
+        &self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+        owns_transaction: bool,
+        interrupt: Option<&Arc<crate::interrupt::Interrupt>>,
+    ) -> Result<(datafusion::arrow::datatypes::SchemaRef, crate::RowStream)> {
+        let prepared = self.engine.lock().await.prepare_query(query, !owns_transaction)?;
+        prepared.stream(interrupt).await
+    }
+
     /// What a statement returns and takes, without running it (nothing changes).
     pub async fn describe(&self, statement: &ParsedStatement) -> Result<crate::Description> {
         use datafusion::sql::sqlparser::ast;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use changeflow_sql::ddl::sql_type_name;
 
 use crate::interrupt::Interrupt;
+use crate::query_runtime::RowStream;
 use changeflow_sql::{PlanContext, Relation, RelationData, RelationKind, ShowKind};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::array::{BooleanArray, Scalar};
@@ -77,7 +78,7 @@ impl PreparedQuery {
         if let Some(interrupt) = interrupt {
             physical = crate::interrupt::interruptible(physical, interrupt)?;
         }
-        let batches = match run_on_query_runtime(physical, state.task_ctx()).await {
+        let batches = match crate::query_runtime::collect(physical, state.task_ctx()).await {
             Ok(batches) => batches,
             // Stopped on purpose: say why (57014), not how DataFusion wraps it.
             Err(error) => {
@@ -85,71 +86,37 @@ impl PreparedQuery {
                 return Err(error.into());
             }
         };
-        let batches = batches
-            .into_iter()
-            .map(|b| {
-                RecordBatch::try_new_with_options(
-                    Arc::clone(&self.schema),
-                    b.columns().to_vec(),
-                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                )
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let batches =
+            batches.into_iter().map(|b| with_schema(&self.schema, &b)).collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Output::Rows { schema: self.schema, batches })
     }
-}
 
-/// Queries run on a runtime of their own. A query keeps its threads busy (DataFusion runs
-/// its partitions in parallel, and an operator may compute for long between yields); on the
-/// runtime that serves connections it would hold up accepting clients, cancel requests and
-/// everyone else's statements until it ended.
-fn query_runtime() -> Option<&'static tokio::runtime::Runtime> {
-    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let built = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("changeflow-query")
-                .thread_stack_size(16 << 20)
-                .enable_time()
-                .build();
-            match built {
-                Ok(runtime) => Some(runtime),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start the query runtime; queries run beside the server's work");
-                    None
-                }
-            }
-        })
-        .as_ref()
-}
-
-/// Runs a physical plan to completion on the query runtime; dropping the returned future
-/// (the client canceled) stops it there too.
-async fn run_on_query_runtime(
-    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-    context: Arc<datafusion::execution::TaskContext>,
-) -> datafusion::error::Result<Vec<RecordBatch>> {
-    let Some(runtime) = query_runtime() else {
-        return datafusion::physical_plan::collect(plan, context).await;
-    };
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
+    /// Starts the query and hands its rows over batch by batch as they are computed (see
+    /// [`RowStream`]); with an `interrupt`, a cancel or timeout stops it between batches.
+    pub async fn stream(self, interrupt: Option<&Arc<Interrupt>>) -> Result<(SchemaRef, RowStream)> {
+        let schema = Arc::clone(&self.schema);
+        if let Some(rows) = self.rows {
+            return Ok((schema, RowStream::ready(vec![rows])));
         }
+        let (Some(plan), Some(state)) = (self.plan, self.state) else {
+            return Ok((schema, RowStream::ready(Vec::new())));
+        };
+        let mut physical = state.create_physical_plan(&plan).await?;
+        if let Some(interrupt) = interrupt {
+            physical = crate::interrupt::interruptible(physical, interrupt)?;
+        }
+        let rows = RowStream::start(physical, state.task_ctx(), Arc::clone(&schema), interrupt.cloned());
+        Ok((schema, rows))
     }
-    let task = runtime.spawn(datafusion::physical_plan::collect(plan, context));
-    let _abort = AbortOnDrop(task.abort_handle());
-    match task.await {
-        Ok(result) => result,
-        Err(error) if error.is_panic() => Err(datafusion::error::DataFusionError::Execution(format!(
-            "the query panicked: {}",
-            crate::error::panic_message(&*error.into_panic())
-        ))),
-        Err(error) => Err(datafusion::error::DataFusionError::Execution(format!("the query was stopped: {error}"))),
-    }
+}
+
+/// A batch of the plan's output with the query's own schema (its column names and types).
+pub(crate) fn with_schema(schema: &SchemaRef, batch: &RecordBatch) -> datafusion::arrow::error::Result<RecordBatch> {
+    RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        batch.columns().to_vec(),
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
 }
 
 /// What a statement takes and returns, known without running it (the extended query

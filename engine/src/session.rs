@@ -24,6 +24,12 @@ use crate::engine::Output;
 use crate::error::{EngineError, Result};
 use crate::interrupt::Interrupt;
 
+/// What [`Session::execute_streaming`] answers.
+pub enum Streamed {
+    Rows { schema: datafusion::arrow::datatypes::SchemaRef, rows: crate::RowStream },
+    Output(Output),
+}
+
 pub struct Session {
     database: Arc<Database>,
     block: Block,
@@ -89,6 +95,20 @@ impl Session {
     /// another task while the query runs.
     pub fn interrupt(&self) -> Arc<Interrupt> {
         Arc::clone(&self.interrupt)
+    }
+
+    /// Executes a statement; a query's rows come as a stream (computed as they are read,
+    /// a few batches ahead), anything else as [`Session::execute`] answers.
+    pub async fn execute_streaming(&mut self, statement: &ParsedStatement) -> Result<Streamed> {
+        if let Statement::Sql(sql) = &statement.statement
+            && let ast::Statement::Query(query) = sql.as_ref()
+        {
+            self.interrupt.start();
+            let writing = matches!(self.block, Block::Writing(_));
+            let (schema, rows) = self.database.stream_query(query, writing, Some(&self.interrupt)).await?;
+            return Ok(Streamed::Rows { schema, rows });
+        }
+        Ok(Streamed::Output(self.execute(statement).await?))
     }
 
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {

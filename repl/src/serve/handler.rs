@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use changeflow_engine::interrupt::Interrupt;
-use changeflow_engine::{Output, Session};
+use changeflow_engine::{Output, RowStream, Session, Streamed};
 use changeflow_sql::parser::split_statements;
-use futures_util::{Sink, stream};
+use datafusion::arrow::datatypes::SchemaRef;
+use futures_util::{Sink, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -120,8 +121,11 @@ impl Connection {
     async fn run_command(&self, command: Command, format: &Format) -> PgWireResult<Response> {
         match command {
             Command::Engine(statement) => {
-                let output = self.session.lock().await.execute(&statement).await.map_err(engine_error)?;
-                response(output, format)
+                let streamed = self.session.lock().await.execute_streaming(&statement).await.map_err(engine_error)?;
+                match streamed {
+                    Streamed::Output(output) => response(output, format),
+                    Streamed::Rows { schema, rows } => streamed_response(&schema, rows, format).await,
+                }
             }
             Command::Set { name, value } => {
                 if name == "statement_timeout" && parse_timeout(&value).is_none() {
@@ -190,6 +194,33 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
             _ => Response::Execution(command_tag(&tag)),
         }),
     }
+}
+
+/// The wire response to a query's rows, encoded batch by batch as the client reads them.
+/// An error before the first batch (a cancel, a timeout) answers the query alone, with its
+/// SQLSTATE; one after rows were sent ends them, as in PostgreSQL.
+async fn streamed_response(schema: &SchemaRef, mut rows: RowStream, format: &Format) -> PgWireResult<Response> {
+    let fields = Arc::new(encode::fields(schema, format));
+    let first = match rows.next().await {
+        Some(Err(error)) => return Err(engine_error(error)),
+        first => first,
+    };
+    let batches = stream::unfold((first, rows), |(mut pending, mut rows)| async move {
+        let batch = match pending.take() {
+            Some(batch) => batch,
+            None => rows.next().await?,
+        };
+        Some((batch, (None, rows)))
+    });
+    let encode_fields = Arc::clone(&fields);
+    let data_rows = batches.flat_map(move |batch| {
+        let encoded = batch.map_err(engine_error).and_then(|batch| encode::rows(&encode_fields, &[batch]));
+        stream::iter(match encoded {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(error) => vec![Err(error)],
+        })
+    });
+    Ok(Response::Query(QueryResponse::new(fields, data_rows)))
 }
 
 /// `INSERT 0 3` -> tag INSERT with oid 0 and 3 rows; `UPDATE 2` -> UPDATE with 2 rows.
