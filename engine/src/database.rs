@@ -59,6 +59,12 @@ impl Database {
         }
     }
 
+    /// Most bytes one ad-hoc query's operators may hold; past it the query fails with
+    /// 53200. None (the default) sets no limit.
+    pub async fn set_query_memory_limit(&self, bytes: Option<usize>) {
+        self.engine.lock().await.query_memory_limit = bytes;
+    }
+
     /// How long a local write waits for sinks that are too far behind before it fails.
     pub fn set_write_wait(&mut self, wait: Duration) {
         self.write_wait = wait;

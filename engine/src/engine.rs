@@ -69,6 +69,8 @@ pub struct Engine {
     pub(crate) mode: Mode,
     pub(crate) catalog: Catalog,
     pub(crate) state: SessionState,
+    /// Most bytes one ad-hoc query's operators may hold (None: no limit).
+    pub(crate) query_memory_limit: Option<usize>,
     pub(crate) stores: FxHashMap<String, RelationStore>,
     pub(crate) views: Vec<MaterializedView>,
     /// Changes of the open transaction, applied to tables already and to views at COMMIT.
@@ -126,6 +128,7 @@ impl Engine {
             mode,
             catalog: Catalog::default(),
             state: changeflow_sql::new_session_state(),
+            query_memory_limit: None,
             stores: FxHashMap::default(),
             views: Vec::new(),
             transaction: None,

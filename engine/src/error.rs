@@ -113,6 +113,7 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
         DataFusionError::Plan(_) if message.contains("coerc") || message.contains("Cannot infer") => "42804",
         DataFusionError::Plan(_) => "42000",
         DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
         DataFusionError::ArrowError(..) if message.contains("Divide by zero") => "22012",
         DataFusionError::ArrowError(..) if message.contains("Cast error") || message.contains("Parser error") => {
             "22P02"

@@ -110,6 +110,23 @@ impl PreparedQuery {
     }
 }
 
+/// The session with a memory pool of its own for one query: its operators (joins, sorts,
+/// aggregates) may hold at most `limit` bytes, past which it fails with 53200 (out of
+/// memory) instead of taking the server's memory.
+fn with_memory_limit(state: &SessionState, limit: Option<usize>) -> Result<SessionState> {
+    let Some(limit) = limit else { return Ok(state.clone()) };
+    let shared = state.runtime_env();
+    let runtime = datafusion::execution::runtime_env::RuntimeEnv {
+        memory_pool: Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(limit)),
+        disk_manager: Arc::clone(&shared.disk_manager),
+        cache_manager: Arc::clone(&shared.cache_manager),
+        object_store_registry: Arc::clone(&shared.object_store_registry),
+    };
+    Ok(datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state.clone())
+        .with_runtime_env(Arc::new(runtime))
+        .build())
+}
+
 /// A batch of the plan's output with the query's own schema (its column names and types).
 pub(crate) fn with_schema(schema: &SchemaRef, batch: &RecordBatch) -> datafusion::arrow::error::Result<RecordBatch> {
     RecordBatch::try_new_with_options(
@@ -151,7 +168,10 @@ impl Engine {
         let plan = changeflow_sql::context::optimize(&self.state, &planned?)?;
         let schema: SchemaRef = Arc::new(changeflow_sql::names::apply_postgres_names(plan.schema().as_arrow(), query));
         let plan = if self.mode == Mode::PlanOnly { None } else { Some(plan) };
-        let state = plan.as_ref().map(|_| self.state.clone());
+        let state = match &plan {
+            Some(_) => Some(with_memory_limit(&self.state, self.query_memory_limit)?),
+            None => None,
+        };
         Ok(PreparedQuery { plan, rows: None, schema, state })
     }
 

@@ -59,6 +59,10 @@ pub struct ServeOptions {
     /// bytes; a longer one is refused with SQLSTATE 54000 before it is parsed.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_statement_bytes: usize,
+    /// Most memory, in MiB, the operators of one query (joins, sorts, aggregates) may hold;
+    /// a query past it fails with SQLSTATE 53200. 0 for no limit.
+    #[arg(long, default_value_t = 2048)]
+    pub query_memory_mb: usize,
     /// Allow trust authentication (no --users) on an address other than loopback: anyone
     /// who can reach the port may then read and write everything.
     #[arg(long)]
@@ -142,6 +146,8 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         );
     }
     let database = Arc::new(storage.open(Some("changeflow-data"), true).await?);
+    let query_memory = (options.query_memory_mb > 0).then(|| options.query_memory_mb.saturating_mul(1 << 20));
+    database.set_query_memory_limit(query_memory).await;
     if let Err(error) = run_files(&database, &options.files).await {
         database.shutdown().await;
         return Err(error);

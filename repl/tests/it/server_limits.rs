@@ -194,8 +194,8 @@ async fn passwords_stay_out_of_errors_logs_and_the_data_directory() {
 }
 
 /// A server with a table big enough that a three-way join of it runs for hours.
-async fn server_with_a_long_query() -> (Server, tokio_postgres::Client) {
-    let server = Server::start(&[]);
+async fn server_with_a_long_query(args: &[&str]) -> (Server, tokio_postgres::Client) {
+    let server = Server::start_with(&[], args, &[]);
     let client = server.client().await;
     let values: Vec<String> = (1..=20_000).map(|id| format!("({id})")).collect();
     client
@@ -217,7 +217,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_and_a_statement_timeout_stop_a_running_query() {
-    let (server, client) = server_with_a_long_query().await;
+    let (server, client) = server_with_a_long_query(&[]).await;
     let cancel = client.cancel_token();
     let running = tokio::spawn(async move {
         let result = client.simple_query(LONG_QUERY).await;
@@ -252,7 +252,7 @@ async fn a_cancel_request_and_a_statement_timeout_stop_a_running_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_query_frees_the_server() {
-    let (server, _client) = server_with_a_long_query().await;
+    let (server, _client) = server_with_a_long_query(&[]).await;
     let psql = crate::pg_cluster::postgres_bin().join("psql");
     let mut client = Command::new(psql)
         .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "tester", "-d", "changeflow", "-c", LONG_QUERY])
@@ -372,7 +372,7 @@ async fn an_unknown_user_is_challenged_like_a_known_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_result_is_streamed_and_pauses_while_the_client_does_not_read() {
     use std::io::Write;
-    let (server, _client) = server_with_a_long_query().await;
+    let (server, _client) = server_with_a_long_query(&[]).await;
     let mut socket = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
     let mut startup = 196_608i32.to_be_bytes().to_vec();
     startup.extend_from_slice(b"user\0tester\0database\0changeflow\0\0");
@@ -402,4 +402,16 @@ async fn a_large_result_is_streamed_and_pauses_while_the_client_does_not_read() 
     let used = cpu_seconds(server.pid()) - before;
     assert!(used < 0.3, "the server used {used:.2} s of CPU for a client that reads nothing");
     drop(socket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_memory_limit_fails_with_53200() {
+    let (_server, client) = server_with_a_long_query(&["--query-memory-mb", "1"]).await;
+    // Two million groups: far more than 1 MiB of aggregate state.
+    let grouped =
+        "SELECT count(*) FROM (SELECT a.id * 100 + b.id AS k, count(*) FROM t a, t b WHERE b.id <= 100 GROUP BY k) x";
+    let error = client.simple_query(grouped).await.expect_err("past the memory limit");
+    assert_eq!(error.code().map(|c| c.code()), Some("53200"), "{}", pg_error(&error));
+    // Queries within the limit go on.
+    assert_eq!(postgres_rows(&client, "SELECT count(*) FROM t").await, vec!["20000.000000".to_string()]);
 }
