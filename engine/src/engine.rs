@@ -80,6 +80,8 @@ pub struct Engine {
     pub(crate) sources: BTreeMap<String, SourceStatus>,
     /// Live SUBSCRIBEs, per relation.
     pub(crate) subscribers: FxHashMap<String, Vec<crate::subscribe::Subscriber>>,
+    /// Bytes a subscription may have waiting for its client (see `subscribe`).
+    pub(crate) subscription_buffer_bytes: usize,
     /// Set while planning a query for a session that must not see an open transaction.
     pub(crate) reads_committed: bool,
     /// Set while planning a point query: the one relation it reads, and the keys to read.
@@ -136,6 +138,7 @@ impl Engine {
             registry,
             sources: BTreeMap::new(),
             subscribers: FxHashMap::default(),
+            subscription_buffer_bytes: crate::subscribe::DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             reads_committed: false,
             point_lookup: None,
             definitions: Vec::new(),

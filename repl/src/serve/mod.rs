@@ -63,6 +63,10 @@ pub struct ServeOptions {
     /// a query past it fails with SQLSTATE 53200. 0 for no limit.
     #[arg(long, default_value_t = 2048)]
     pub query_memory_mb: usize,
+    /// Most MiB of changes a SUBSCRIBE may have waiting for a client that does not read;
+    /// past it the subscription ends with an error.
+    #[arg(long, default_value_t = 64)]
+    pub subscribe_buffer_mb: usize,
     /// Allow trust authentication (no --users) on an address other than loopback: anyone
     /// who can reach the port may then read and write everything.
     #[arg(long)]
@@ -148,6 +152,7 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
     let database = Arc::new(storage.open(Some("changeflow-data"), true).await?);
     let query_memory = (options.query_memory_mb > 0).then(|| options.query_memory_mb.saturating_mul(1 << 20));
     database.set_query_memory_limit(query_memory).await;
+    database.engine().await.set_subscription_buffer_bytes(options.subscribe_buffer_mb.saturating_mul(1 << 20));
     if let Err(error) = run_files(&database, &options.files).await {
         database.shutdown().await;
         return Err(error);
