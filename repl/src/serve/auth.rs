@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures_util::Sink;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
-use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
+use pgwire::api::auth::sasl::scram::{ScramAuth, ScramSecret, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::{ClientInfo, ConnectionManager};
 use pgwire::error::{PgWireError, PgWireResult};
@@ -24,21 +24,39 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const SCRAM_ITERATIONS: usize = 4096;
 
-/// Users and their salted passwords (computed once, at start).
-#[derive(Debug)]
+/// Users and their SCRAM verifiers (computed once, at start; the passwords are not kept).
+///
+/// Only verifiers are held, as PostgreSQL's `pg_authid` does: a client's proof is checked
+/// by comparing `SHA-256(ClientProof XOR HMAC(StoredKey, AuthMessage))` with `StoredKey`.
+/// The compared value is a hash of something the client cannot steer without knowing
+/// `StoredKey`, so how long the comparison takes tells it nothing about the secret.
 pub struct Users {
-    salted: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    verifiers: HashMap<String, Verifier>,
     /// Makes the salt of the challenge an unknown user gets, the same each time for a name.
     mock_secret: [u8; 32],
-    /// The stored key of unknown users: random, so no proof matches it.
-    mock_hash: Vec<u8>,
+    /// The keys of unknown users: random, so no proof matches them.
+    mock_keys: ([u8; 32], [u8; 32]),
+}
+
+/// One user's SCRAM-SHA-256 verifier.
+struct Verifier {
+    salt: Vec<u8>,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: key material is never rendered.
+        f.debug_struct("Users").field("names", &self.verifiers.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 impl Users {
     /// What an unknown user is challenged with, as PostgreSQL does: a salt that looks like
-    /// a real user's (stable per name, so probing twice tells nothing), and a key no
+    /// a real user's (stable per name, so probing twice tells nothing), and keys no
     /// password matches. The client fails at its proof, exactly as with a wrong password.
-    fn mock_password(&self, user: &str) -> Password {
+    fn mock_secret(&self, user: &str) -> ScramSecret {
         use std::hash::{Hash, Hasher};
         let mut salt = Vec::with_capacity(16);
         for half in 0u8..2 {
@@ -46,14 +64,17 @@ impl Users {
             (self.mock_secret, user, half).hash(&mut hasher);
             salt.extend_from_slice(&hasher.finish().to_le_bytes());
         }
-        Password::new(Some(salt), self.mock_hash.clone())
+        ScramSecret::Verifier {
+            salt,
+            iterations: SCRAM_ITERATIONS,
+            stored_key: self.mock_keys.0.to_vec(),
+            server_key: self.mock_keys.1.to_vec(),
+        }
     }
-}
 
-impl Users {
     /// Parses `user:password` lines; blank lines and `#` comments are skipped.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let mut salted = HashMap::new();
+        let mut verifiers = HashMap::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -66,15 +87,18 @@ impl Users {
                 bail!("{origin}:{}: the user name and the password must not be empty", number + 1);
             }
             let salt: [u8; 16] = rand::random();
-            let hash = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-            salted.insert(user.to_string(), (salt.to_vec(), hash));
+            let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+            let ScramSecret::Verifier { salt, stored_key, server_key, .. } =
+                ScramSecret::verifier_from_salted_password(salt.to_vec(), salted, SCRAM_ITERATIONS)
+            else {
+                bail!("{origin}:{}: could not derive the SCRAM verifier", number + 1);
+            };
+            verifiers.insert(user.to_string(), Verifier { salt, stored_key, server_key });
         }
-        if salted.is_empty() {
+        if verifiers.is_empty() {
             bail!("{origin} names no users");
         }
-        let mock_secret: [u8; 32] = rand::random();
-        let mock_key: [u8; 32] = rand::random();
-        Ok(Self { salted, mock_secret, mock_hash: mock_key.to_vec() })
+        Ok(Self { verifiers, mock_secret: rand::random(), mock_keys: (rand::random(), rand::random()) })
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -87,13 +111,24 @@ impl Users {
 #[async_trait]
 impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        // Only SCRAM is offered, and it asks `get_scram_secret`: no password is held.
+        Err(PgWireError::InvalidPassword(login.user().unwrap_or_default().to_string()))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
         let user = login.user().unwrap_or_default();
-        match self.salted.get(user) {
-            Some((salt, hash)) => Ok(Password::new(Some(salt.clone()), hash.clone())),
+        let secret = match self.verifiers.get(user) {
+            Some(verifier) => ScramSecret::Verifier {
+                salt: verifier.salt.clone(),
+                iterations: SCRAM_ITERATIONS,
+                stored_key: verifier.stored_key.clone(),
+                server_key: verifier.server_key.clone(),
+            },
             // Unknown users are challenged and fail at the proof, like a wrong password:
             // which names exist is not told.
-            None => Ok(self.mock_password(user)),
-        }
+            None => self.mock_secret(user),
+        };
+        Ok((secret, None))
     }
 }
 
