@@ -10,4 +10,4 @@ pub mod format;
 pub mod postgres;
 mod registry;
 
-pub use registry::{registry, registry_with_sink_directory};
+pub use registry::{HostCredentials, registry, registry_for_server};

@@ -187,6 +187,9 @@ impl Database {
             let prepared = self.engine.lock().await.prepare_query(query, !owns_transaction)?;
             return prepared.run(interrupt).await;
         }
+        // Connectors are handed the values of the secrets that options name.
+        let resolved = self.engine.lock().await.with_secrets(statement)?;
+        let statement = &*resolved;
         if let Statement::CreateSink(create) = &statement.statement {
             // The target is reached before anything is created (without holding the engine).
             let checks = self.engine.lock().await.sink_checks(create)?;
@@ -286,7 +289,9 @@ impl Database {
             Statement::CreateSource(_)
             | Statement::DropSource { .. }
             | Statement::CreateSink(_)
-            | Statement::DropSink { .. } => Ok(crate::Description::default()),
+            | Statement::DropSink { .. }
+            | Statement::CreateSecret(_)
+            | Statement::DropSecret { .. } => Ok(crate::Description::default()),
         }
     }
 
@@ -381,11 +386,15 @@ impl SourceStarter {
             .registry
             .source(&create.connector)
             .ok_or_else(|| EngineError::Connector(format!("unknown connector {}", create.connector)))?;
-        let (monitor, resume, relations) = {
+        let (create, monitor, resume, relations) = {
             let engine = self.engine.lock().await;
+            // The secrets' values as they are now: a retry uses a secret created anew since.
+            let create = engine.source_with_secrets(create)?;
             let monitor = engine.sources.get(&create.name).map(|s| s.monitor.clone()).unwrap_or_default();
-            (monitor, engine.source_resume(&create.name), engine.source_relations(&create.name))
+            let resume = engine.source_resume(&create.name);
+            (create.clone(), monitor, resume, engine.source_relations(&create.name))
         };
+        let create = &create;
         if resume == SourceResume::default() && self.checkpointer.is_some() {
             // Recorded before anything is created upstream: a crash inside `open` leaves
             // the reader, on restart, knowing it may have created what it finds.

@@ -118,6 +118,10 @@ pub struct Engine {
     pub(crate) epoch_is_snapshot: bool,
     /// Statements of startup files already applied to the data directory.
     pub(crate) startup_applied: std::collections::BTreeSet<String>,
+    /// Secrets by name (see [`crate::secrets`]).
+    pub(crate) secrets: BTreeMap<String, String>,
+    /// Secrets restored from the data directory that no statement created again yet.
+    pub(crate) restored_secrets: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
@@ -156,6 +160,8 @@ impl Engine {
             epoch_origin: None,
             epoch_is_snapshot: false,
             startup_applied: std::collections::BTreeSet::new(),
+            secrets: BTreeMap::new(),
+            restored_secrets: std::collections::BTreeSet::new(),
         }
     }
 
@@ -190,7 +196,8 @@ impl Engine {
         }
         self.statement_text = statement.text.clone();
         let generation = self.generation;
-        let output = self.dispatch(statement).await;
+        let statement = self.with_secrets(statement)?;
+        let output = self.dispatch(&statement).await;
         if self.generation != generation {
             self.refresh_transaction_epochs();
         }
@@ -204,6 +211,8 @@ impl Engine {
             Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
             Statement::CreateSink(create) => self.create_sink(create),
             Statement::DropSink { name, if_exists } => self.drop_sink(name, *if_exists),
+            Statement::CreateSecret(create) => self.create_secret(create),
+            Statement::DropSecret { name, if_exists } => self.drop_secret(name, *if_exists),
             Statement::Show(kind) => self.show(*kind),
             Statement::ExplainView(create) => self.explain_view(create),
             Statement::Subscribe { relation, .. } => {
@@ -505,6 +514,7 @@ fn create_tag(statement: &Statement) -> &'static str {
     match statement {
         Statement::CreateSource(_) => "CREATE SOURCE",
         Statement::CreateSink(_) => "CREATE SINK",
+        Statement::CreateSecret(_) => "CREATE SECRET",
         Statement::Sql(sql) => match sql.as_ref() {
             ast::Statement::CreateView(view) if view.materialized => "CREATE MATERIALIZED VIEW",
             ast::Statement::CreateView(_) => "CREATE VIEW",

@@ -203,6 +203,7 @@ impl Engine {
             name: create.name.clone(),
             connector: create.connector.clone(),
             options: create.options.clone(),
+            secrets: create.secrets.clone(),
             relations: relations.iter().map(|r| r.name.clone()).collect(),
         };
         let stores = relations

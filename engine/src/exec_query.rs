@@ -459,6 +459,10 @@ impl Engine {
                     rows,
                 )
             }
+            ShowKind::Secrets => {
+                // Names only: a secret's value is never shown.
+                table_output(&["name"], self.secret_names().into_iter().map(|name| vec![Some(name)]).collect())
+            }
             ShowKind::Sinks => {
                 let rows = self
                     .sink_reports()

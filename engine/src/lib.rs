@@ -39,6 +39,7 @@ mod query_runtime;
 pub mod redact;
 pub mod rows;
 mod same_bytes;
+mod secrets;
 mod session;
 pub mod sink;
 pub mod stats;

@@ -66,7 +66,9 @@ fn access(statement: &ParsedStatement) -> Access {
         Statement::CreateSource(_)
         | Statement::DropSource { .. }
         | Statement::CreateSink(_)
-        | Statement::DropSink { .. } => Access::Write,
+        | Statement::DropSink { .. }
+        | Statement::CreateSecret(_)
+        | Statement::DropSecret { .. } => Access::Write,
     }
 }
 

@@ -52,6 +52,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether the engine dropped the subscription because its client fell too far behind
+    /// (what was buffered can still be taken; nothing more comes).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
     /// The next update; an error when the subscriber fell too far behind.
     pub async fn next(&mut self) -> Result<ViewUpdate> {
         match self.updates.recv().await {

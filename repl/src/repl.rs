@@ -168,7 +168,16 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
         if input.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(input);
+        // A secret's value stays out of the history file.
+        if !input
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w == ["create", "secret"])
+        {
+            let _ = editor.add_history_entry(input);
+        }
         match input {
             "\\q" | "quit" | "exit" => break,
             "\\?" | "help" => {

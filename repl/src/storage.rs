@@ -32,19 +32,25 @@ pub struct StorageOptions {
     /// with --in-memory.
     #[arg(long, global = true)]
     pub sink_dir: Option<PathBuf>,
+    /// `serve` only: let clients' sources and sinks read credentials from the server's
+    /// environment and files (`password_env`, `password_file`). Off by default: a client
+    /// could send any of them to a database of its choosing; use CREATE SECRET instead.
+    #[arg(long, global = true)]
+    pub allow_host_credentials: bool,
 }
 
 impl StorageOptions {
     /// Opens the database: restored from the data directory when there is one (`default`
     /// applies when none was given and not `--in-memory`).
-    /// With `confine_file_sinks` (serve), FILE sinks write only inside the sink directory.
-    pub async fn open(&self, default: Option<&str>, confine_file_sinks: bool) -> anyhow::Result<Database> {
+    /// With `confine` (serve), FILE sinks write only inside the sink directory, and
+    /// credentials are read from the environment and files only with --allow-host-credentials.
+    pub async fn open(&self, default: Option<&str>, confine: bool) -> anyhow::Result<Database> {
         let data_dir = match (&self.data_dir, self.in_memory) {
             (Some(dir), _) => Some(dir.clone()),
             (None, false) => default.map(PathBuf::from),
             (None, true) => None,
         };
-        let registry = if confine_file_sinks {
+        let registry = if confine {
             let dir = match (&self.sink_dir, &data_dir) {
                 (Some(dir), _) => dir.clone(),
                 (None, Some(data_dir)) => data_dir.join("sinks"),
@@ -52,7 +58,12 @@ impl StorageOptions {
             };
             let directory = changeflow_connectors::file::SinkDirectory::new(&dir, data_dir.as_deref())
                 .with_context(|| format!("cannot use sink directory {}", dir.display()))?;
-            changeflow_connectors::registry_with_sink_directory(directory)
+            let host_credentials = if self.allow_host_credentials {
+                changeflow_connectors::HostCredentials::Allowed
+            } else {
+                changeflow_connectors::HostCredentials::Refused
+            };
+            changeflow_connectors::registry_for_server(directory, host_credentials)
         } else {
             changeflow_connectors::registry()
         };

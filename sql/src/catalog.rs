@@ -59,6 +59,8 @@ pub struct SourceDef {
     pub name: String,
     pub connector: String,
     pub options: BTreeMap<String, String>,
+    /// Options given as `SECRET name` (option -> secret name).
+    pub secrets: BTreeMap<String, String>,
     /// The relations the source feeds, in the order the connector declared them.
     pub relations: Vec<String>,
 }

@@ -1,8 +1,8 @@
 //! changeflow's SQL front end.
 //!
 //! - [`parser`] splits a text into statements (with positions) and parses them: standard SQL
-//!   through sqlparser, plus `CREATE SOURCE`, `DROP SOURCE`, `SHOW ...` and `EXPLAIN CREATE
-//!   MATERIALIZED VIEW`.
+//!   through sqlparser, plus `CREATE SOURCE`, `CREATE SINK`, `CREATE SECRET` (and their DROPs),
+//!   `SHOW ...`, `SUBSCRIBE` and `EXPLAIN CREATE MATERIALIZED VIEW`.
 //! - [`catalog`] holds tables, views, materialized views and sources with their schemas.
 //! - [`context`] lets DataFusion's SQL planner resolve names against the catalog.
 //! - [`planner`] turns a view's optimized DataFusion `LogicalPlan` into the incremental
@@ -23,6 +23,7 @@ pub mod names;
 pub mod parser;
 pub mod plan;
 pub mod planner;
+pub mod secret_statement;
 pub mod sink_statement;
 pub mod system_catalog;
 

@@ -49,6 +49,11 @@ pub enum Statement {
         name: String,
         if_exists: bool,
     },
+    CreateSecret(crate::secret_statement::CreateSecret),
+    DropSecret {
+        name: String,
+        if_exists: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,7 @@ pub enum ShowKind {
     MaterializedViews,
     Sources,
     Sinks,
+    Secrets,
 }
 
 /// `CREATE SOURCE name FROM CONNECTOR WITH (key = 'value', ...)`.
@@ -66,6 +72,9 @@ pub struct CreateSource {
     pub name: String,
     pub connector: String,
     pub options: BTreeMap<String, String>,
+    /// Options given as `SECRET name` (option -> secret name); the engine puts the secret's
+    /// value into `options` before the connector sees them.
+    pub secrets: BTreeMap<String, String>,
     pub tables: SourceTables,
     pub if_not_exists: bool,
 }
@@ -198,6 +207,8 @@ fn parse_one(text: &str) -> Result<Statement> {
         ("DROP", "SOURCE") => return parse_drop_source(text),
         ("CREATE", "SINK") => return crate::sink_statement::parse_create_sink(text),
         ("DROP", "SINK") => return crate::sink_statement::parse_drop_sink(text),
+        ("CREATE", "SECRET") => return crate::secret_statement::parse_create_secret(text),
+        ("DROP", "SECRET") => return crate::secret_statement::parse_drop_secret(text),
         ("SHOW", _) => return parse_show(text, &words),
         ("SUBSCRIBE", _) => return parse_subscribe(text),
         ("EXPLAIN", "CREATE") => {
@@ -409,31 +420,51 @@ fn parse_create_source(text: &str) -> Result<Statement> {
     let name = cursor.identifier("a source name")?;
     cursor.expect_word("FROM")?;
     let connector = cursor.identifier("a connector name such as DATAGEN")?.to_ascii_lowercase();
-    let options = parse_with_options(&mut cursor)?;
+    let (options, secrets) = parse_with_options_and_secrets(&mut cursor)?;
     let tables = parse_source_tables(&mut cursor)?;
     cursor.expect_end()?;
-    Ok(Statement::CreateSource(CreateSource { name, connector, options, tables, if_not_exists }))
+    Ok(Statement::CreateSource(CreateSource { name, connector, options, secrets, tables, if_not_exists }))
 }
 
 /// `FOR ALL TABLES` or `FOR TABLES (schema.table [AS name], ...)`, if present.
 /// `WITH (key = value, ...)`, if present: values are quoted strings, numbers or words.
 pub(crate) fn parse_with_options(cursor: &mut Cursor) -> Result<BTreeMap<String, String>> {
+    let position = cursor.position();
+    let (options, secrets) = parse_with_options_and_secrets(cursor)?;
+    match secrets.keys().next() {
+        None => Ok(options),
+        Some(key) => Err(SqlError::Syntax { message: format!("option '{key}' cannot name a secret here"), position }),
+    }
+}
+
+/// `WITH (key = value, ...)` where a value may also be `SECRET name`: the plain values, and
+/// the options that name a secret (option -> secret name).
+pub(crate) fn parse_with_options_and_secrets(
+    cursor: &mut Cursor,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
     let mut options = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     if cursor.accept_word("WITH") {
         cursor.expect_token(&Token::LParen)?;
         loop {
             let key = cursor.identifier("an option name")?;
             cursor.expect_token(&Token::Eq)?;
-            let value = match cursor.next() {
-                Token::SingleQuotedString(s) => s,
-                Token::Number(n, _) => n,
-                Token::Word(w) => w.value,
-                _ => {
-                    cursor.index -= 1;
-                    return cursor.error("an option value (a quoted string or a number)");
-                }
+            let given_twice = if cursor.accept_word("SECRET") {
+                let secret = cursor.identifier("a secret name after SECRET")?;
+                options.contains_key(&key) || secrets.insert(key.clone(), secret).is_some()
+            } else {
+                let value = match cursor.next() {
+                    Token::SingleQuotedString(s) => s,
+                    Token::Number(n, _) => n,
+                    Token::Word(w) => w.value,
+                    _ => {
+                        cursor.index -= 1;
+                        return cursor.error("an option value (a quoted string, a number or SECRET name)");
+                    }
+                };
+                secrets.contains_key(&key) || options.insert(key.clone(), value).is_some()
             };
-            if options.insert(key.clone(), value).is_some() {
+            if given_twice {
                 return Err(SqlError::Syntax {
                     message: format!("option '{key}' is given twice"),
                     position: cursor.position(),
@@ -446,7 +477,7 @@ pub(crate) fn parse_with_options(cursor: &mut Cursor) -> Result<BTreeMap<String,
             break;
         }
     }
-    Ok(options)
+    Ok((options, secrets))
 }
 
 /// `SUBSCRIBE [TO] relation [WITH (snapshot = true | false)]`.
@@ -522,11 +553,12 @@ fn parse_show(text: &str, words: &[String]) -> Result<Statement> {
         Some("VIEWS") => ShowKind::Views,
         Some("SOURCES") => ShowKind::Sources,
         Some("SINKS") => ShowKind::Sinks,
+        Some("SECRETS") => ShowKind::Secrets,
         Some("MATERIALIZED") if words.get(2).map(String::as_str) == Some("VIEWS") => ShowKind::MaterializedViews,
         _ => {
             let mut cursor = Cursor::new(text)?;
             cursor.next();
-            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS, SOURCES or SINKS after SHOW");
+            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS, SOURCES, SINKS or SECRETS after SHOW");
         }
     };
     let expected = if kind == ShowKind::MaterializedViews { 3 } else { 2 };

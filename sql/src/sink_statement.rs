@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::error::Result;
-use crate::parser::{Cursor, Statement, parse_with_options};
+use crate::parser::{Cursor, Statement, parse_with_options_and_secrets};
 
 /// What a sink does with a change it cannot deliver (the target rejects it, or it cannot
 /// be encoded). Transient failures are retried whatever the policy.
@@ -18,7 +18,7 @@ pub enum OnError {
     /// The change is logged, counted and left out.
     Skip,
     /// The change goes to another sink, with the error.
-    DeadLetter { connector: String, options: BTreeMap<String, String> },
+    DeadLetter { connector: String, options: BTreeMap<String, String>, secrets: BTreeMap<String, String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct CreateSink {
     /// The system it delivers to (`FILE`, `POSTGRES`, ...), lower case.
     pub connector: String,
     pub options: BTreeMap<String, String>,
+    /// Options given as `SECRET name` (option -> secret name); the engine puts the secret's
+    /// value into `options` before the connector sees them.
+    pub secrets: BTreeMap<String, String>,
     pub on_error: OnError,
     pub if_not_exists: bool,
 }
@@ -48,7 +51,7 @@ pub(crate) fn parse_create_sink(text: &str) -> Result<Statement> {
     }
     cursor.expect_word("INTO")?;
     let connector = cursor.identifier("a sink system such as FILE or POSTGRES")?.to_ascii_lowercase();
-    let options = parse_with_options(&mut cursor)?;
+    let (options, secrets) = parse_with_options_and_secrets(&mut cursor)?;
     let on_error = if cursor.accept_word("ON") {
         cursor.expect_word("ERROR")?;
         if cursor.accept_word("FAIL") {
@@ -59,7 +62,8 @@ pub(crate) fn parse_create_sink(text: &str) -> Result<Statement> {
             cursor.expect_word("LETTER")?;
             cursor.expect_word("INTO")?;
             let connector = cursor.identifier("a sink system for dead letters")?.to_ascii_lowercase();
-            OnError::DeadLetter { connector, options: parse_with_options(&mut cursor)? }
+            let (options, secrets) = parse_with_options_and_secrets(&mut cursor)?;
+            OnError::DeadLetter { connector, options, secrets }
         } else {
             return cursor.error("FAIL, SKIP or DEAD LETTER INTO ... after ON ERROR");
         }
@@ -69,7 +73,7 @@ pub(crate) fn parse_create_sink(text: &str) -> Result<Statement> {
     if cursor.peek() != &Token::EOF && cursor.peek() != &Token::SemiColon {
         return cursor.error("end of statement (or ON ERROR ...)");
     }
-    Ok(Statement::CreateSink(CreateSink { name, relation, connector, options, on_error, if_not_exists }))
+    Ok(Statement::CreateSink(CreateSink { name, relation, connector, options, secrets, on_error, if_not_exists }))
 }
 
 pub(crate) fn parse_drop_sink(text: &str) -> Result<Statement> {
@@ -110,7 +114,7 @@ mod tests {
             create("CREATE SINK IF NOT EXISTS out FROM t INTO FILE ON ERROR DEAD LETTER INTO FILE WITH (path = 'dlq')");
         assert!(sink.if_not_exists);
         assert!(
-            matches!(sink.on_error, OnError::DeadLetter { ref connector, ref options } if connector == "file" && options["path"] == "dlq")
+            matches!(sink.on_error, OnError::DeadLetter { ref connector, ref options, .. } if connector == "file" && options["path"] == "dlq")
         );
     }
 

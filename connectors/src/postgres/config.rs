@@ -1,23 +1,23 @@
 //! The `WITH (...)` options of a PostgreSQL source, checked and typed. Secrets stay out of
 //! everything printed: [`PostgresConfig::display_url`] has no password.
 
-use std::str::FromStr;
-
 use changeflow_sql::parser::{CreateSource, SourceTables};
 
+use super::endpoint::{ENDPOINT_OPTIONS, Endpoint, HostCredentials};
 use super::error::PgError;
 
 /// Default retained-WAL size past which a warning is logged: 1 GiB.
 const DEFAULT_RETAINED_WAL_WARNING: u64 = 1 << 30;
 /// Default size of the parts a large transaction is spilled to disk in.
 const DEFAULT_SPILL_AFTER_OPERATIONS: usize = 200_000;
-const OPTIONS: [&str; 7] =
-    ["url", "publication", "slot", "snapshot", "retained_wal_warning_bytes", "spill_after_operations", "append_only"];
+/// The source's own options (besides the endpoint's: url, credentials, TLS).
+const OPTIONS: [&str; 6] =
+    ["publication", "slot", "snapshot", "retained_wal_warning_bytes", "spill_after_operations", "append_only"];
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub source: String,
-    pub client: tokio_postgres::Config,
+    pub endpoint: Endpoint,
     pub display_url: String,
     pub publication: String,
     pub slot: String,
@@ -33,22 +33,20 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
-    pub fn from_statement(create: &CreateSource) -> Result<Self, PgError> {
+    pub fn from_statement(create: &CreateSource, host_credentials: HostCredentials) -> Result<Self, PgError> {
         let source = create.name.clone();
         let bad = |message: String| PgError::Config(format!("source \"{source}\": {message}"));
         for key in create.options.keys() {
-            if !OPTIONS.contains(&key.as_str()) {
-                return Err(bad(format!("unknown option '{key}'; POSTGRES takes {}", OPTIONS.join(", "))));
+            if !OPTIONS.contains(&key.as_str()) && !ENDPOINT_OPTIONS.contains(&key.as_str()) {
+                return Err(bad(format!(
+                    "unknown option '{key}'; POSTGRES takes {}, {}",
+                    ENDPOINT_OPTIONS.join(", "),
+                    OPTIONS.join(", ")
+                )));
             }
         }
-        let url = create
-            .options
-            .get("url")
-            .ok_or_else(|| bad("option 'url' is required (postgres://user:password@host:port/database)".into()))?;
-        let mut client = tokio_postgres::Config::from_str(url)
-            .map_err(|e| bad(format!("option 'url' is not a PostgreSQL connection string: {e}")))?;
-        client.application_name("changeflow");
-        let display_url = redact(&client);
+        let endpoint = Endpoint::from_options(&create.options, host_credentials).map_err(bad)?;
+        let display_url = endpoint.display_url.clone();
         let snapshot = match create.options.get("snapshot").map(String::as_str) {
             None | Some("initial") => true,
             Some("never") => false,
@@ -83,7 +81,7 @@ impl PostgresConfig {
         };
         Ok(Self {
             source,
-            client,
+            endpoint,
             display_url,
             publication,
             slot,
@@ -102,22 +100,16 @@ impl PostgresConfig {
 
     /// A client connection to the database (snapshot and catalog queries).
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        let mut config = self.client.clone();
         let settings: Vec<String> = super::protocol::SESSION_SETTINGS
             .iter()
             .map(|(name, value)| format!("-c {name}={}", value.replace(' ', "\\ ")))
             .collect();
-        config.options(settings.join(" "));
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
+        self.endpoint
+            .connect(|config| {
+                config.application_name("changeflow");
+                config.options(settings.join(" "));
+            })
             .await
-            .map_err(|e| PgError::Connect { target: self.display_url.clone(), message: e.to_string() })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "PostgreSQL client connection ended");
-            }
-        });
-        Ok(client)
     }
 }
 

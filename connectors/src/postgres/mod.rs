@@ -1,5 +1,6 @@
 //! The POSTGRES source: a consistent snapshot, then logical replication (pgoutput) from a
-//! replication slot. `config` reads the options, `upstream` checks the server and tables,
+//! replication slot. `config` reads the options, `endpoint` where and how to connect
+//! (credentials, `tls`), `upstream` checks the server and tables,
 //! `protocol` speaks the replication protocol, `pgoutput` decodes its messages, `types` and
 //! `decode` turn text values into Arrow, `slot` finds, creates and drops the slot and
 //! keeps what a restart resumes from, `snapshot` copies the tables, `transaction` gathers
@@ -8,6 +9,7 @@
 
 mod config;
 mod decode;
+mod endpoint;
 mod error;
 mod pgoutput;
 mod protocol;
@@ -16,6 +18,7 @@ mod slot;
 mod snapshot;
 mod source;
 mod spill;
+mod tls;
 mod transaction;
 mod types;
 mod upstream;

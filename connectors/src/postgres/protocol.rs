@@ -1,5 +1,5 @@
-//! A PostgreSQL replication connection (`replication=database`): startup and authentication
-//! (trust, cleartext, MD5, SCRAM-SHA-256), simple queries for the replication commands
+//! A PostgreSQL replication connection (`replication=database`): TLS as `sslmode` asks,
+//! startup and authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries for the replication commands
 //! (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`), and the CopyBoth
 //! stream of `START_REPLICATION`. Messages are written with `postgres-protocol`'s codecs;
 //! backend messages are framed here because that crate does not know CopyBothResponse.
@@ -11,7 +11,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
+use super::endpoint::Endpoint;
 use super::error::PgError;
+use super::tls::SslMode;
+
+/// Asks the server for TLS (SSLRequest); true when it agrees ('S'), false when not ('N').
+async fn server_accepts_tls(stream: &mut TcpStream, target: &str) -> Result<bool, PgError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    let io = |e: std::io::Error| PgError::Connect { target: target.to_string(), message: e.to_string() };
+    stream.write_all(&request).await.map_err(io)?;
+    match stream.read_u8().await.map_err(io)? {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(PgError::protocol(format!("the server answered the TLS request with {other:#04x}"))),
+    }
+}
 
 /// Session settings that make text values unambiguous to parse.
 pub const SESSION_SETTINGS: [(&str, &str); 5] = [
@@ -40,18 +55,28 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Opens a replication connection with the settings of `config`.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, PgError> {
+    /// Opens a replication connection to an endpoint (TLS as its `sslmode` says).
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, PgError> {
+        let config = endpoint.config()?;
         let host = config.get_hosts().first().cloned().unwrap_or(Host::Tcp("localhost".into()));
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let (stream, target): (Box<dyn Stream>, String) = match &host {
             Host::Tcp(name) => {
                 let target = format!("{name}:{port}");
-                let stream = TcpStream::connect((name.as_str(), port))
+                let mut stream = TcpStream::connect((name.as_str(), port))
                     .await
                     .map_err(|e| PgError::Connect { target: target.clone(), message: e.to_string() })?;
                 stream.set_nodelay(true).ok();
-                (Box::new(stream), target)
+                if endpoint.tls.mode != SslMode::Disable && server_accepts_tls(&mut stream, &target).await? {
+                    (Box::new(endpoint.tls.wrap(stream, name, &target).await?), target)
+                } else if endpoint.tls.required() {
+                    return Err(PgError::Connect {
+                        target,
+                        message: "the server does not accept TLS connections, and sslmode requires TLS".into(),
+                    });
+                } else {
+                    (Box::new(stream), target)
+                }
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -63,7 +88,7 @@ impl ReplicationConnection {
             }
         };
         let mut connection = Self { stream, read: BytesMut::with_capacity(1 << 16), write: BytesMut::new(), target };
-        connection.startup(config).await?;
+        connection.startup(&config).await?;
         Ok(connection)
     }
 

@@ -10,7 +10,6 @@
 //! sink's ON ERROR policy; a lost connection is retried.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use changeflow_engine::connector::{Rejected, SinkConnector, SinkEpoch, SinkFailure, SinkTarget, SinkWriter};
@@ -19,7 +18,13 @@ use datafusion::arrow::array::{Array, BinaryArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
 
-use super::config::{quote_ident, redact};
+use super::config::quote_ident;
+use super::endpoint::{ENDPOINT_OPTIONS, Endpoint, HostCredentials};
+use super::error::PgError;
+
+fn application_name(config: &mut tokio_postgres::Config) {
+    config.application_name("changeflow sink");
+}
 use crate::format::events;
 
 const PROGRESS_TABLE: &str = "changeflow_sink_progress";
@@ -41,11 +46,19 @@ fn copy_escape(value: &str, out: &mut String) {
     }
 }
 
-pub struct PostgresSinkConnector;
+pub struct PostgresSinkConnector {
+    host_credentials: HostCredentials,
+}
+
+impl PostgresSinkConnector {
+    pub fn new(host_credentials: HostCredentials) -> Self {
+        Self { host_credentials }
+    }
+}
 
 #[derive(Clone)]
 struct SinkConfig {
-    client: tokio_postgres::Config,
+    endpoint: Endpoint,
     display_url: String,
     /// The target table, quoted (possibly schema-qualified).
     table: String,
@@ -55,19 +68,23 @@ struct SinkConfig {
     create_table: bool,
 }
 
-fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<SinkConfig> {
+fn config(
+    options: &BTreeMap<String, String>,
+    target: &SinkTarget,
+    host_credentials: HostCredentials,
+) -> Result<SinkConfig> {
     let bad = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
-    const KNOWN: [&str; 4] = ["url", "table", "columns", "create_table"];
-    if let Some(unknown) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    const KNOWN: [&str; 3] = ["table", "columns", "create_table"];
+    if let Some(unknown) =
+        options.keys().find(|k| !KNOWN.contains(&k.as_str()) && !ENDPOINT_OPTIONS.contains(&k.as_str()))
+    {
         return Err(bad(format!(
-            "unknown option '{unknown}' for INTO POSTGRES; known: key, validate, {}",
+            "unknown option '{unknown}' for INTO POSTGRES; known: key, validate, {}, {}",
+            ENDPOINT_OPTIONS.join(", "),
             KNOWN.join(", ")
         )));
     }
-    let url = options.get("url").ok_or_else(|| bad("INTO POSTGRES needs url = 'postgres://...'".into()))?;
-    let mut client = tokio_postgres::Config::from_str(url)
-        .map_err(|e| bad(format!("url is not a PostgreSQL connection string: {e}")))?;
-    client.application_name("changeflow sink");
+    let endpoint = Endpoint::from_options(options, host_credentials).map_err(bad)?;
     let table = options.get("table").ok_or_else(|| bad("INTO POSTGRES needs table = '<table>'".into()))?;
     let table = table.split('.').map(|part| quote_ident(part.trim())).collect::<Vec<_>>().join(".");
     if target.key.is_empty() {
@@ -94,7 +111,14 @@ fn config(options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<Sin
         Some("true") => true,
         Some(other) => return Err(bad(format!("create_table is 'true' or 'false', not '{other}'"))),
     };
-    Ok(SinkConfig { display_url: redact(&client), client, table, columns, key: target.key.clone(), create_table })
+    Ok(SinkConfig {
+        display_url: endpoint.display_url.clone(),
+        endpoint,
+        table,
+        columns,
+        key: target.key.clone(),
+        create_table,
+    })
 }
 
 /// The PostgreSQL type of a column created with `create_table = 'true'` (text for what has
@@ -147,18 +171,16 @@ fn refused(error: &tokio_postgres::Error) -> bool {
 #[async_trait]
 impl SinkConnector for PostgresSinkConnector {
     fn validate(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
-        config(options, target).map(|_| ())
+        config(options, target, self.host_credentials).map(|_| ())
     }
 
     async fn check(&self, options: &BTreeMap<String, String>, target: &SinkTarget) -> Result<()> {
-        let config = config(options, target)?;
+        let config = config(options, target, self.host_credentials)?;
         let failed = |message: String| EngineError::Connector(format!("sink \"{}\": {message}", target.sink));
-        let connect = tokio::time::timeout(CHECK_TIMEOUT, config.client.connect(tokio_postgres::NoTls));
-        let (client, connection) = match connect.await {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(error)) => {
-                return Err(failed(format!("cannot reach PostgreSQL at {}: {error}", config.display_url)));
-            }
+        let connect = tokio::time::timeout(CHECK_TIMEOUT, config.endpoint.connect(application_name));
+        let client = match connect.await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return Err(failed(error.to_string())),
             Err(_) => {
                 return Err(failed(format!(
                     "PostgreSQL at {} did not answer within {} s",
@@ -167,7 +189,6 @@ impl SinkConnector for PostgresSinkConnector {
                 )));
             }
         };
-        let connection = tokio::spawn(connection);
         let checked = if config.create_table {
             Ok(())
         } else {
@@ -185,7 +206,6 @@ impl SinkConnector for PostgresSinkConnector {
             })
         };
         drop(client);
-        connection.abort();
         checked
     }
 
@@ -195,7 +215,7 @@ impl SinkConnector for PostgresSinkConnector {
         target: &SinkTarget,
         resume: Option<String>,
     ) -> Result<Box<dyn SinkWriter>> {
-        let config = config(options, target)?;
+        let config = config(options, target, self.host_credentials)?;
         let mut writer = PostgresSinkWriter::open(config, target.clone())
             .await
             .map_err(|e| EngineError::Connector(e.to_string()))?;
@@ -257,12 +277,11 @@ impl PostgresSinkWriter {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        let (client, connection) = self.plan.config.client.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            SinkFailure::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.plan.config.display_url))
+        let client = self.plan.config.endpoint.connect(application_name).await.map_err(|error| match error {
+            // Unreachable now, maybe not for long.
+            PgError::Connect { .. } => SinkFailure::Transient(error.to_string()),
+            other => SinkFailure::Fatal(other.to_string()),
         })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let names: Vec<String> =
             self.plan.config.columns.iter().map(|&i| self.plan.target.schema.field(i).name().clone()).collect();
         if self.plan.config.create_table {

@@ -27,7 +27,7 @@ pub(super) async fn open_slot(
             &[&config.slot],
         )
         .await?;
-    let mut connection = ReplicationConnection::connect(&config.client).await?;
+    let mut connection = ReplicationConnection::connect(&config.endpoint).await?;
     if let Some(resume_at) = resume.lsn {
         // A restart: the slot must still hold everything after the checkpoint.
         let Some(slot) = existing else {

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{PostgresConfig, quote_ident};
 use super::decode::declared_schema;
+use super::endpoint::HostCredentials;
 use super::error::PgError;
 use super::pgoutput::{
     LogicalMessage, OldTuple, StreamMessage, format_lsn, parse_logical_message, parse_lsn, parse_stream_message,
@@ -42,12 +43,20 @@ const COALESCE_OPERATIONS: usize = 100_000;
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub struct PostgresConnector;
+pub struct PostgresConnector {
+    host_credentials: HostCredentials,
+}
+
+impl PostgresConnector {
+    pub fn new(host_credentials: HostCredentials) -> Self {
+        Self { host_credentials }
+    }
+}
 
 #[async_trait]
 impl SourceConnector for PostgresConnector {
     async fn describe(&self, create: &CreateSource) -> Result<Vec<SourceRelationDef>> {
-        let config = PostgresConfig::from_statement(create)?;
+        let config = PostgresConfig::from_statement(create, self.host_credentials)?;
         let client = config.connect().await?;
         check_server(&client, &config).await?;
         let tables = describe_tables(&client, &config).await?;
@@ -69,7 +78,7 @@ impl SourceConnector for PostgresConnector {
         relations: &[SourceRelationDef],
         monitor: SourceMonitor,
     ) -> Result<Box<dyn SourceReader>> {
-        let config = PostgresConfig::from_statement(create)?;
+        let config = PostgresConfig::from_statement(create, self.host_credentials)?;
         Ok(Box::new(PostgresReader::open(config, monitor, resume, relations).await?))
     }
 }
@@ -196,7 +205,7 @@ impl PostgresReader {
     async fn start_streaming(&mut self) -> Result<(), PgError> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
-            None => self.connection.insert(ReplicationConnection::connect(&self.config.client).await?),
+            None => self.connection.insert(ReplicationConnection::connect(&self.config.endpoint).await?),
         };
         let publication = quote_ident(&self.config.publication).replace('\'', "''");
         let command = format!(

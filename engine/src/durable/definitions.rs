@@ -7,6 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use changeflow_sql::ddl::object_name;
 use changeflow_sql::parser::Statement;
+use changeflow_sql::sink_statement::OnError;
 use datafusion::sql::sqlparser::ast;
 use serde_json::{Value, json};
 
@@ -73,14 +74,20 @@ impl Definition {
 /// one. `None` for any other statement.
 pub(crate) fn created_object(statement: &Statement) -> Option<(String, String)> {
     match statement {
+        // Options that name a secret compare by the secret's name, never its value.
         Statement::CreateSource(create) => {
             let mut canonical = create.clone();
             canonical.if_not_exists = false;
+            canonical.options.retain(|key, _| !create.secrets.contains_key(key));
             Some((create.name.clone(), format!("{canonical:?}")))
         }
         Statement::CreateSink(create) => {
             let mut canonical = create.clone();
             canonical.if_not_exists = false;
+            canonical.options.retain(|key, _| !create.secrets.contains_key(key));
+            if let OnError::DeadLetter { options, secrets, .. } = &mut canonical.on_error {
+                options.retain(|key, _| !secrets.contains_key(key));
+            }
             Some((create.name.clone(), format!("{canonical:?}")))
         }
         Statement::Sql(sql) => match sql.as_ref() {

@@ -86,6 +86,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Records that the statement being executed gave `name` a new definition, in the place
+    /// of its old one (in the journal too, unless this is a replay).
+    pub(crate) fn redefined(&mut self, name: &str) -> Result<()> {
+        let Some(index) = self.definitions.iter().position(|d| d.name == name) else {
+            return Err(EngineError::Internal(format!("no definition of {name} to replace")));
+        };
+        let definition = Definition { name: name.to_string(), sql: self.statement_text.clone(), relations: Vec::new() };
+        if !self.replaying
+            && let Some(journal) = self.journal.as_mut()
+        {
+            journal.append(&Record::Ddl(json_bytes(&definition.to_json()?)?))?;
+        }
+        self.generation += 1;
+        self.definitions[index] = definition;
+        Ok(())
+    }
+
     /// Records that `name` was dropped, by the statement `sql`.
     pub(crate) fn undefined(&mut self, name: &str, sql: String) -> Result<()> {
         self.generation += 1;
@@ -262,6 +279,7 @@ impl Engine {
                 created_object(&statement.statement)
             })
             .collect::<FxHashMap<_, _>>();
+        self.restored_secrets = self.secrets.keys().cloned().collect();
         self.journal = Some(Journal::create(&journal_dir)?);
         let loaded_progress = loaded.as_ref().map(|(_, checkpoint)| {
             let progress = checkpoint

@@ -131,7 +131,7 @@ impl Engine {
         };
         let target = self.sink_target(create, &relation)?;
         let mut checks = vec![(self.sink_connector(&create.connector)?, writer_options(create), target.clone())];
-        if let OnError::DeadLetter { connector, options } = &create.on_error {
+        if let OnError::DeadLetter { connector, options, .. } = &create.on_error {
             checks.push((self.sink_connector(connector)?, options.clone(), target));
         }
         Ok(checks)
@@ -171,7 +171,7 @@ impl Engine {
             key,
         };
         connector.validate(&writer_options(create), &target)?;
-        if let OnError::DeadLetter { connector: name, options } = &create.on_error {
+        if let OnError::DeadLetter { connector: name, options, .. } = &create.on_error {
             self.sink_connector(name)?.validate(options, &target)?;
         }
         Ok(target)

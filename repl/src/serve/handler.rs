@@ -63,6 +63,9 @@ pub struct Connection {
     backend_key: std::sync::OnceLock<BackendKey>,
     variables: std::sync::Mutex<BTreeMap<String, String>>,
     parser: Arc<StatementParser>,
+    /// Wakes the connection's supervisor to close the socket at once (a SUBSCRIBE client
+    /// that stopped reading: nothing more can be written to it, not even an error).
+    severed: tokio::sync::Notify,
 }
 
 impl Connection {
@@ -77,7 +80,22 @@ impl Connection {
             backend_key: std::sync::OnceLock::new(),
             variables: Default::default(),
             parser,
+            severed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks for the connection to be closed without a goodbye (see `severed`).
+    pub fn sever(&self) {
+        self.severed.notify_one();
+    }
+
+    /// Resolves once [`Connection::sever`] was called.
+    pub async fn severed(&self) {
+        self.severed.notified().await
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     pub fn interrupt(&self) -> Arc<Interrupt> {
@@ -251,7 +269,7 @@ impl SimpleQueryHandler for Connection {
         self.register_for_cancel(client);
         self.shared.check_statement_size(&query.query)?;
         if let Some(target) = subscribe::target(&query.query) {
-            return subscribe::simple(client, &self.shared, target).await;
+            return subscribe::simple(client, self, target).await;
         }
         self._on_query(client, query).await
     }
@@ -349,7 +367,7 @@ impl ExtendedQueryHandler for Connection {
                     .ok_or_else(|| PgWireError::ApiError("a SUBSCRIBE statement without columns".into()))?,
                 &portal.result_column_format,
             ));
-            return subscribe::extended(client, &self.shared, relation, *snapshot, fields).await;
+            return subscribe::extended(client, self, relation, *snapshot, fields).await;
         }
         self._on_execute(client, message).await
     }

@@ -260,7 +260,16 @@ async fn accept_loop(
             tracing::debug!(%peer, "connection opened");
             // The protocol runs on a task of its own: a panic in it (a bug) ends that task
             // only; the session is rolled back and this connection alone is closed.
-            match tokio::spawn(pgwire::tokio::process_socket(socket, tls, handlers)).await {
+            let mut protocol = tokio::spawn(pgwire::tokio::process_socket(socket, tls, handlers));
+            let finished = tokio::select! {
+                finished = &mut protocol => finished,
+                () = connection.severed() => {
+                    // Dropping the task drops the socket: the client is disconnected.
+                    protocol.abort();
+                    protocol.await
+                }
+            };
+            match finished {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
                 Err(error) if error.is_panic() => {

@@ -3,7 +3,9 @@
 //! the epoch is applied, until the client cancels (CancelRequest) or goes away, or the
 //! relation is dropped. Works in the simple protocol and the extended one (drivers); in
 //! psql, `COPY (SUBSCRIBE ...) TO STDOUT` prints changes as they arrive (psql shows a
-//! query's rows only when it ends, a COPY's lines as they come).
+//! query's rows only when it ends, a COPY's lines as they come). A client that stops
+//! reading is disconnected once the engine dropped its subscription (past
+//! `--subscribe-buffer-mb`) and it still takes nothing for [`STALLED_FOR`].
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -18,9 +20,13 @@ use pgwire::messages::copy::CopyOutResponse;
 use pgwire::messages::data::{FieldDescription, RowDescription};
 use pgwire::messages::response::ReadyForQuery;
 
-use super::Shared;
 use super::encode;
+use super::handler::Connection;
 use super::statement::{after_keyword, engine_error, user_error};
+
+/// How long a client whose subscription was dropped for falling behind may go on taking
+/// nothing before its connection is closed.
+const STALLED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a subscription's rows go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +74,7 @@ fn subscribe_statement(text: &str) -> Option<(String, bool)> {
 }
 
 /// Streams a subscription in answer to a simple-protocol query, then ReadyForQuery.
-pub async fn simple<C>(client: &mut C, shared: &Shared, target: Target) -> PgWireResult<()>
+pub async fn simple<C>(client: &mut C, connection: &Connection, target: Target) -> PgWireResult<()>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
@@ -76,7 +82,8 @@ where
 {
     client.set_state(PgWireConnectionState::QueryInProgress);
     let result = async {
-        let subscription = shared.database.subscribe(&target.relation, target.snapshot).await.map_err(engine_error)?;
+        let subscription =
+            connection.shared().database.subscribe(&target.relation, target.snapshot).await.map_err(engine_error)?;
         let fields = encode::text_fields(&subscription.schema);
         match target.delivery {
             Delivery::Rows => {
@@ -89,7 +96,9 @@ where
                 client.feed(PgWireBackendMessage::CopyOutResponse(response)).await?;
             }
         }
-        stream(client, shared, subscription, &fields, target.delivery).await
+        // The client learns at once that the subscription runs, before any change comes.
+        client.flush().await?;
+        stream(client, connection, subscription, &fields, target.delivery).await
     }
     .await;
     if let Err(error) = result {
@@ -106,7 +115,7 @@ where
 /// sent at Describe). Errors go back to pgwire, which reports them and awaits Sync.
 pub async fn extended<C>(
     client: &mut C,
-    shared: &Shared,
+    connection: &Connection,
     relation: &str,
     snapshot: bool,
     fields: Arc<Vec<FieldInfo>>,
@@ -116,9 +125,9 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    let subscription = shared.database.subscribe(relation, snapshot).await.map_err(engine_error)?;
+    let subscription = connection.shared().database.subscribe(relation, snapshot).await.map_err(engine_error)?;
     client.set_state(PgWireConnectionState::QueryInProgress);
-    let result = stream(client, shared, subscription, &fields, Delivery::Rows).await;
+    let result = stream(client, connection, subscription, &fields, Delivery::Rows).await;
     client.set_state(PgWireConnectionState::ReadyForQuery);
     result
 }
@@ -127,7 +136,7 @@ where
 /// (a canceled query, the relation gone) except when the client left.
 async fn stream<C>(
     client: &mut C,
-    shared: &Shared,
+    connection: &Connection,
     mut subscription: Subscription,
     fields: &Arc<Vec<FieldInfo>>,
     delivery: Delivery,
@@ -137,7 +146,7 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    let _live = shared.metrics.subscription_started();
+    let _live = connection.shared().metrics.subscription_started();
     let mut cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
         Some(handle) => Some(handle.start_query().await),
         None => None,
@@ -157,13 +166,58 @@ where
         match update.map_err(engine_error)? {
             ViewUpdate::Changes { epoch, change } => {
                 sent_rows += change.len();
-                send(client, fields, delivery, epoch, &change).await?;
+                send_or_sever(client, connection, &subscription, fields, delivery, epoch, &change).await?;
             }
             ViewUpdate::Ended(reason) => {
                 return Err(user_error(
                     "57P01",
                     format!("subscription ended after {sent_rows} changed rows: {reason}"),
                 ));
+            }
+        }
+    }
+}
+
+/// Sends an epoch's rows; when the engine has dropped the subscription for falling behind
+/// and the client still takes nothing for [`STALLED_FOR`], closes the connection instead
+/// (no error can reach a client that does not read) and ends the stream.
+async fn send_or_sever<C>(
+    client: &mut C,
+    connection: &Connection,
+    subscription: &Subscription,
+    fields: &Arc<Vec<FieldInfo>>,
+    delivery: Delivery,
+    epoch: u64,
+    change: &ChangeBatch,
+) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let peer = client.socket_addr();
+    let sending = send(client, fields, delivery, epoch, change);
+    tokio::pin!(sending);
+    let tick = std::time::Duration::from_millis(250);
+    let mut stalled = std::time::Duration::ZERO;
+    loop {
+        tokio::select! {
+            sent = &mut sending => return sent,
+            () = tokio::time::sleep(tick) => {
+                stalled = if subscription.overflowed() { stalled + tick } else { std::time::Duration::ZERO };
+                if stalled >= STALLED_FOR {
+                    tracing::warn!(
+                        %peer,
+                        relation = %subscription.relation,
+                        "closing the connection of a SUBSCRIBE client that stopped reading: its subscription fell \
+                         past --subscribe-buffer-mb and was dropped"
+                    );
+                    connection.sever();
+                    return Err(PgWireError::IoError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the SUBSCRIBE client stopped reading",
+                    )));
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ mod pg_cluster;
 mod postgres_oracle;
 mod postgres_schema_changes;
 mod postgres_source;
+mod postgres_tls;
 mod scratch;
 mod serve;
 mod serve_server;

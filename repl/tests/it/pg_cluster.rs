@@ -131,6 +131,159 @@ impl PostgresCluster {
     }
 }
 
+/// Certificates for a TLS test: a CA, a server certificate it signed for `localhost` only,
+/// and a second CA that signed nothing the server has.
+#[allow(dead_code)] // used by some test modules only
+pub struct TestCertificates {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+#[allow(dead_code)] // used by some test modules only
+impl TestCertificates {
+    /// Made with the `openssl` command in `dir`.
+    pub fn make(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("certificate dir");
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is needed to make test certificates (apt-get install openssl)");
+            assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=changeflow test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+            .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        Self {
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other-ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+}
+
+#[allow(dead_code)] // used by some test modules only
+impl PostgresCluster {
+    /// Turns TLS on with the given certificate, gives `postgres` a password, and accepts TCP
+    /// connections only over TLS with that password (plain ones are rejected). Local socket
+    /// connections stay trusted for the harness ([`PostgresCluster::connect_local`]).
+    pub fn require_tls_and_password(&self, certificates: &TestCertificates, password: &str) {
+        let cert = self.data_dir.join("server.crt");
+        let key = self.data_dir.join("server.key");
+        std::fs::copy(&certificates.server_cert, &cert).expect("copy certificate");
+        std::fs::copy(&certificates.server_key, &key).expect("copy key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("key mode");
+        if self.as_postgres_user {
+            let status = Command::new("chown").arg("postgres").arg(&cert).arg(&key).status().expect("chown");
+            assert!(status.success(), "chown of the server certificate failed");
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        use std::io::Write;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'"
+        )
+        .expect("write postgresql.conf");
+        std::fs::write(
+            self.data_dir.join("pg_hba.conf"),
+            "local all all trust\nlocal replication all trust\n\
+             hostnossl all all 127.0.0.1/32 reject\nhostnossl replication all 127.0.0.1/32 reject\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        self.stop_server("fast");
+        self.start_server();
+        let sql = format!("ALTER USER postgres PASSWORD '{password}'");
+        self.run(
+            &self.bin.join("psql"),
+            &[
+                "-h",
+                path(self.socket_dir()),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                &sql,
+            ],
+        );
+    }
+
+    fn socket_dir(&self) -> &Path {
+        self.data_dir.parent().expect("base dir")
+    }
+
+    /// A client over the local socket (trusted, whatever TCP requires).
+    pub async fn connect_local(&self) -> tokio_postgres::Client {
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(self.socket_dir()).port(self.port).user("postgres").dbname("postgres");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect over the local socket");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
 impl Drop for PostgresCluster {
     fn drop(&mut self) {
         let bin = self.bin.join("pg_ctl");

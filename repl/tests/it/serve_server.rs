@@ -81,6 +81,11 @@ impl Server {
         self.child.id()
     }
 
+    /// Where the server's stderr goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// What the server wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

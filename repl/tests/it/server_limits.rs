@@ -310,6 +310,29 @@ async fn file_sinks_write_only_inside_the_sink_directory() {
     let _ = std::fs::remove_dir_all(&sink_dir);
 }
 
+/// A raw protocol connection as `tester`, ready for a query.
+fn started_up(port: u16) -> TcpStream {
+    use std::io::Write;
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut startup = 196_608i32.to_be_bytes().to_vec();
+    startup.extend_from_slice(b"user\0tester\0database\0changeflow\0\0");
+    let mut message = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    message.extend_from_slice(&startup);
+    socket.write_all(&message).expect("startup");
+    while read_message(&mut socket).0 != b'Z' {}
+    socket
+}
+
+/// Sends a simple-protocol query.
+fn send_query(socket: &mut TcpStream, query: &str) {
+    use std::io::Write;
+    let mut message = vec![b'Q'];
+    message.extend_from_slice(&((query.len() + 5) as i32).to_be_bytes());
+    message.extend_from_slice(query.as_bytes());
+    message.push(0);
+    socket.write_all(&message).expect("query");
+}
+
 /// Reads one backend message: its type and body.
 fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
     use std::io::Read;
@@ -371,21 +394,10 @@ async fn an_unknown_user_is_challenged_like_a_known_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_result_is_streamed_and_pauses_while_the_client_does_not_read() {
-    use std::io::Write;
     let (server, _client) = server_with_a_long_query(&[]).await;
-    let mut socket = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    let mut startup = 196_608i32.to_be_bytes().to_vec();
-    startup.extend_from_slice(b"user\0tester\0database\0changeflow\0\0");
-    let mut message = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    message.extend_from_slice(&startup);
-    socket.write_all(&message).expect("startup");
-    while read_message(&mut socket).0 != b'Z' {}
+    let mut socket = started_up(server.port);
     // 400 million rows: collected whole they would take minutes and gigabytes.
-    let query = b"SELECT a.id, b.id FROM t a, t b\0";
-    let mut message = vec![b'Q'];
-    message.extend_from_slice(&((query.len() + 4) as i32).to_be_bytes());
-    message.extend_from_slice(query);
-    socket.write_all(&message).expect("query");
+    send_query(&mut socket, "SELECT a.id, b.id FROM t a, t b");
     let started = Instant::now();
     loop {
         let (kind, body) = read_message(&mut socket);
@@ -414,4 +426,47 @@ async fn a_query_past_its_memory_limit_fails_with_53200() {
     assert_eq!(error.code().map(|c| c.code()), Some("53200"), "{}", pg_error(&error));
     // Queries within the limit go on.
     assert_eq!(postgres_rows(&client, "SELECT count(*) FROM t").await, vec!["20000.000000".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_client_that_stops_reading_is_disconnected() {
+    let server = Server::start_with(&[], &["--subscribe-buffer-mb", "1"], &[]);
+    let writer = server.client().await;
+    writer.batch_execute("CREATE TABLE t (id int PRIMARY KEY, pad text)").await.expect("create");
+    let mut socket = started_up(server.port);
+    send_query(&mut socket, "SUBSCRIBE t WITH (snapshot = false)");
+    while read_message(&mut socket).0 != b'T' {}
+    // From here the subscriber reads nothing while about 0.5 MB of changes a statement come.
+    let metric = |name: &str| {
+        let (_, body) = server.http_get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse::<i64>().ok()))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut next_id = 0;
+    while metric("changeflow_connections") > 1 || metric("changeflow_subscriptions") > 0 {
+        assert!(Instant::now() < deadline, "the subscriber is still connected:\n{}", server.log());
+        let rows: Vec<String> = (next_id..next_id + 1_000).map(|id| format!("({id}, repeat('x', 500))")).collect();
+        next_id += 1_000;
+        writer.batch_execute(&format!("INSERT INTO t VALUES {}", rows.join(", "))).await.expect("insert");
+    }
+    assert!(server.log().contains("stopped reading"), "no log line says why:\n{}", server.log());
+    // The socket delivers what was buffered, then ends: the server closed it.
+    use std::io::Read;
+    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match socket.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the server left the subscriber's socket open")
+            }
+            // Reset: closed with data still unread on its side.
+            Err(_) => break,
+        }
+    }
+    // The server and the writer go on.
+    assert_eq!(postgres_rows(&writer, "SELECT count(*) FROM t").await, vec![format!("{next_id}.000000")]);
 }
