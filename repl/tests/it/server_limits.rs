@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::durability::data_dir;
 use crate::pg_cluster::free_port;
+use crate::raw_client::{read_message, send_query, started_up};
 use crate::serve_server::{Server, sql_file};
 use crate::support::{PostgresCluster, pg_error, postgres_rows};
 
@@ -308,40 +309,6 @@ async fn file_sinks_write_only_inside_the_sink_directory() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_dir_all(&sink_dir);
-}
-
-/// A raw protocol connection as `tester`, ready for a query.
-fn started_up(port: u16) -> TcpStream {
-    use std::io::Write;
-    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut startup = 196_608i32.to_be_bytes().to_vec();
-    startup.extend_from_slice(b"user\0tester\0database\0changeflow\0\0");
-    let mut message = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    message.extend_from_slice(&startup);
-    socket.write_all(&message).expect("startup");
-    while read_message(&mut socket).0 != b'Z' {}
-    socket
-}
-
-/// Sends a simple-protocol query.
-fn send_query(socket: &mut TcpStream, query: &str) {
-    use std::io::Write;
-    let mut message = vec![b'Q'];
-    message.extend_from_slice(&((query.len() + 5) as i32).to_be_bytes());
-    message.extend_from_slice(query.as_bytes());
-    message.push(0);
-    socket.write_all(&message).expect("query");
-}
-
-/// Reads one backend message: its type and body.
-fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
-    use std::io::Read;
-    let mut head = [0u8; 5];
-    socket.read_exact(&mut head).expect("message head");
-    let length = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0; length - 4];
-    socket.read_exact(&mut body).expect("message body");
-    (head[0], body)
 }
 
 /// Starts up as `user` and sends a SCRAM client-first message by hand; returns the type of
