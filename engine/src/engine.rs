@@ -178,6 +178,14 @@ impl Engine {
         self.transaction.is_some()
     }
 
+    /// Fixes `now()` (and `current_date`, `current_time`) to this instant while a query or
+    /// a write is planned, as PostgreSQL fixes it for a statement; cleared afterwards, so a
+    /// view, whose answer must not depend on when it is computed, never gets a frozen one
+    /// (the planner refuses such functions in views).
+    pub(crate) fn fix_statement_time(&mut self, fixed: bool) {
+        self.state.execution_props_mut().query_execution_start_time = fixed.then(chrono::Utc::now);
+    }
+
     /// Executes one parsed statement.
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
         if let Some((name, canonical)) = created_object(&statement.statement)

@@ -18,7 +18,7 @@ pub enum EngineError {
     /// Evaluating an expression or a query failed.
     #[error("{}", changeflow_sql::error::clean_datafusion_message(.0))]
     DataFusion(#[from] DataFusionError),
-    #[error("{0}")]
+    #[error("{}", changeflow_sql::error::postgres_words(&.0.to_string()))]
     Arrow(#[from] ArrowError),
     /// A source or sink connector failed.
     #[error("{0}")]
@@ -75,6 +75,7 @@ impl EngineError {
                     "55000"
                 }
             }
+            EngineError::Arrow(error) if error.to_string().contains("too large to store in a Decimal128") => "22003",
             EngineError::Arrow(_) => "22000",
             EngineError::Backpressure(_) => "53000",
             EngineError::Canceled(_) => "57014",
@@ -87,7 +88,13 @@ impl EngineError {
 
 fn catalog_sqlstate(message: &str) -> &'static str {
     if message.contains("does not exist") {
-        if message.starts_with("column") { "42703" } else { "42P01" }
+        if message.starts_with("column") {
+            "42703"
+        } else if message.starts_with("function") {
+            "42883"
+        } else {
+            "42P01"
+        }
     } else if message.contains("already exists") {
         "42P07"
     } else if message.contains("depend") {
@@ -100,9 +107,12 @@ fn catalog_sqlstate(message: &str) -> &'static str {
 }
 
 fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
-    let message = error.to_string();
+    let message = changeflow_sql::error::clean_datafusion_message(error);
     if message.contains("does not exist") {
         return catalog_sqlstate(&message);
+    }
+    if message.starts_with("numeric field overflow") {
+        return "22003";
     }
     match error.find_root() {
         DataFusionError::SchemaError(..) => "42703",

@@ -28,6 +28,13 @@ use crate::error::{EngineError, Result};
 
 impl Engine {
     pub(crate) async fn dml(&mut self, statement: &ast::Statement) -> Result<Output> {
+        self.fix_statement_time(true);
+        let result = self.dml_now(statement).await;
+        self.fix_statement_time(false);
+        result
+    }
+
+    async fn dml_now(&mut self, statement: &ast::Statement) -> Result<Output> {
         // UPDATE and DELETE bind their data after planning (see `bind_data`); INSERT ... SELECT
         // reads its sources while planning.
         let plan = if matches!(statement, ast::Statement::Insert(_)) {
@@ -54,7 +61,17 @@ impl Engine {
                 if self.mode == Mode::PlanOnly {
                     return Ok(Output::Command("INSERT 0 0".into()));
                 }
-                let rows = conform(&name, &schema, self.run_plan(&plan).await?)?;
+                // The columns VALUES fill, in order: those listed, or the table's.
+                let filled: Vec<String> = match statement {
+                    ast::Statement::Insert(insert) if !insert.columns.is_empty() => insert
+                        .columns
+                        .iter()
+                        .map(|c| changeflow_sql::ddl::object_name(c).unwrap_or_else(|_| c.to_string()))
+                        .collect(),
+                    _ => schema.fields().iter().map(|f| f.name().clone()).collect(),
+                };
+                let rows = self.run_plan(&plan).await.map_err(|e| not_null_violation(e, &name, &filled))?;
+                let rows = conform(&name, &schema, rows)?;
                 let count = rows.num_rows();
                 (ChangeBatch::inserts(rows), format!("INSERT 0 {count}"))
             }
@@ -133,6 +150,29 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(concat_batches(&schema, &batches)?)
     }
+}
+
+/// Arrow's refusal of a NULL in a non-nullable column of VALUES (`Column 'column2' is
+/// declared as non-nullable`) in PostgreSQL's words (23502), naming the table's column:
+/// VALUES' n-th column fills the n-th of `filled`.
+fn not_null_violation(error: EngineError, table: &str, filled: &[String]) -> EngineError {
+    let text = error.to_string();
+    let Some(column) = text
+        .split_once("Column '")
+        .and_then(|(_, rest)| rest.split_once("' is declared as non-nullable"))
+        .map(|(column, _)| column)
+    else {
+        return error;
+    };
+    let by_position = column
+        .strip_prefix("column")
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| filled.get(n.checked_sub(1)?))
+        .map(String::as_str);
+    let column = by_position.unwrap_or(column);
+    EngineError::Constraint(format!(
+        "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+    ))
 }
 
 /// An UPDATE's plan projects the new row over the filtered table; project the old row too.

@@ -153,6 +153,13 @@ impl Engine {
     /// Plans a query and takes snapshots of what it reads. With `committed`, an open
     /// transaction's changes (another session's) are left out of the snapshots.
     pub fn prepare_query(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
+        self.fix_statement_time(true);
+        let prepared = self.prepare_query_now(query, committed);
+        self.fix_statement_time(false);
+        prepared
+    }
+
+    fn prepare_query_now(&mut self, query: &ast::Query, committed: bool) -> Result<PreparedQuery> {
         self.reads_committed = committed && self.transaction.is_some();
         self.point_lookup = self.point_lookup_of(query);
         if self.mode == Mode::Execute
@@ -380,7 +387,8 @@ impl Engine {
         let context = PlanContext::for_planning(&self.catalog, &self.state);
         let plan = context.optimize(&context.plan_query(query)?)?;
         let text = plan.display_indent().to_string();
-        text_rows("plan", text.lines())
+        let lines: Vec<String> = text.lines().map(changeflow_sql::explain::sql_literals).collect();
+        text_rows("plan", lines.iter().map(String::as_str))
     }
 
     pub(crate) fn show(&self, kind: ShowKind) -> Result<Output> {

@@ -35,7 +35,11 @@ pub fn text_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<Vec<Option<Strin
                 .columns()
                 .iter()
                 .zip(&formatters)
-                .map(|(column, formatter)| (!column.is_null(row)).then(|| formatter.value(row).to_string()))
+                .map(|(column, formatter)| {
+                    // A Null-typed column (`SELECT NULL`) has no validity bitmap.
+                    let null = column.data_type().is_null() || column.is_null(row);
+                    (!null).then(|| formatter.value(row).to_string())
+                })
                 .collect();
             rows.push(values);
         }
@@ -77,9 +81,10 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Stri
     Ok(out)
 }
 
+/// CSV as PostgreSQL's COPY writes it: NULL is nothing, an empty string is `""`.
 pub fn csv(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<String> {
     let quote = |text: &str| {
-        if text.contains([',', '"', '\n', '\r']) {
+        if text.is_empty() || text.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", text.replace('"', "\"\""))
         } else {
             text.to_string()
@@ -97,13 +102,14 @@ pub fn csv(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<String
     Ok(out)
 }
 
-/// One JSON object per row; numbers and booleans stay JSON numbers and booleans.
+/// One JSON object per row, its keys in the order of the columns; numbers and booleans
+/// stay JSON numbers and booleans.
 pub fn json(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<String> {
     let mut out = String::new();
     let rows = text_rows(batches)?;
     let types: Vec<DataType> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
     for row in rows {
-        let mut object = serde_json::Map::new();
+        let mut members = Vec::with_capacity(row.len());
         for (i, value) in row.into_iter().enumerate() {
             let json = match value {
                 None => serde_json::Value::Null,
@@ -115,10 +121,11 @@ pub fn json(schema: &SchemaRef, batches: &[RecordBatch]) -> anyhow::Result<Strin
                     _ => serde_json::Value::String(text),
                 },
             };
-            object.insert(schema.field(i).name().clone(), json);
+            members.push(format!("{}:{json}", serde_json::Value::String(schema.field(i).name().clone())));
         }
-        out.push_str(&serde_json::Value::Object(object).to_string());
-        out.push('\n');
+        out.push('{');
+        out.push_str(&members.join(","));
+        out.push_str("}\n");
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The `changeflow` binary: the REPL (no arguments), `run`, `check` and `serve`.
 
 mod format;
+mod meta;
 mod repl;
 mod run;
 mod serve;
@@ -43,7 +44,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Parse and plan SQL files without executing anything or connecting anywhere.
+    /// Parse and plan SQL files without executing anything: nothing is written or created
+    /// anywhere. A POSTGRES source's upstream catalog is read (its tables' columns), so that
+    /// database must be reachable.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -79,7 +82,9 @@ async fn run() -> ExitCode {
     };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("CHANGEFLOW_LOG").unwrap_or_else(|_| default_filter.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

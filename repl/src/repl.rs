@@ -1,6 +1,7 @@
-//! The interactive REPL: statements may span lines until `;`, history in
-//! `~/.changeflow_history`, tab completion of keywords and relation names, aligned results
-//! with a row count, `\q`, `\?`, `\timing`. Errors print and the session goes on.
+//! The interactive REPL: statements may span lines until `;` (the prompt says when a
+//! statement goes on), history in `~/.changeflow_history`, tab completion of keywords and
+//! relation names, aligned results with a row count, `\q`, `\?`, `\timing` and the
+//! describing commands of [`crate::meta`]. Errors print and the session goes on.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -9,9 +10,11 @@ use std::time::Instant;
 
 use changeflow_engine::Database;
 use changeflow_sql::parser::{parse_statement, split_statements};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
-use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper, Highlighter, Hinter};
 
 use crate::format::Format;
@@ -87,6 +90,8 @@ Type SQL statements ending with ';'. A statement may span several lines.
   \\q          quit
   \\?          this help
   \\timing     toggle printing how long each statement took
+  \\d [NAME]   list relations, or describe one (columns, key, view query)
+  \\dt \\dv \\dm list tables and source relations, views, materialized views
 Try:
   CREATE TABLE sessions (id INT PRIMARY KEY, experience_id INT, starts_at TIMESTAMP, capacity INT, sold INT);
   CREATE MATERIALIZED VIEW calendar AS SELECT experience_id, count(*) AS sessions FROM sessions GROUP BY 1;
@@ -128,15 +133,29 @@ impl Completer for SqlHelper {
     }
 }
 
-impl Validator for SqlHelper {
-    fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        let input = ctx.input().trim();
-        if input.is_empty() || input.starts_with('\\') || input.ends_with(';') {
-            Ok(ValidationResult::Valid(None))
-        } else {
-            Ok(ValidationResult::Incomplete)
-        }
-    }
+/// Lines are gathered by the loop (see [`statement_complete`]), one prompt each.
+impl Validator for SqlHelper {}
+
+/// Whether the text typed so far ends a statement: its last token other than whitespace
+/// and comments is `;`, outside any string or comment (`SELECT 4; -- note` is complete,
+/// `SELECT ';` is not).
+fn statement_complete(text: &str) -> bool {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() else {
+        // An unterminated string or comment: the statement goes on.
+        return false;
+    };
+    tokens.iter().rev().find(|t| !matches!(t, Token::Whitespace(_) | Token::EOF)) == Some(&Token::SemiColon)
+}
+
+/// Whether a statement text creates a secret (kept out of the history file).
+fn creates_secret(text: &str) -> bool {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() else { return true };
+    let words: Vec<String> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)))
+        .map(|t| t.to_string().to_ascii_uppercase())
+        .collect();
+    words.windows(2).any(|w| w[0] == "CREATE" && w[1] == "SECRET")
 }
 
 fn history_path() -> Option<PathBuf> {
@@ -157,25 +176,44 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
         env!("CARGO_PKG_VERSION")
     );
     let mut timing = false;
+    // Lines of a statement not yet ended by `;`.
+    let mut pending = String::new();
     loop {
-        let line = match editor.readline("changeflow=> ") {
+        let prompt = if pending.is_empty() { "changeflow=> " } else { "changeflow-> " };
+        let line = match editor.readline(prompt) {
             Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
+            // Ctrl-C drops the statement being typed, as in psql.
+            Err(ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
             Err(ReadlineError::Eof) => break,
             Err(error) => return Err(error.into()),
         };
-        let input = line.trim();
-        if input.is_empty() {
+        if pending.is_empty() && line.trim().is_empty() {
             continue;
         }
+        if pending.is_empty() && line.trim_start().starts_with('\\') {
+            let command = line.trim();
+            let _ = editor.add_history_entry(command);
+            if let Some(output) = crate::meta::describe(&database, command).await {
+                match output {
+                    Ok(text) => print!("{text}"),
+                    Err(error) => eprintln!("{error}"),
+                }
+                continue;
+            }
+        } else {
+            pending.push_str(&line);
+            pending.push('\n');
+            if !statement_complete(&pending) {
+                continue;
+            }
+        }
+        let text = if pending.is_empty() { line } else { std::mem::take(&mut pending) };
+        let input = text.trim();
         // A secret's value stays out of the history file.
-        if !input
-            .to_ascii_lowercase()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .any(|w| w == ["create", "secret"])
-        {
+        if !creates_secret(input) {
             let _ = editor.add_history_entry(input);
         }
         match input {
@@ -240,5 +278,22 @@ fn located(message: &str, position: Option<changeflow_sql::Position>) -> Cow<'_,
     match position {
         Some(p) => Cow::Owned(format!("{message} (line {}, column {})", p.line, p.column)),
         None => Cow::Borrowed(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{creates_secret, statement_complete};
+
+    #[test]
+    fn a_statement_ends_at_a_semicolon_outside_strings_and_comments() {
+        assert!(statement_complete("SELECT 4; -- note\n"));
+        assert!(statement_complete("SELECT 4 /* a */ ; /* b */\n"));
+        assert!(statement_complete("SELECT\n 4;\n"));
+        assert!(!statement_complete("SELECT 4 -- note;\n"));
+        assert!(!statement_complete("SELECT ';\n"));
+        assert!(!statement_complete("SELECT 4\n"));
+        assert!(creates_secret("create  secret p as 'x';"));
+        assert!(!creates_secret("SELECT 'create secret';"));
     }
 }

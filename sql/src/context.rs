@@ -255,24 +255,51 @@ pub fn optimize(state: &SessionState, plan: &LogicalPlan) -> Result<LogicalPlan>
     Ok(state.optimizer().optimize(normalized, state, |_, _| {})?)
 }
 
-/// PostgreSQL accepts timestamps without seconds ('2026-12-01 18:00'); Arrow's parser does
-/// not. Completes such literals where they are cast to a timestamp, and nowhere else.
+/// A timestamp as PostgreSQL writes and reads it, in the form Arrow's parser takes:
+/// seconds added when absent (`2026-12-01 18:00`), and a zone offset of hours only (`+00`,
+/// `-08`, as PostgreSQL prints timestamptz) or without a colon (`+0530`) written `+HH:MM`.
+/// `None` when the text has another shape (it is then left to Arrow as it is).
+pub fn postgres_timestamp_text(text: &str) -> Option<String> {
+    let text = text.trim();
+    let bytes = text.as_bytes();
+    let date_ok = bytes.len() >= 16
+        && bytes[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+        && matches!(bytes[10], b' ' | b'T');
+    if !date_ok {
+        return None;
+    }
+    let rest = &text[11..];
+    let zone_at = rest.find(['+', '-', 'Z', 'z']).unwrap_or(rest.len());
+    let (time, zone) = rest.split_at(zone_at);
+    let time = time.trim_end();
+    let digits_at = |s: &str, at: &[usize]| at.iter().all(|&i| s.as_bytes().get(i).is_some_and(u8::is_ascii_digit));
+    let time = match time.len() {
+        5 if digits_at(time, &[0, 1, 3, 4]) && &time[2..3] == ":" => format!("{time}:00"),
+        n if n >= 8 && digits_at(time, &[0, 1, 3, 4, 6, 7]) && &time[2..3] == ":" && &time[5..6] == ":" => {
+            time.to_string()
+        }
+        _ => return None,
+    };
+    let zone = match zone.len() {
+        0 => String::new(),
+        1 => "+00:00".to_string(),
+        3 if digits_at(zone, &[1, 2]) => format!("{zone}:00"),
+        5 if digits_at(zone, &[1, 2, 3, 4]) => format!("{}:{}", &zone[..3], &zone[3..]),
+        6 if digits_at(zone, &[1, 2, 4, 5]) && &zone[3..4] == ":" => zone.to_string(),
+        _ => return None,
+    };
+    let normalized = format!("{} {time}{zone}", &text[..10]);
+    (normalized != text).then_some(normalized)
+}
+
+/// PostgreSQL's timestamp texts that Arrow's parser does not take (see
+/// [`postgres_timestamp_text`]) are rewritten where they are cast to a timestamp, and
+/// nowhere else.
 fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
     use datafusion::common::ScalarValue;
     use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::logical_expr::{Cast, Expr, TryCast};
 
-    fn complete(text: &str) -> Option<String> {
-        let bytes = text.as_bytes();
-        let shape_ok = bytes.len() == 16
-            && bytes.iter().enumerate().all(|(i, b)| match i {
-                4 | 7 => *b == b'-',
-                10 => *b == b' ' || *b == b'T',
-                13 => *b == b':',
-                _ => b.is_ascii_digit(),
-            });
-        shape_ok.then(|| format!("{text}:00"))
-    }
     fn fix(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
         let (inner, data_type, is_try) = match &expr {
             Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type().clone(), false),
@@ -289,7 +316,7 @@ fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
         else {
             return Ok(Transformed::no(expr));
         };
-        let Some(completed) = complete(text) else { return Ok(Transformed::no(expr)) };
+        let Some(completed) = postgres_timestamp_text(text) else { return Ok(Transformed::no(expr)) };
         let literal = Expr::Literal(ScalarValue::Utf8(Some(completed)), None);
         Ok(Transformed::yes(if is_try {
             Expr::TryCast(TryCast::new(Box::new(literal), data_type))
@@ -297,5 +324,36 @@ fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
             Expr::Cast(Cast::new(Box::new(literal), data_type))
         }))
     }
-    Ok(plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(fix)))?.data)
+    // Output columns keep the names they had (the literal as written).
+    let rewritten = plan.transform_up_with_subqueries(|node| {
+        let names = datafusion::logical_expr::expr_rewriter::NamePreserver::new(&node);
+        node.map_expressions(|e| {
+            let saved = names.save(&e);
+            Ok(e.transform_up(fix)?.update_data(|e| saved.restore(e)))
+        })
+    })?;
+    Ok(rewritten.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postgres_timestamp_text;
+
+    #[test]
+    fn postgresql_timestamp_texts_become_what_arrow_parses() {
+        for (given, expected) in [
+            ("2026-12-01 18:00", Some("2026-12-01 18:00:00")),
+            ("2026-12-01 10:00+00", Some("2026-12-01 10:00:00+00:00")),
+            ("2026-12-01 10:00:05.25-08", Some("2026-12-01 10:00:05.25-08:00")),
+            ("2026-12-01T10:00:00+0530", Some("2026-12-01 10:00:00+05:30")),
+            ("2026-12-01 10:00:00Z", Some("2026-12-01 10:00:00+00:00")),
+            ("2026-12-01 10:00:00", None),
+            ("2026-12-01 10:00:00+05:30", None),
+            ("2026-12-01", None),
+            ("tomorrow at 10", None),
+            ("2026-12-01 10:0x", None),
+        ] {
+            assert_eq!(postgres_timestamp_text(given).as_deref(), expected, "{given}");
+        }
+    }
 }

@@ -73,7 +73,38 @@ pub fn clean_datafusion_message(error: &DataFusionError) -> String {
             message = rest;
         }
     }
-    message.trim().to_string()
+    postgres_words(message.trim())
+}
+
+/// DataFusion's and Arrow's wording of common errors, said as PostgreSQL says them.
+pub fn postgres_words(message: &str) -> String {
+    // "Invalid function 'x'.\nDid you mean 'y'?": suggestions of Arrow's own functions
+    // (arrow_typeof, arrow_cast) help nobody writing PostgreSQL.
+    if let Some(rest) = message.strip_prefix("Invalid function '")
+        && let Some((name, tail)) = rest.split_once('\'')
+    {
+        let suggestion = tail
+            .split_once("Did you mean '")
+            .and_then(|(_, s)| s.split_once('\''))
+            .map(|(s, _)| s)
+            .filter(|s| !s.starts_with("arrow_") && !s.starts_with('_'));
+        return match suggestion {
+            Some(suggestion) => format!("function {name}() does not exist; did you mean {suggestion}()?"),
+            None => format!("function {name}() does not exist"),
+        };
+    }
+    // "Invalid argument error: 123.00 is too large to store in a Decimal128 of precision 10.
+    // Max is 99999999.99"
+    if let Some(at) = message.find(" is too large to store in a Decimal128 of precision ") {
+        let value = message[..at].rsplit([' ', ':']).next().unwrap_or_default();
+        let rest = &message[at + " is too large to store in a Decimal128 of precision ".len()..];
+        let precision: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let max = rest.split_once("Max is ").map(|(_, m)| m.trim_end_matches('.')).unwrap_or_default();
+        return format!(
+            "numeric field overflow: {value} does not fit a numeric of precision {precision} (largest: {max})"
+        );
+    }
+    message.to_string()
 }
 
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;

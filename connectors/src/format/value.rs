@@ -46,7 +46,8 @@ pub fn json_text(array: &dyn Array, row: usize, column: &str, options: &ValueOpt
 
 /// The value at `row` of `array` (a column named `column`).
 pub fn json_value(array: &dyn Array, row: usize, column: &str, options: &ValueOptions) -> Value {
-    if array.is_null(row) {
+    // A Null-typed column (`SELECT NULL AS n`) has no validity bitmap.
+    if array.data_type().is_null() || array.is_null(row) {
         return Value::Null;
     }
     let any = array.as_any();

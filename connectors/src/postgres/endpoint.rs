@@ -47,6 +47,13 @@ impl Endpoint {
         }
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| format!("option 'url' is not a PostgreSQL connection string: {e}"))?;
+        if config.get_user().is_none() {
+            // As libpq: $PGUSER, else the name of the user running changeflow (shown in
+            // messages, so nobody wonders which user was tried).
+            let user =
+                ["PGUSER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+            config.user(user.as_deref().unwrap_or("postgres"));
+        }
         let given: Vec<&str> = ["password", "password_env", "password_file"]
             .into_iter()
             .filter(|key| options.contains_key(*key))

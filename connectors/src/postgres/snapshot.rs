@@ -141,7 +141,12 @@ fn describe_progress(tables: &[UpstreamTable], copied: &[AtomicU64]) -> String {
         .iter()
         .zip(copied)
         .map(|(table, copied)| {
-            format!("{} {}/~{} rows", table.display(), copied.load(Ordering::Relaxed), table.estimated_rows)
+            let copied = copied.load(Ordering::Relaxed);
+            // An estimate of 0 (a table never analyzed) tells nothing: the count alone.
+            match table.estimated_rows {
+                0 => format!("{} {copied} rows", table.display()),
+                estimate => format!("{} {copied}/~{estimate} rows", table.display()),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -47,6 +47,16 @@ fn run_prints_json_rows() {
 }
 
 #[test]
+fn an_untyped_null_is_null_in_csv_and_json() {
+    let file = temp_sql("null.sql", "SELECT NULL AS n, '' AS empty, 1 AS one;");
+    let output = changeflow().args(["run", "--format", "json"]).arg(&file).output().expect("run");
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "{\"n\":null,\"empty\":\"\",\"one\":1}\n");
+    let output = changeflow().args(["run", "--format", "csv"]).arg(&file).output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "n,empty,one\n,\"\",1\n");
+}
+
+#[test]
 fn run_prints_tables_and_status_lines() {
     let file = temp_sql("table.sql", PIPELINE);
     let output = changeflow().arg("run").arg(&file).output().expect("run");
@@ -140,4 +150,38 @@ fn check_validates_sinks_without_writing_anything() {
     assert!(stderr.contains(&format!("{name}:4:1: unknown sink system \"kafka\"")), "{stderr}");
     assert!(stderr.contains(&format!("{name}:5:1: cannot drop \"t\": sink ok delivers it")), "{stderr}");
     assert!(!out.exists(), "check wrote the sink's file");
+}
+
+/// The REPL, fed lines on stdin: a statement over several lines, one followed by a
+/// comment, and the describing commands.
+#[test]
+fn the_repl_ends_statements_at_semicolons_and_describes_relations() {
+    use std::io::Write;
+    let home = crate::scratch::scratch_dir().join("repl-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut child = changeflow()
+        .env("HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the REPL");
+    let input = "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL);\n\
+                 CREATE MATERIALIZED VIEW v AS\n  SELECT name, count(*) AS n\n  FROM t GROUP BY name;\n\
+                 SELECT 40 + 2 AS answer; -- a note after the statement\n\
+                 CREATE SECRET hidden AS 'not-in-history';\n\
+                 \\dt\n\\dm\n\\d v\n\\d nope\n";
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("REPL output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains(" answer \n--------\n     42\n"), "{stdout}");
+    assert!(stdout.contains(" t    | table\n"), "{stdout}");
+    assert!(stdout.contains(" v    | materialized view\n"), "{stdout}");
+    assert!(stdout.contains("Materialized view \"v\""), "{stdout}");
+    assert!(stdout.contains(" n      | bigint | not null"), "{stdout}");
+    assert!(stdout.contains("View definition:\n SELECT name, count(*) AS n FROM t GROUP BY name;"), "{stdout}");
+    assert!(stderr.contains("Did not find any relation named \"nope\"."), "{stderr}");
+    let history = std::fs::read_to_string(home.join(".changeflow_history")).unwrap_or_default();
+    assert!(history.contains("SELECT 40 + 2") && !history.contains("not-in-history"), "{history}");
 }

@@ -296,3 +296,27 @@ async fn a_secret_survives_restarts_and_a_startup_file_rotates_it() {
     let log = server.log();
     assert!(!log.contains(PASSWORD) && !log.contains("rotated-26"), "the log shows a password:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_say_what_postgresql_said_and_where() {
+    let cluster = PostgresCluster::start();
+    let database = Database::new(changeflow_connectors::registry());
+    execute_ok(&database, "CREATE TABLE x (id int PRIMARY KEY)").await;
+    let port = cluster.port;
+    let closed = crate::pg_cluster::free_port();
+    for (url, expected) in [
+        (format!("postgres://postgres@127.0.0.1:{port}/nodb"), "database \"nodb\" does not exist (SQLSTATE 3D000)"),
+        (format!("postgres://nobody@127.0.0.1:{port}/postgres"), "role \"nobody\" does not exist (SQLSTATE 28000)"),
+        (format!("postgres://postgres@127.0.0.1:{closed}/postgres"), "Connection refused"),
+    ] {
+        let sql =
+            format!("CREATE SINK s FROM x INTO POSTGRES WITH (url = '{url}', table = 't', create_table = 'true')");
+        let error = execute(&database, &sql).await.expect_err(&sql);
+        let target = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port");
+        assert!(error.contains(expected) && error.contains(target), "{url}: {error}");
+        let source = format!("CREATE SOURCE s FROM POSTGRES WITH (url = '{url}') FOR ALL TABLES");
+        let error = execute(&database, &source).await.expect_err(&source);
+        assert!(error.contains(expected) && error.contains(target), "{url}: {error}");
+    }
+    database.shutdown().await;
+}

@@ -63,6 +63,12 @@ async fn statements_parameters_types_and_errors_over_tokio_postgres() {
         .expect("select with a parameter");
     assert_eq!(row.get::<_, i32>(0), 3);
     assert_eq!(row.get::<_, NaiveDateTime>(1), timestamp("2026-12-02 09:00:00"));
+    // An untyped NULL arrives as NULL (text-typed), in both protocols.
+    let nulls = client.query_one("SELECT NULL AS n, '' AS empty", &[]).await.expect("select null");
+    assert_eq!((nulls.get::<_, Option<String>>(0), nulls.get::<_, Option<String>>(1)), (None, Some(String::new())));
+    let simple = client.simple_query("SELECT NULL AS n").await.expect("simple select null");
+    let tokio_postgres::SimpleQueryMessage::Row(row_of_null) = &simple[1] else { panic!("no row: {simple:?}") };
+    assert_eq!(row_of_null.get(0), None);
     assert_eq!(row.get::<_, Decimal>(2), Decimal::new(2050, 2));
     assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("it's"));
     assert!(row.get::<_, bool>(4));
