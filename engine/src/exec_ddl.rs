@@ -130,8 +130,9 @@ impl Engine {
         let mut names: Vec<String> = Vec::new();
         for table in tables {
             let name = table.table().to_string();
-            if name == "changes" && self.catalog.relation(&name).is_none() {
-                // The changes(...) table function, whose streams are counted apart.
+            if matches!(name.as_str(), "changes" | "generate_series") && self.catalog.relation(&name).is_none() {
+                // Table functions: changes(...), whose streams are counted apart, and
+                // generate_series(...), which reads no relation.
                 continue;
             }
             self.catalog.require_relation(&name)?;

@@ -56,6 +56,8 @@ pub fn new_session_state() -> SessionState {
     // Registering replaces DataFusion's own `version()`; there is no failure to report.
     let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf));
     crate::system_catalog::register_functions(&mut state);
+    // Registering replaces functions of the same name; nothing can fail.
+    let _ = crate::postgres_functions::register(&mut state);
     state
 }
 
@@ -165,6 +167,11 @@ impl ContextProvider for PlanContext<'_> {
     /// `changes(relation)`: the relation's change stream, which the engine registers before
     /// planning a view or sink over it. Ad-hoc queries cannot read it (nothing is stored).
     fn get_table_function_source(&self, name: &str, args: Vec<Expr>) -> DFResult<Arc<dyn TableSource>> {
+        if name.eq_ignore_ascii_case("generate_series") {
+            use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
+            let series = crate::postgres_functions::GenerateSeries;
+            return Ok(provider_as_source(series.call_with_args(TableFunctionArgs::new(&args, self.state))?));
+        }
         if !name.eq_ignore_ascii_case("changes") {
             return Err(DataFusionError::Plan(format!("table function {name}(...) does not exist")));
         }
@@ -296,43 +303,49 @@ pub fn postgres_timestamp_text(text: &str) -> Option<String> {
 /// [`postgres_timestamp_text`]) are rewritten where they are cast to a timestamp, and
 /// nowhere else.
 fn normalize_time_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
-    use datafusion::common::ScalarValue;
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::logical_expr::{Cast, Expr, TryCast};
+    use datafusion::common::tree_node::TreeNode;
 
-    fn fix(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
-        let (inner, data_type, is_try) = match &expr {
-            Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type().clone(), false),
-            Expr::TryCast(TryCast { expr, field }) => (expr.as_ref(), field.data_type().clone(), true),
-            _ => return Ok(Transformed::no(expr)),
-        };
-        if !matches!(data_type, DataType::Timestamp(_, _)) {
-            return Ok(Transformed::no(expr));
-        }
-        let Expr::Literal(
-            ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)),
-            _,
-        ) = inner
-        else {
-            return Ok(Transformed::no(expr));
-        };
-        let Some(completed) = postgres_timestamp_text(text) else { return Ok(Transformed::no(expr)) };
-        let literal = Expr::Literal(ScalarValue::Utf8(Some(completed)), None);
-        Ok(Transformed::yes(if is_try {
-            Expr::TryCast(TryCast::new(Box::new(literal), data_type))
-        } else {
-            Expr::Cast(Cast::new(Box::new(literal), data_type))
-        }))
-    }
     // Output columns keep the names they had (the literal as written).
     let rewritten = plan.transform_up_with_subqueries(|node| {
         let names = datafusion::logical_expr::expr_rewriter::NamePreserver::new(&node);
         node.map_expressions(|e| {
             let saved = names.save(&e);
-            Ok(e.transform_up(fix)?.update_data(|e| saved.restore(e)))
+            Ok(e.transform_up(complete_time_literal)?.update_data(|e| saved.restore(e)))
         })
     })?;
     Ok(rewritten.data)
+}
+
+/// A cast of a PostgreSQL timestamp text to a timestamp, with the text in the form Arrow's
+/// parser takes (see [`postgres_timestamp_text`]).
+pub(crate) fn complete_time_literal(
+    expr: datafusion::logical_expr::Expr,
+) -> datafusion::error::Result<datafusion::common::tree_node::Transformed<datafusion::logical_expr::Expr>> {
+    use datafusion::common::ScalarValue;
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::{Cast, Expr, TryCast};
+    let (inner, data_type, is_try) = match &expr {
+        Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type().clone(), false),
+        Expr::TryCast(TryCast { expr, field }) => (expr.as_ref(), field.data_type().clone(), true),
+        _ => return Ok(Transformed::no(expr)),
+    };
+    if !matches!(data_type, DataType::Timestamp(_, _)) {
+        return Ok(Transformed::no(expr));
+    }
+    let Expr::Literal(
+        ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)),
+        _,
+    ) = inner
+    else {
+        return Ok(Transformed::no(expr));
+    };
+    let Some(completed) = postgres_timestamp_text(text) else { return Ok(Transformed::no(expr)) };
+    let literal = Expr::Literal(ScalarValue::Utf8(Some(completed)), None);
+    Ok(Transformed::yes(if is_try {
+        Expr::TryCast(TryCast::new(Box::new(literal), data_type))
+    } else {
+        Expr::Cast(Cast::new(Box::new(literal), data_type))
+    }))
 }
 
 #[cfg(test)]

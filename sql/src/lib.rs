@@ -23,6 +23,7 @@ pub mod names;
 pub mod parser;
 pub mod plan;
 pub mod planner;
+pub mod postgres_functions;
 pub mod secret_statement;
 pub mod sink_statement;
 pub mod system_catalog;

@@ -111,6 +111,9 @@ fn check_expr(expr: &Expr) -> Result<()> {
 
 fn plan_scan(context: &PlanContext<'_>, scan: &TableScan) -> Result<PlanNode> {
     let name = scan.table_name.table().to_string();
+    if name.starts_with("generate_series") && context.catalog().relation(&name).is_none() {
+        return Err(not_incremental("generate_series(...) (load its rows into a table, and use the table)"));
+    }
     let relation = context.catalog().require_relation(&name)?;
     if !relation.kind.is_stored() {
         return Err(SqlError::Catalog(format!("view \"{name}\" was not inlined")));
