@@ -136,11 +136,39 @@ impl Database {
         }
     }
 
-    /// Takes the writer lease (see `Session`). A transaction the engine still holds then has
-    /// no session: the one that opened it ended without COMMIT or ROLLBACK. It is rolled back
-    /// before the new holder writes, so no write of the new holder joins it.
-    pub(crate) async fn writer_lease(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        let lease = Arc::clone(&self.writer).lock_owned().await;
+    /// Takes the writer lease (see `Session`) for a session's statement. The wait ends with
+    /// an error when the statement is canceled, its client goes away, its statement timeout
+    /// passes (57014) or its `lock_timeout` does (55P03), so a writer behind another
+    /// session's idle transaction never waits forever, and one whose client left never
+    /// writes. A transaction the engine still holds once the lease is taken has no session:
+    /// the one that opened it ended without COMMIT or ROLLBACK. It is rolled back before the
+    /// new holder writes, so no write of the new holder joins it.
+    pub(crate) async fn writer_lease_for(
+        &self,
+        interrupt: &crate::interrupt::Interrupt,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        let acquire = Arc::clone(&self.writer).lock_owned();
+        tokio::pin!(acquire);
+        let give_up = interrupt.lock_timeout().map(|t| tokio::time::Instant::now() + t);
+        let lease = loop {
+            tokio::select! {
+                lease = &mut acquire => break lease,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    interrupt.check()?;
+                    if give_up.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                        return Err(EngineError::Canceled(
+                            "canceling statement due to lock timeout: another session's transaction holds the \
+                             write lease"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(self.after_lease(lease).await)
+    }
+
+    async fn after_lease(&self, lease: tokio::sync::OwnedMutexGuard<()>) -> tokio::sync::OwnedMutexGuard<()> {
         if self.roll_back_open_transaction().await {
             tracing::warn!("rolled back a transaction left open by a session that is gone");
         }

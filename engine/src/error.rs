@@ -78,6 +78,7 @@ impl EngineError {
             EngineError::Arrow(error) if error.to_string().contains("too large to store in a Decimal128") => "22003",
             EngineError::Arrow(_) => "22000",
             EngineError::Backpressure(_) => "53000",
+            EngineError::Canceled(message) if message.contains("lock timeout") => "55P03",
             EngineError::Canceled(_) => "57014",
             EngineError::Connector(_) => "08000",
             EngineError::Durability(_) => "58030",

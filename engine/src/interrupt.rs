@@ -34,6 +34,8 @@ pub struct Interrupt {
     state: AtomicU8,
     timeout: Mutex<Option<Duration>>,
     deadline: Mutex<Option<Instant>>,
+    /// The longest a statement waits for another session's write (`lock_timeout`).
+    lock_timeout: Mutex<Option<Duration>>,
 }
 
 impl Interrupt {
@@ -57,6 +59,19 @@ impl Interrupt {
         if let Ok(mut current) = self.timeout.lock() {
             *current = timeout.filter(|t| !t.is_zero());
         }
+    }
+
+    /// The longest a statement may wait for the write lease another session holds
+    /// (`lock_timeout`); `None` or zero for no limit.
+    pub fn set_lock_timeout(&self, timeout: Option<Duration>) {
+        if let Ok(mut current) = self.lock_timeout.lock() {
+            *current = timeout.filter(|t| !t.is_zero());
+        }
+    }
+
+    /// How long the running statement may wait for a lock.
+    pub(crate) fn lock_timeout(&self) -> Option<Duration> {
+        self.lock_timeout.lock().ok().and_then(|t| *t)
     }
 
     /// A statement starts: an earlier cancel no longer applies, and its deadline is set.

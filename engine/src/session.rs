@@ -121,13 +121,13 @@ impl Session {
             Access::Write if writing => self.database.execute_as(statement, true, None).await,
             Access::Write if matches!(self.block, Block::Reading) => {
                 // The block's first write opens the engine's transaction under the lease.
-                let lease = self.database.writer_lease().await;
+                let lease = self.database.writer_lease_for(&self.interrupt).await?;
                 self.database.engine().await.execute_sql_text("BEGIN").await?;
                 self.block = Block::Writing(lease);
                 self.database.execute_as(statement, true, None).await
             }
             Access::Write => {
-                let _lease = self.database.writer_lease().await;
+                let _lease = self.database.writer_lease_for(&self.interrupt).await?;
                 self.database.execute_as(statement, true, None).await
             }
             Access::Begin => {

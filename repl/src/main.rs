@@ -53,7 +53,7 @@ enum Command {
     },
     /// Run SQL files, then serve views over the Postgres wire protocol (psql, drivers),
     /// with SUBSCRIBE, and metrics over HTTP, until SIGINT / SIGTERM.
-    Serve(serve::ServeOptions),
+    Serve(Box<serve::ServeOptions>),
 }
 
 /// The stack of every runtime thread. Statements are planned on them, and planning walks a
@@ -90,7 +90,7 @@ async fn run() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
-        Some(Command::Serve(options)) => match serve::serve(options, &cli.storage).await {
+        Some(Command::Serve(options)) => match serve::serve(*options, &cli.storage).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));

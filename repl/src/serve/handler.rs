@@ -48,7 +48,7 @@ fn default_variable(name: &str) -> Option<&'static str> {
         "max_identifier_length" => "63",
         "lc_collate" | "lc_ctype" | "lc_messages" => "C",
         "application_name" => "",
-        "statement_timeout" => "0",
+        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => "0",
         _ => return None,
     })
 }
@@ -66,10 +66,14 @@ pub struct Connection {
     /// Wakes the connection's supervisor to close the socket at once (a SUBSCRIBE client
     /// that stopped reading: nothing more can be written to it, not even an error).
     severed: tokio::sync::Notify,
+    /// Statements run so far (the idle-in-transaction timer checks nothing ran since).
+    statements: std::sync::atomic::AtomicU64,
+    /// This connection, for timers that outlive a statement (set by [`Connection::start`]).
+    myself: std::sync::OnceLock<std::sync::Weak<Connection>>,
 }
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>) -> Self {
         let session = Session::new(Arc::clone(&shared.database));
         let interrupt = session.interrupt();
         let parser = Arc::new(StatementParser { shared: Arc::clone(&shared) });
@@ -81,7 +85,16 @@ impl Connection {
             variables: Default::default(),
             parser,
             severed: tokio::sync::Notify::new(),
+            statements: std::sync::atomic::AtomicU64::new(0),
+            myself: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A new client's connection (its own timers can reach it).
+    pub fn start(shared: Arc<Shared>) -> Arc<Self> {
+        let connection = Arc::new(Self::new(shared));
+        let _ = connection.myself.set(Arc::downgrade(&connection));
+        connection
     }
 
     /// Asks for the connection to be closed without a goodbye (see `severed`).
@@ -123,17 +136,50 @@ impl Connection {
 
     fn variable(&self, name: &str) -> Option<String> {
         let set = self.variables.lock().ok().and_then(|v| v.get(name).cloned());
-        set.or_else(|| default_variable(name).map(str::to_string))
+        set.or_else(|| self.shared.variable_defaults.get(name).cloned())
+            .or_else(|| default_variable(name).map(str::to_string))
+    }
+
+    fn duration_variable(&self, name: &str) -> Option<std::time::Duration> {
+        self.variable(name).and_then(|t| parse_timeout(&t))
     }
 
     /// Runs one command; rows are encoded in `format`.
     async fn run(&self, command: Command, format: &Format) -> PgWireResult<Response> {
-        let timeout = self.variable("statement_timeout").and_then(|t| parse_timeout(&t));
-        self.interrupt.set_timeout(timeout);
+        self.interrupt.set_timeout(self.duration_variable("statement_timeout"));
+        self.interrupt.set_lock_timeout(self.duration_variable("lock_timeout"));
+        let statement = self.statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let started = Instant::now();
         let result = self.run_command(command, format).await;
         self.shared.metrics.query_finished(started.elapsed(), result.is_ok());
+        self.watch_idle_in_transaction(statement).await;
         result
+    }
+
+    /// With `idle_in_transaction_session_timeout`, closes the connection (rolling its
+    /// transaction back) when the session is still inside a transaction block and has run
+    /// nothing since `statement` once the timeout is up, as PostgreSQL does.
+    async fn watch_idle_in_transaction(&self, statement: u64) {
+        let Some(timeout) = self.duration_variable("idle_in_transaction_session_timeout").filter(|t| !t.is_zero())
+        else {
+            return;
+        };
+        if !self.session.lock().await.in_transaction() {
+            return;
+        }
+        let Some(connection) = self.myself.get().and_then(std::sync::Weak::upgrade) else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let idle = connection.statements.load(std::sync::atomic::Ordering::Relaxed) == statement;
+            if idle && connection.session.lock().await.in_transaction() {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "closing a connection idle in a transaction block (idle_in_transaction_session_timeout); \
+                     its transaction is rolled back"
+                );
+                connection.sever();
+            }
+        });
     }
 
     async fn run_command(&self, command: Command, format: &Format) -> PgWireResult<Response> {
@@ -146,11 +192,12 @@ impl Connection {
                 }
             }
             Command::Set { name, value } => {
-                if name == "statement_timeout" && parse_timeout(&value).is_none() {
-                    return Err(user_error(
-                        "22023",
-                        format!("invalid value for parameter \"statement_timeout\": \"{value}\""),
-                    ));
+                let duration = matches!(
+                    name.as_str(),
+                    "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
+                );
+                if duration && parse_timeout(&value).is_none() {
+                    return Err(user_error("22023", format!("invalid value for parameter \"{name}\": \"{value}\"")));
                 }
                 if let Ok(mut variables) = self.variables.lock() {
                     variables.insert(name, value);
@@ -181,7 +228,7 @@ impl Connection {
 
 /// A `statement_timeout` as PostgreSQL reads it: a number of milliseconds, or a number with
 /// a unit (`ms`, `s`, `min`, `h`, `d`); 0 means none.
-fn parse_timeout(value: &str) -> Option<std::time::Duration> {
+pub(super) fn parse_timeout(value: &str) -> Option<std::time::Duration> {
     let value = value.trim().trim_matches('\'').trim();
     let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(value.len());
     let (number, unit) = value.split_at(split);

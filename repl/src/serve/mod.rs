@@ -71,6 +71,17 @@ pub struct ServeOptions {
     /// who can reach the port may then read and write everything.
     #[arg(long)]
     pub allow_trust_remote: bool,
+    /// Default `statement_timeout` of sessions (PostgreSQL's form: `5s`, `250ms`; 0 for none).
+    #[arg(long, default_value = "0", value_parser = parse_duration_option)]
+    pub statement_timeout: String,
+    /// Default `lock_timeout`: how long a write waits for another session's transaction
+    /// before failing with 55P03 (0 for no limit).
+    #[arg(long, default_value = "0", value_parser = parse_duration_option)]
+    pub lock_timeout: String,
+    /// Default `idle_in_transaction_session_timeout`: a session idle that long inside a
+    /// transaction block is closed and its transaction rolled back (0 for never).
+    #[arg(long, default_value = "0", value_parser = parse_duration_option)]
+    pub idle_in_transaction_session_timeout: String,
     /// SQL files run in order before serving (sources, views, tables).
     pub files: Vec<PathBuf>,
 }
@@ -78,6 +89,8 @@ pub struct ServeOptions {
 /// What every connection shares.
 pub struct Shared {
     database: Arc<Database>,
+    /// Defaults of the session variables set by server options (`--lock-timeout`, ...).
+    variable_defaults: std::collections::BTreeMap<&'static str, String>,
     metrics: Arc<Metrics>,
     /// Longest statement text accepted (`--max-statement-bytes`).
     max_statement_bytes: usize,
@@ -165,6 +178,13 @@ pub async fn serve(options: ServeOptions, storage: &crate::storage::StorageOptio
         .with_context(|| format!("cannot listen on {} for metrics", options.metrics_listen))?;
     let shared = Arc::new(Shared {
         database: Arc::clone(&database),
+        variable_defaults: [
+            ("statement_timeout", options.statement_timeout.clone()),
+            ("lock_timeout", options.lock_timeout.clone()),
+            ("idle_in_transaction_session_timeout", options.idle_in_transaction_session_timeout.clone()),
+        ]
+        .into_iter()
+        .collect(),
         metrics: Arc::new(Metrics::default()),
         max_statement_bytes: options.max_statement_bytes,
         cancels: Arc::default(),
@@ -246,7 +266,7 @@ async fn accept_loop(
             tokio::spawn(admission::refuse(socket, max_connections));
             continue;
         }
-        let connection = Arc::new(Connection::new(Arc::clone(&shared)));
+        let connection = Connection::start(Arc::clone(&shared));
         disconnects.watch(&socket, &connection.interrupt());
         let handlers = Handlers {
             connection: Arc::clone(&connection),
@@ -370,4 +390,11 @@ async fn shutdown_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }
+}
+
+/// A duration option in PostgreSQL's form (see [`handler::parse_timeout`]).
+fn parse_duration_option(value: &str) -> Result<String, String> {
+    handler::parse_timeout(value)
+        .map(|_| value.to_string())
+        .ok_or_else(|| format!("'{value}' is not a duration: milliseconds, or a number with ms, s, min, h or d"))
 }

@@ -161,3 +161,60 @@ async fn random_utf8_statements_never_break_a_connection() {
     let (status, body) = server.http_get("/health");
     assert!(status.contains("200"), "{status}\n{body}");
 }
+
+/// A writer behind another session's open transaction: lock_timeout ends its wait (55P03),
+/// a cancel or its client leaving stop it without writing, and a session idle in its
+/// transaction past idle_in_transaction_session_timeout is closed and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_on_an_idle_transaction_does_not_wait_forever() {
+    use std::time::Instant;
+    let schema = sql_file("lock-timeout.sql", SCHEMA);
+    let server = crate::serve_server::Server::start_with(&[&schema], &["--lock-timeout", "0"], &[]);
+    let holder = server.client().await;
+    holder.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'held')").await.expect("open a transaction");
+
+    // lock_timeout, set by the session.
+    let waiter = server.client().await;
+    waiter.batch_execute("SET lock_timeout = '300ms'").await.expect("set lock_timeout");
+    let started = Instant::now();
+    let error = waiter.batch_execute("INSERT INTO t VALUES (2, 'waits')").await.expect_err("lock timeout");
+    assert_eq!(error.code().map(|c| c.code()), Some("55P03"), "{}", pg_error(&error));
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+
+    // A cancel request stops a writer that waits with no timeout.
+    let canceled = server.client().await;
+    let cancel = canceled.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await
+    });
+    let error = canceled.batch_execute("INSERT INTO t VALUES (3, 'canceled')").await.expect_err("canceled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{}", pg_error(&error));
+    canceller.await.expect("cancel task").expect("cancel request");
+
+    // A writer whose client leaves while it waits never writes.
+    let mut leaving = crate::raw_client::started_up(server.port);
+    crate::raw_client::send_query(&mut leaving, "INSERT INTO t VALUES (4, 'gone')");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(leaving);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    holder.batch_execute("COMMIT").await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ids(&waiter).await, vec![1], "only the committed row is there");
+
+    // A session idle in its transaction is closed and its writes rolled back; the next
+    // writer goes ahead.
+    let idle = server.client().await;
+    idle.batch_execute("SET idle_in_transaction_session_timeout = '500ms'; BEGIN; INSERT INTO t VALUES (5, 'idle')")
+        .await
+        .expect("idle transaction");
+    let started = Instant::now();
+    waiter.batch_execute("SET lock_timeout = '10s'").await.expect("longer lock_timeout");
+    waiter.batch_execute("INSERT INTO t VALUES (6, 'after')").await.expect("writes once the idle session is gone");
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    assert!(idle.batch_execute("SELECT 1").await.is_err(), "the idle session's connection is closed");
+    assert_eq!(ids(&waiter).await, vec![1, 6]);
+    let error = waiter.batch_execute("SET lock_timeout = 'soon'").await.expect_err("bad value");
+    assert_eq!(error.code().map(|c| c.code()), Some("22023"), "{}", pg_error(&error));
+}
