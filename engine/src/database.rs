@@ -309,7 +309,9 @@ impl Database {
                 ast::Statement::Explain { .. } => describe_output(engine.execute(statement).await?),
                 _ => Ok(crate::Description::default()),
             },
-            Statement::Show(_) | Statement::ExplainView(_) => describe_output(engine.execute(statement).await?),
+            Statement::Show(_) | Statement::ShowCreate { .. } | Statement::ExplainView(_) => {
+                describe_output(engine.execute(statement).await?)
+            }
             Statement::Subscribe { relation, .. } => {
                 let schema = engine.subscription_schema(relation)?;
                 Ok(crate::Description { columns: Some(schema), parameters: Vec::new() })

@@ -222,6 +222,7 @@ impl Engine {
             Statement::CreateSecret(create) => self.create_secret(create),
             Statement::DropSecret { name, if_exists } => self.drop_secret(name, *if_exists),
             Statement::Show(kind) => self.show(*kind),
+            Statement::ShowCreate { kind, name } => self.show_create(kind, name),
             Statement::ExplainView(create) => self.explain_view(create),
             Statement::Subscribe { relation, .. } => {
                 self.subscription_schema(relation)?;

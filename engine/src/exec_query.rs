@@ -391,11 +391,61 @@ impl Engine {
         text_rows("plan", lines.iter().map(String::as_str))
     }
 
+    /// `SHOW CREATE kind name`: the statement that defined the object, as it was written
+    /// (credentials masked), once the object is of the kind named.
+    pub(crate) fn show_create(&self, kind: &str, name: &str) -> Result<Output> {
+        let actual = match self.catalog.relation(name) {
+            Some(relation) => match relation.kind {
+                RelationKind::Table => "TABLE",
+                RelationKind::View => "VIEW",
+                RelationKind::MaterializedView => "MATERIALIZED VIEW",
+                RelationKind::SourceRelation => "SOURCE",
+                RelationKind::ChangeStream => "CHANGES",
+            },
+            None if self.catalog.source(name).is_some() => "SOURCE",
+            None if self.sinks.contains_key(name) => "SINK",
+            None => {
+                return Err(changeflow_sql::SqlError::Catalog(format!(
+                    "{} \"{name}\" does not exist",
+                    kind.to_lowercase()
+                ))
+                .into());
+            }
+        };
+        let defined_by = match self.catalog.relation(name).and_then(|r| r.source.as_deref()) {
+            // A source relation is defined by its source's statement.
+            Some(source) if actual == "SOURCE" => source,
+            _ => name,
+        };
+        if actual != kind {
+            return Err(changeflow_sql::SqlError::Catalog(format!(
+                "\"{name}\" is not a {}; it is a {}",
+                kind.to_lowercase(),
+                actual.to_lowercase()
+            ))
+            .into());
+        }
+        let sql = self
+            .definitions
+            .iter()
+            .find(|d| d.name == defined_by)
+            .map(|d| d.sql.clone())
+            .ok_or_else(|| EngineError::Internal(format!("no definition of \"{name}\"")))?;
+        table_output(
+            &["name", "create_sql"],
+            vec![vec![Some(name.to_string()), Some(crate::redact::redact_credentials(&sql))]],
+        )
+    }
+
     pub(crate) fn show(&self, kind: ShowKind) -> Result<Output> {
         match kind {
             ShowKind::Tables => {
-                let tables: Vec<&Relation> =
-                    self.catalog.relations().filter(|r| r.kind == RelationKind::Table).collect();
+                // Source relations are tables too, written by their source.
+                let tables: Vec<&Relation> = self
+                    .catalog
+                    .relations()
+                    .filter(|r| matches!(r.kind, RelationKind::Table | RelationKind::SourceRelation))
+                    .collect();
                 table_output(
                     &["name", "columns", "rows"],
                     tables

@@ -62,7 +62,9 @@ fn access(statement: &ParsedStatement) -> Access {
             ast::Statement::Commit { .. } | ast::Statement::Rollback { .. } => Access::End,
             _ => Access::Write,
         },
-        Statement::Show(_) | Statement::ExplainView(_) | Statement::Subscribe { .. } => Access::Read,
+        Statement::Show(_) | Statement::ShowCreate { .. } | Statement::ExplainView(_) | Statement::Subscribe { .. } => {
+            Access::Read
+        }
         Statement::CreateSource(_)
         | Statement::DropSource { .. }
         | Statement::CreateSink(_)

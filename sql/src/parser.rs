@@ -54,6 +54,12 @@ pub enum Statement {
         name: String,
         if_exists: bool,
     },
+    /// `SHOW CREATE TABLE | VIEW | MATERIALIZED VIEW | SOURCE | SINK name`: the statement
+    /// that defined the object (credentials masked). `kind` is as written, upper case.
+    ShowCreate {
+        kind: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,6 +554,28 @@ fn parse_drop_source(text: &str) -> Result<Statement> {
 }
 
 fn parse_show(text: &str, words: &[String]) -> Result<Statement> {
+    if words.get(1).map(String::as_str) == Some("CREATE") {
+        let mut cursor = Cursor::new(text)?;
+        cursor.expect_word("SHOW")?;
+        cursor.expect_word("CREATE")?;
+        let kind = if cursor.accept_word("MATERIALIZED") {
+            cursor.expect_word("VIEW")?;
+            "MATERIALIZED VIEW"
+        } else if cursor.accept_word("TABLE") {
+            "TABLE"
+        } else if cursor.accept_word("VIEW") {
+            "VIEW"
+        } else if cursor.accept_word("SOURCE") {
+            "SOURCE"
+        } else if cursor.accept_word("SINK") {
+            "SINK"
+        } else {
+            return cursor.error("TABLE, VIEW, MATERIALIZED VIEW, SOURCE or SINK after SHOW CREATE");
+        };
+        let name = cursor.identifier("the name of the object")?;
+        cursor.expect_end()?;
+        return Ok(Statement::ShowCreate { kind: kind.to_string(), name });
+    }
     let kind = match words.get(1).map(String::as_str) {
         Some("TABLES") => ShowKind::Tables,
         Some("VIEWS") => ShowKind::Views,
@@ -558,7 +586,7 @@ fn parse_show(text: &str, words: &[String]) -> Result<Statement> {
         _ => {
             let mut cursor = Cursor::new(text)?;
             cursor.next();
-            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS, SOURCES, SINKS or SECRETS after SHOW");
+            return cursor.error("TABLES, VIEWS, MATERIALIZED VIEWS, SOURCES, SINKS, SECRETS or CREATE ... after SHOW");
         }
     };
     let expected = if kind == ShowKind::MaterializedViews { 3 } else { 2 };

@@ -160,7 +160,30 @@ fn table_schema(table: &str) -> Option<SchemaRef> {
             ("typcollation", I),
         ],
         "pg_am" => &[("oid", I), ("amname", T), ("amtype", T)],
-        "pg_database" => &[("oid", I), ("datname", T), ("datdba", I), ("encoding", I), ("datallowconn", B)],
+        "pg_database" => &[
+            ("oid", I),
+            ("datname", T),
+            ("datdba", I),
+            ("encoding", I),
+            ("datallowconn", B),
+            ("datcollate", T),
+            ("datctype", T),
+            ("daticulocale", T),
+            ("daticurules", T),
+            ("datlocprovider", T),
+            ("datacl", T),
+        ],
+        "pg_proc" => &[
+            ("oid", I),
+            ("proname", T),
+            ("pronamespace", I),
+            ("prokind", T),
+            ("prorettype", I),
+            ("proargtypes", T),
+            ("proretset", B),
+            ("provolatile", T),
+            ("prolang", I),
+        ],
         "pg_roles" | "pg_user" => &[("oid", I), ("rolname", T), ("rolsuper", B), ("usename", T), ("usesysid", I)],
         "pg_index" => &[
             ("indexrelid", I),
@@ -422,7 +445,19 @@ pub fn table(catalog: &Catalog, name: &str) -> DFResult<Option<Arc<dyn TableProv
             ]
         }
         "pg_am" => vec![ints([2]), texts(["heap"]), texts(["t"])],
-        "pg_database" => vec![ints([16383]), texts(["changeflow"]), ints([OWNER_OID]), ints([6]), bools([true])],
+        "pg_database" => vec![
+            ints([16383]),
+            texts(["changeflow"]),
+            ints([OWNER_OID]),
+            ints([6]),
+            bools([true]),
+            texts(["C"]),
+            texts(["C"]),
+            nulls(&DataType::Utf8, 1),
+            nulls(&DataType::Utf8, 1),
+            texts(["c"]),
+            nulls(&DataType::Utf8, 1),
+        ],
         "pg_roles" | "pg_user" => {
             vec![ints([OWNER_OID]), texts([OWNER]), bools([true]), texts([OWNER]), ints([OWNER_OID])]
         }
@@ -477,6 +512,10 @@ pub fn register_functions(state: &mut SessionState) {
         constant_udf("col_description", vec![DataType::Int64, DataType::Int64], ScalarValue::Utf8(None)),
         constant_udf("pg_get_expr", vec![DataType::Utf8, DataType::Int64, DataType::Boolean], ScalarValue::Utf8(None)),
         constant_udf("pg_encoding_to_char", vec![DataType::Int64], text("UTF8")),
+        // psql's \df reads pg_proc, which is empty here: these only need to plan.
+        constant_udf("pg_get_function_result", vec![DataType::Int64], ScalarValue::Utf8(None)),
+        constant_udf("pg_get_function_arguments", vec![DataType::Int64], ScalarValue::Utf8(None)),
+        constant_udf("pg_function_is_visible", vec![DataType::Int64], ScalarValue::Boolean(Some(true))),
     ];
     udfs.push(create_udf(
         "format_type",
@@ -514,6 +553,37 @@ fn always_empty(table: &str) -> bool {
                 | "pg_user"
                 | "pg_index"
         )
+}
+
+/// `array_to_string(x.datacl, ...)` (an access-privilege column, NULL here) or
+/// `ARRAY(subquery)` over an always-empty table.
+fn is_null_array_call(function: &ast::Function) -> bool {
+    let name = function.name.0.last().map(|part| part.to_string().to_ascii_lowercase()).unwrap_or_default();
+    let ast::FunctionArguments::List(list) = &function.args else {
+        return match &function.args {
+            ast::FunctionArguments::Subquery(query) => name == "array" && reads_nothing(query),
+            _ => false,
+        };
+    };
+    let first = list.args.first().and_then(|arg| match arg {
+        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(expr)) => Some(expr),
+        _ => None,
+    });
+    // Arrays changeflow keeps NULL: privileges (`datacl`, ...) and options (`reloptions`).
+    fn null_array(expr: &ast::Expr) -> bool {
+        let null_name = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            name.ends_with("acl") || name.ends_with("options")
+        };
+        match expr {
+            ast::Expr::Identifier(ident) => null_name(&ident.value),
+            ast::Expr::CompoundIdentifier(parts) => parts.last().is_some_and(|p| null_name(&p.value)),
+            // `c.reloptions || array(...)`
+            ast::Expr::BinaryOp { left, op: ast::BinaryOperator::StringConcat, .. } => null_array(left),
+            _ => false,
+        }
+    }
+    name == "array_to_string" && first.is_some_and(null_array)
 }
 
 /// Whether a subquery inner-joins an always-empty system table, so it returns no rows.
@@ -609,6 +679,10 @@ pub fn normalize(statement: &mut ast::Statement) {
     });
     let _ = visit_expressions_mut(statement, |expr| {
         match expr {
+            // Access privileges (`datacl`, `nspacl`, `relacl`) are always NULL here, and
+            // `ARRAY(SELECT ...)` over a table kept empty has no elements: psql's `\l`,
+            // `\dn+` and `\d+` print them.
+            ast::Expr::Function(function) if is_null_array_call(function) => *expr = ast::Expr::value(ast::Value::Null),
             ast::Expr::Function(function) if function.name.0.len() == 2 => {
                 if let Some(ast::ObjectNamePart::Identifier(schema)) = function.name.0.first()
                     && schema.value.eq_ignore_ascii_case(SCHEMA)

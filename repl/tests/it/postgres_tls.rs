@@ -95,7 +95,11 @@ async fn a_source_and_a_sink_reach_postgresql_over_verified_tls_with_a_secret_pa
 
     // Names only, values nowhere.
     assert_eq!(rows(&database, "SHOW SECRETS").await, vec![vec![Some("pg_pass".to_string())]]);
-    for show in ["SHOW SOURCES", "SHOW SINKS", "SHOW SECRETS"] {
+    let definition = format!("{:?}", rows(&database, "SHOW CREATE SOURCE core").await);
+    assert!(definition.contains("password = SECRET pg_pass"), "{definition}");
+    let definition = format!("{:?}", rows(&database, "SHOW CREATE SOURCE t").await);
+    assert!(definition.contains("CREATE SOURCE core FROM POSTGRES"), "a source relation's definition: {definition}");
+    for show in ["SHOW SOURCES", "SHOW SINKS", "SHOW SECRETS", "SHOW CREATE SINK copy", "SHOW CREATE SOURCE core"] {
         let text = format!("{:?}", rows(&database, show).await);
         assert!(!text.contains(PASSWORD), "{show} shows the password: {text}");
     }

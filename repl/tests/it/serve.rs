@@ -316,7 +316,8 @@ async fn psql_runs_statements_and_reports_errors() {
     // psql's describe commands read pg_catalog.
     let output = Command::new(&psql)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &server.url("psql_user")])
-        .args(["-c", "\\dt", "-c", "\\dm", "-c", "\\d sessions"])
+        .args(["-c", "\\dt", "-c", "\\dm", "-c", "\\d sessions", "-c", "\\l", "-c", "\\df", "-c", "\\dn+"])
+        .args(["-c", "\\d+ sessions"])
         .output()
         .expect("run psql");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -326,6 +327,13 @@ async fn psql_runs_statements_and_reports_errors() {
     assert!(stdout.contains("Table \"public.sessions\""), "{stdout}");
     assert!(stdout.contains(" id            | integer                     |           | not null |"), "{stdout}");
     assert!(stdout.contains(" price         | numeric(10,2)               |"), "{stdout}");
+    assert!(stdout.contains("List of databases") && stdout.contains(" changeflow | changeflow | UTF8 "), "{stdout}");
+    assert!(stdout.contains("List of functions"), "{stdout}");
+    assert!(stdout.contains("List of schemas") && stdout.contains(" public | changeflow "), "{stdout}");
+    assert!(
+        stdout.contains(" id            | integer                     |           | not null |         | plain"),
+        "{stdout}"
+    );
 
     let output = Command::new(&psql)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &server.url("psql_user")])
