@@ -115,6 +115,9 @@ fn datafusion_sqlstate(error: &DataFusionError) -> &'static str {
     if message.starts_with("numeric field overflow") {
         return "22003";
     }
+    if message.ends_with("is not supported") {
+        return "0A000";
+    }
     match error.find_root() {
         DataFusionError::SchemaError(..) => "42703",
         DataFusionError::Plan(_) if message.contains("not found") => "42P01",

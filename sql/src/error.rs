@@ -104,6 +104,16 @@ pub fn postgres_words(message: &str) -> String {
             "numeric field overflow: {value} does not fit a numeric of precision {precision} (largest: {max})"
         );
     }
+    // Subqueries DataFusion could not rewrite as joins reach its physical planner.
+    if let Some(rest) = message.strip_prefix("Physical plan does not support logical expression ") {
+        let construct = match rest.split(['(', ' ']).next().unwrap_or_default() {
+            "InSubquery" => "IN (SELECT ...) where it cannot become a join (in a SELECT without FROM, or under OR)",
+            "Exists" => "EXISTS (SELECT ...) where it cannot become a join (in a SELECT without FROM, or under OR)",
+            "ScalarSubquery" => "a scalar subquery (SELECT ...) where it cannot become a join",
+            other => other,
+        };
+        return format!("{construct} is not supported");
+    }
     message.to_string()
 }
 

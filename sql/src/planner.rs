@@ -93,7 +93,14 @@ fn check_expr(expr: &Expr) -> Result<()> {
     let mut found: Option<&'static str> = None;
     expr.apply(|e| {
         found = match e {
-            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+            Expr::ScalarSubquery(subquery) if subquery.outer_ref_columns.is_empty() => {
+                Some("a scalar subquery used as a value ((SELECT avg(y) FROM b) compared with each row)")
+            }
+            Expr::Exists(exists) if exists.subquery.outer_ref_columns.is_empty() => {
+                Some("an EXISTS (SELECT ...) that does not refer to the row, under OR or in the SELECT list")
+            }
+            Expr::InSubquery(_) => Some("an IN (SELECT ...) under OR or in the SELECT list"),
+            Expr::ScalarSubquery(_) | Expr::Exists(_) => {
                 Some("a correlated subquery that cannot be rewritten as a join")
             }
             Expr::OuterReferenceColumn(..) => Some("a correlated subquery"),
