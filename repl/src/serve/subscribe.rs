@@ -163,7 +163,18 @@ where
             },
             None => subscription.next().await,
         };
-        match update.map_err(engine_error)? {
+        let update = match update {
+            Ok(update) => update,
+            Err(error) => {
+                // Dropped for falling behind before the socket filled: the error goes out
+                // only if the client takes what is already written.
+                if subscription.overflowed() && tokio::time::timeout(STALLED_FOR, client.flush()).await.is_err() {
+                    return Err(sever(client, connection, &subscription));
+                }
+                return Err(engine_error(error));
+            }
+        };
+        match update {
             ViewUpdate::Changes { epoch, change } => {
                 sent_rows += change.len();
                 send_or_sever(client, connection, &subscription, fields, delivery, epoch, &change).await?;
@@ -206,21 +217,27 @@ where
             () = tokio::time::sleep(tick) => {
                 stalled = if subscription.overflowed() { stalled + tick } else { std::time::Duration::ZERO };
                 if stalled >= STALLED_FOR {
-                    tracing::warn!(
-                        %peer,
-                        relation = %subscription.relation,
-                        "closing the connection of a SUBSCRIBE client that stopped reading: its subscription fell \
-                         past --subscribe-buffer-mb and was dropped"
-                    );
-                    connection.sever();
-                    return Err(PgWireError::IoError(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the SUBSCRIBE client stopped reading",
-                    )));
+                    return Err(sever_peer(peer, connection, subscription));
                 }
             }
         }
     }
+}
+
+/// Closes the connection of a subscriber that stopped reading (see [`STALLED_FOR`]).
+fn sever<C: ClientInfo>(client: &C, connection: &Connection, subscription: &Subscription) -> PgWireError {
+    sever_peer(client.socket_addr(), connection, subscription)
+}
+
+fn sever_peer(peer: std::net::SocketAddr, connection: &Connection, subscription: &Subscription) -> PgWireError {
+    tracing::warn!(
+        %peer,
+        relation = %subscription.relation,
+        "closing the connection of a SUBSCRIBE client that stopped reading: its subscription fell past \
+         --subscribe-buffer-mb and was dropped"
+    );
+    connection.sever();
+    PgWireError::IoError(std::io::Error::new(std::io::ErrorKind::TimedOut, "the SUBSCRIBE client stopped reading"))
 }
 
 /// Sends an epoch's rows and flushes them: a subscriber sees an epoch as soon as it is
