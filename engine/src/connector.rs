@@ -41,6 +41,17 @@ pub struct SourceRelationDef {
     /// Rows the relation is expected to start with (0 when unknown): its store is sized for
     /// them up front instead of growing through the initial load.
     pub expected_rows: u64,
+    /// The upstream table it mirrors, when there is one (Debezium's `source.db`, `schema`
+    /// and `table` in what sinks write).
+    pub upstream: Option<UpstreamTable>,
+}
+
+/// A table of an upstream database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTable {
+    pub database: String,
+    pub schema: String,
+    pub table: String,
 }
 
 /// An opaque upstream position (an LSN, offsets, sequence numbers): only its source reads it.
@@ -284,6 +295,9 @@ pub struct SinkTarget {
     pub schema: SchemaRef,
     /// Column indexes of the key (empty when the relation has none).
     pub key: Vec<usize>,
+    /// The upstream table behind the relation (or behind the relation whose `changes(...)`
+    /// the sink delivers), when it is a source's.
+    pub upstream: Option<UpstreamTable>,
 }
 
 #[async_trait]

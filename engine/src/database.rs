@@ -254,7 +254,7 @@ impl Database {
             let running = self.tasks()?.contains_key(&create.name);
             if !running && let Err(error) = self.start_source(create).await {
                 // Leave nothing half made: the source goes away with its error.
-                let _ = self.engine.lock().await.drop_source(&create.name, true);
+                let _ = self.engine.lock().await.drop_source(&create.name, true, false);
                 return Err(error);
             }
         }
@@ -482,9 +482,9 @@ fn is_local_write(statement: &ParsedStatement) -> bool {
 
 fn describe_output(output: Output) -> Result<crate::Description> {
     Ok(crate::Description {
-        columns: match output {
+        columns: match output.into_parts().1 {
             Output::Rows { schema, .. } => Some(schema),
-            Output::Command(_) => None,
+            Output::Command(_) | Output::Noticed { .. } => None,
         },
         parameters: Vec::new(),
     })
@@ -671,8 +671,14 @@ impl Engine {
                 schema: Arc::clone(&relation.schema),
                 primary_key: relation.primary_key.clone(),
                 expected_rows: 0,
+                upstream: self.upstream_of(&relation.name),
             })
             .collect()
+    }
+
+    /// The upstream table a source relation mirrors, as its source described it.
+    pub(crate) fn upstream_of(&self, relation: &str) -> Option<crate::connector::UpstreamTable> {
+        self.definitions.iter().flat_map(|d| &d.relations).find(|r| r.name == relation)?.upstream.clone()
     }
 
     pub(crate) fn source_progress(&mut self, source: &str, transactions: u64, changes: u64, progress: &str) {

@@ -28,6 +28,28 @@ pub enum Output {
     Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
     /// The command tag of anything else, as PostgreSQL prints it (`INSERT 0 3`).
     Command(String),
+    /// An answer with PostgreSQL's notices before it (`drop cascades to view v`).
+    Noticed { notices: Vec<String>, output: Box<Output> },
+}
+
+impl Output {
+    /// `output` with `notices` (itself when there are none).
+    pub fn with_notices(output: Output, notices: Vec<String>) -> Output {
+        if notices.is_empty() { output } else { Output::Noticed { notices, output: Box::new(output) } }
+    }
+
+    /// The notices and the answer.
+    pub fn into_parts(self) -> (Vec<String>, Output) {
+        match self {
+            Output::Noticed { notices, output } => {
+                let (mut more, output) = output.into_parts();
+                let mut all = notices;
+                all.append(&mut more);
+                (all, output)
+            }
+            other => (Vec::new(), other),
+        }
+    }
 }
 
 /// Whether statements run, or are only parsed and planned (`changeflow check`).
@@ -216,7 +238,7 @@ impl Engine {
         match &statement.statement {
             Statement::Sql(sql) => self.execute_sql(sql).await,
             Statement::CreateSource(create) => self.create_source(create).await,
-            Statement::DropSource { name, if_exists } => self.drop_source(name, *if_exists),
+            Statement::DropSource { name, if_exists, cascade } => self.drop_source(name, *if_exists, *cascade),
             Statement::CreateSink(create) => self.create_sink(create),
             Statement::DropSink { name, if_exists } => self.drop_sink(name, *if_exists),
             Statement::CreateSecret(create) => self.create_secret(create),
@@ -266,13 +288,7 @@ impl Engine {
             S::CreateTable(create) => self.create_table(create),
             S::CreateView(view) => self.create_view(statement, view).await,
             S::Drop { object_type, if_exists, names, cascade, .. } => {
-                if *cascade {
-                    return Err(SqlError::Unsupported(
-                        "DROP ... CASCADE is not supported; drop the dependent views first".into(),
-                    )
-                    .into());
-                }
-                self.drop(*object_type, *if_exists, names)
+                self.drop(*object_type, *if_exists, names, *cascade)
             }
             S::Insert(_) | S::Update(_) | S::Delete(_) => self.dml(statement).await,
             S::StartTransaction { .. } => {

@@ -33,6 +33,9 @@ pub enum EngineError {
     /// A statement stopped by a cancel request, its client going away, or its timeout.
     #[error("{0}")]
     Canceled(String),
+    /// PREPARE, EXECUTE or DEALLOCATE of a session failed.
+    #[error("{message}")]
+    Prepared { sqlstate: &'static str, message: String },
     /// An invariant of the engine was broken: a bug, reported rather than hidden.
     #[error("internal error: {0}")]
     Internal(String),
@@ -78,6 +81,7 @@ impl EngineError {
             EngineError::Arrow(error) if error.to_string().contains("too large to store in a Decimal128") => "22003",
             EngineError::Arrow(_) => "22000",
             EngineError::Backpressure(_) => "53000",
+            EngineError::Prepared { sqlstate, .. } => sqlstate,
             EngineError::Canceled(message) if message.contains("lock timeout") => "55P03",
             EngineError::Canceled(_) => "57014",
             EngineError::Connector(_) => "08000",

@@ -148,6 +148,7 @@ impl Engine {
         object_type: ast::ObjectType,
         if_exists: bool,
         names: &[ast::ObjectName],
+        cascade: bool,
     ) -> Result<Output> {
         self.refuse_in_transaction("DROP")?;
         let (kind, tag) = match object_type {
@@ -156,19 +157,55 @@ impl Engine {
             ast::ObjectType::MaterializedView => (RelationKind::MaterializedView, "DROP MATERIALIZED VIEW"),
             other => return Err(SqlError::Unsupported(format!("DROP {other} is not supported")).into()),
         };
+        let mut notices = Vec::new();
         for name in names {
             let name = object_name(name)?;
-            if if_exists && self.catalog.relation(&name).is_none() {
-                continue;
+            if self.catalog.relation(&name).is_none() {
+                if if_exists {
+                    notices.push(format!("{} \"{name}\" does not exist, skipping", kind.describe()));
+                    continue;
+                }
+                return Err(SqlError::Catalog(format!("{} \"{name}\" does not exist", kind.describe())).into());
             }
-            self.catalog.drop_relation(&name, kind)?;
-            self.stores.remove(&name);
-            self.views.retain(|v| v.name != name);
-            self.end_subscriptions(&name, &format!("\"{name}\" was dropped"));
-            self.undefined(&name, format!("{tag} {}", quote_name(&name)))?;
+            self.catalog.require_kind(&name, kind)?;
+            if cascade {
+                notices.extend(self.drop_dependents(std::slice::from_ref(&name))?);
+            }
+            self.drop_relation(&name, kind)?;
         }
         self.catalog.prune_streams();
-        Ok(Output::Command(tag.into()))
+        Ok(Output::with_notices(Output::Command(tag.into()), notices))
+    }
+
+    /// Drops one relation that nothing depends on any more.
+    fn drop_relation(&mut self, name: &str, kind: RelationKind) -> Result<()> {
+        self.catalog.drop_relation(name, kind)?;
+        self.stores.remove(name);
+        self.views.retain(|v| v.name != name);
+        self.end_subscriptions(name, &format!("\"{name}\" was dropped"));
+        let tag = match kind {
+            RelationKind::View => "DROP VIEW",
+            RelationKind::MaterializedView => "DROP MATERIALIZED VIEW",
+            _ => "DROP TABLE",
+        };
+        self.undefined(name, format!("{tag} {}", quote_name(name)))
+    }
+
+    /// `CASCADE`: drops the sinks and views that depend on `names`, readers first; answers
+    /// PostgreSQL's notices naming each.
+    fn drop_dependents(&mut self, names: &[String]) -> Result<Vec<String>> {
+        let cascade = self.catalog.cascade_of(names);
+        let mut notices = Vec::new();
+        for sink in &cascade.sinks {
+            self.drop_sink(sink, true)?;
+            notices.push(format!("drop cascades to sink {sink}"));
+        }
+        for view in &cascade.views {
+            let Some(kind) = self.catalog.relation(view).map(|r| r.kind) else { continue };
+            self.drop_relation(view, kind)?;
+            notices.push(format!("drop cascades to {} {view}", kind.describe()));
+        }
+        Ok(notices)
     }
 
     pub(crate) async fn create_source(&mut self, create: &CreateSource) -> Result<Output> {
@@ -225,19 +262,26 @@ impl Engine {
         Ok(Output::Command("CREATE SOURCE".into()))
     }
 
-    pub(crate) fn drop_source(&mut self, name: &str, if_exists: bool) -> Result<Output> {
+    pub(crate) fn drop_source(&mut self, name: &str, if_exists: bool, cascade: bool) -> Result<Output> {
         self.refuse_in_transaction("DROP SOURCE")?;
-        if if_exists && self.catalog.source(name).is_none() {
-            return Ok(Output::Command("DROP SOURCE".into()));
-        }
+        let Some(source) = self.catalog.source(name) else {
+            if if_exists {
+                let notice = format!("source \"{name}\" does not exist, skipping");
+                return Ok(Output::with_notices(Output::Command("DROP SOURCE".into()), vec![notice]));
+            }
+            return Err(SqlError::Catalog(format!("source \"{name}\" does not exist")).into());
+        };
+        let relations = source.relations.clone();
+        let notices = if cascade { self.drop_dependents(&relations)? } else { Vec::new() };
         let source = self.catalog.drop_source(name)?;
         for relation in &source.relations {
             self.stores.remove(relation);
             self.end_subscriptions(relation, &format!("source \"{name}\" was dropped"));
         }
         self.sources.remove(name);
+        self.catalog.prune_streams();
         self.undefined(name, format!("DROP SOURCE {}", quote_name(name)))?;
-        Ok(Output::Command("DROP SOURCE".into()))
+        Ok(Output::with_notices(Output::Command("DROP SOURCE".into()), notices))
     }
 
     pub(crate) fn explain_view(&mut self, statement: &ast::Statement) -> Result<Output> {

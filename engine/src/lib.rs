@@ -35,6 +35,7 @@ pub mod keyed;
 pub mod memory;
 pub mod operator;
 mod prefetch;
+mod prepared;
 mod query_runtime;
 pub mod redact;
 pub mod rows;

@@ -23,6 +23,7 @@ use crate::database::Database;
 use crate::engine::Output;
 use crate::error::{EngineError, Result};
 use crate::interrupt::Interrupt;
+use crate::prepared::{PreparedAction, PreparedStatements};
 
 /// What [`Session::execute_streaming`] answers.
 pub enum Streamed {
@@ -35,6 +36,16 @@ pub struct Session {
     block: Block,
     /// Stops the session's running query (cancel requests, statement_timeout).
     interrupt: Arc<Interrupt>,
+    /// Who the client connected as: `current_user` and `session_user`.
+    user: String,
+    /// What PREPARE made (EXECUTE runs it).
+    prepared: PreparedStatements,
+}
+
+/// A statement ready to run, or the answer of one the session handled itself.
+enum Resolved<'a> {
+    Answered(Output),
+    Run(std::borrow::Cow<'a, ParsedStatement>),
 }
 
 /// The session's transaction block.
@@ -83,7 +94,37 @@ fn end_tag(statement: &ParsedStatement) -> &'static str {
 
 impl Session {
     pub fn new(database: Arc<Database>) -> Self {
-        Self { database, block: Block::None, interrupt: Interrupt::new() }
+        let user = changeflow_sql::postgres_functions::DEFAULT_USER.to_string();
+        Self { database, block: Block::None, interrupt: Interrupt::new(), user, prepared: Default::default() }
+    }
+
+    /// Names the user the client connected as.
+    pub fn set_user(&mut self, user: &str) {
+        user.clone_into(&mut self.user);
+    }
+
+    /// PREPARE and DEALLOCATE are answered here; EXECUTE becomes the statement it runs;
+    /// `current_user` and `session_user` are bound to this session's user.
+    fn resolve<'a>(&mut self, statement: &'a ParsedStatement) -> Result<Resolved<'a>> {
+        let statement = match self.prepared.handle(statement) {
+            None => std::borrow::Cow::Borrowed(statement),
+            Some(action) => match action? {
+                PreparedAction::Done(tag) => return Ok(Resolved::Answered(Output::Command(tag.into()))),
+                PreparedAction::Run(bound) => std::borrow::Cow::Owned(bound),
+            },
+        };
+        let bound = match &statement.statement {
+            Statement::Sql(sql) => changeflow_sql::postgres_functions::bind_session_user(sql, &self.user),
+            _ => None,
+        };
+        Ok(Resolved::Run(match bound {
+            Some(sql) => std::borrow::Cow::Owned(ParsedStatement {
+                statement: Statement::Sql(Box::new(sql)),
+                text: statement.text.clone(),
+                position: statement.position,
+            }),
+            None => statement,
+        }))
     }
 
     pub fn database(&self) -> &Arc<Database> {
@@ -104,6 +145,11 @@ impl Session {
     /// Executes a statement; a query's rows come as a stream (computed as they are read,
     /// a few batches ahead), anything else as [`Session::execute`] answers.
     pub async fn execute_streaming(&mut self, statement: &ParsedStatement) -> Result<Streamed> {
+        let statement = match self.resolve(statement)? {
+            Resolved::Answered(output) => return Ok(Streamed::Output(output)),
+            Resolved::Run(statement) => statement,
+        };
+        let statement = &*statement;
         if let Statement::Sql(sql) = &statement.statement
             && let ast::Statement::Query(query) = sql.as_ref()
         {
@@ -112,10 +158,18 @@ impl Session {
             let (schema, rows) = self.database.stream_query(query, writing, Some(&self.interrupt)).await?;
             return Ok(Streamed::Rows { schema, rows });
         }
-        Ok(Streamed::Output(self.execute(statement).await?))
+        Ok(Streamed::Output(self.run(statement).await?))
     }
 
     pub async fn execute(&mut self, statement: &ParsedStatement) -> Result<Output> {
+        let statement = match self.resolve(statement)? {
+            Resolved::Answered(output) => return Ok(output),
+            Resolved::Run(statement) => statement,
+        };
+        self.run(&statement).await
+    }
+
+    async fn run(&mut self, statement: &ParsedStatement) -> Result<Output> {
         let writing = matches!(self.block, Block::Writing(_));
         self.interrupt.start();
         match access(statement) {
@@ -197,7 +251,7 @@ mod tests {
     async fn count(session: &mut Session) -> usize {
         match run(session, "SELECT * FROM t").await.expect("select") {
             Output::Rows { batches, .. } => batches.iter().map(|b| b.num_rows()).sum(),
-            Output::Command(tag) => panic!("a query answered {tag}"),
+            other => panic!("a query answered {:?}", other.into_parts().1),
         }
     }
 

@@ -106,7 +106,7 @@ async fn run() -> ExitCode {
         },
         Some(Command::Run { format, files }) => {
             let database = match cli.storage.open(None, false).await {
-                Ok(database) => database,
+                Ok(database) => std::sync::Arc::new(database),
                 Err(error) => {
                     eprintln!("error: {}", changeflow_engine::redact::redact_credentials(&format!("{error:#}")));
                     return ExitCode::FAILURE;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use changeflow_engine::Database;
+use changeflow_engine::Session;
 use changeflow_sql::parser::{parse_statement, split_statements};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
@@ -163,7 +163,8 @@ fn history_path() -> Option<PathBuf> {
 }
 
 pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()> {
-    let database = storage.open(None, false).await?;
+    let database = Arc::new(storage.open(None, false).await?);
+    let mut session = Session::new(Arc::clone(&database));
     let relations = Arc::new(Mutex::new(Vec::new()));
     let mut editor: Editor<SqlHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(SqlHelper { relations: Arc::clone(&relations) }));
@@ -233,7 +234,7 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
             }
             _ => {}
         }
-        execute_text(&database, input, timing).await;
+        execute_text(&mut session, input, timing).await;
         let names: Vec<String> = database.engine().await.catalog().relations().map(|r| r.name.clone()).collect();
         if let Ok(mut known) = relations.lock() {
             *known = names;
@@ -242,11 +243,12 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
     if let Some(path) = &history {
         let _ = editor.save_history(path);
     }
+    session.close().await;
     database.shutdown().await;
     Ok(())
 }
 
-async fn execute_text(database: &Database, text: &str, timing: bool) {
+async fn execute_text(session: &mut Session, text: &str, timing: bool) {
     let statements = match split_statements(text) {
         Ok(statements) => statements,
         Err(error) => {
@@ -257,7 +259,7 @@ async fn execute_text(database: &Database, text: &str, timing: bool) {
     for source in statements {
         let started = Instant::now();
         let result = match parse_statement(&source) {
-            Ok(statement) => database.execute(&statement).await.map_err(|e| e.to_string()),
+            Ok(statement) => session.execute(&statement).await.map_err(|e| e.to_string()),
             Err(error) => Err(located(&error.to_string(), error.position()).into_owned()),
         };
         match result {

@@ -2,8 +2,9 @@
 //! plan files without executing or connecting, report every error with its position).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use changeflow_engine::{Database, Mode, Output};
+use changeflow_engine::{Database, Mode, Output, Session};
 use changeflow_sql::error::Position;
 use changeflow_sql::parser::{parse_statement, split_statements};
 
@@ -23,8 +24,15 @@ impl std::fmt::Display for LocatedError {
 }
 
 /// Renders one statement's output in the chosen format; None when nothing is printed.
+/// Notices go to stderr, as psql prints them.
 pub fn render(output: &Output, format: Format) -> anyhow::Result<Option<String>> {
     Ok(match (output, format) {
+        (Output::Noticed { notices, output }, _) => {
+            for notice in notices {
+                eprintln!("NOTICE:  {notice}");
+            }
+            return render(output, format);
+        }
         (Output::Rows { schema, batches }, Format::Table) => Some(format::table(schema, batches)?),
         (Output::Rows { schema, batches }, Format::Csv) => Some(format::csv(schema, batches)?),
         (Output::Rows { schema, batches }, Format::Json) => Some(format::json(schema, batches)?),
@@ -41,9 +49,16 @@ fn read(file: &Path) -> Result<String, LocatedError> {
     })
 }
 
-/// Executes the files' statements in order, printing results to stdout. Stops at the first
-/// failing statement.
-pub async fn run(database: &Database, files: &[PathBuf], output_format: Format) -> Result<(), LocatedError> {
+/// Executes the files' statements in order, in one session, printing results to stdout.
+/// Stops at the first failing statement.
+pub async fn run(database: &Arc<Database>, files: &[PathBuf], output_format: Format) -> Result<(), LocatedError> {
+    let mut session = Session::new(Arc::clone(database));
+    let result = run_in(&mut session, files, output_format).await;
+    session.close().await;
+    result
+}
+
+async fn run_in(session: &mut Session, files: &[PathBuf], output_format: Format) -> Result<(), LocatedError> {
     let mut printed_any = false;
     for file in files {
         let text = read(file)?;
@@ -53,7 +68,7 @@ pub async fn run(database: &Database, files: &[PathBuf], output_format: Format) 
         for source in statements {
             let statement =
                 parse_statement(&source).map_err(|e| locate(e.position().unwrap_or(source.position), e.to_string()))?;
-            let output = database.execute(&statement).await.map_err(|e| locate(statement.position, e.to_string()))?;
+            let output = session.execute(&statement).await.map_err(|e| locate(statement.position, e.to_string()))?;
             let rendered = render(&output, output_format).map_err(|e| locate(statement.position, e.to_string()))?;
             if let Some(text) = rendered {
                 if printed_any && output_format == Format::Csv {

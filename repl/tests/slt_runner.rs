@@ -4,15 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use changeflow_engine::{Database, Output};
+use changeflow_engine::{Database, Output, Session};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 #[path = "../src/format.rs"]
 #[allow(dead_code)]
 mod format;
 
+/// One file runs in one session, as psql runs a script.
 struct Changeflow {
-    database: Database,
+    session: Session,
 }
 
 #[derive(Debug)]
@@ -35,9 +36,9 @@ impl sqllogictest::AsyncDB for Changeflow {
         let statements = changeflow_sql::parse_sql(sql).map_err(|e| SltError(e.to_string()))?;
         let mut last = DBOutput::StatementComplete(0);
         for statement in statements {
-            let output = self.database.execute(&statement).await.map_err(|e| SltError(e.to_string()))?;
-            last = match output {
-                Output::Command(_) => DBOutput::StatementComplete(0),
+            let output = self.session.execute(&statement).await.map_err(|e| SltError(e.to_string()))?;
+            last = match output.into_parts().1 {
+                Output::Command(_) | Output::Noticed { .. } => DBOutput::StatementComplete(0),
                 Output::Rows { schema, batches } => {
                     let rows = format::text_rows(&batches).map_err(|e| SltError(e.to_string()))?;
                     DBOutput::Rows {
@@ -89,7 +90,9 @@ async fn main() {
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
         let make_db =
-            || async { Ok::<_, SltError>(Changeflow { database: Database::new(changeflow_connectors::registry()) }) };
+            || async { Ok::<_, SltError>(Changeflow {
+                session: Session::new(std::sync::Arc::new(Database::new(changeflow_connectors::registry()))),
+            }) };
         let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
         let result = if complete {
             let mut runner = sqllogictest::Runner::new(make_db);

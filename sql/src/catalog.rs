@@ -187,7 +187,7 @@ impl Catalog {
         Ok(())
     }
 
-    /// Names of relations that read `name` directly.
+    /// Names of relations that read `name` directly (`name` may be a change stream).
     pub fn dependents(&self, name: &str) -> Vec<String> {
         self.relations.values().filter(|r| r.dependencies.iter().any(|d| d == name)).map(|r| r.name.clone()).collect()
     }
@@ -213,6 +213,15 @@ impl Catalog {
 
     /// Removes a relation of the expected kind, refusing while something depends on it.
     pub fn drop_relation(&mut self, name: &str, expected: RelationKind) -> Result<Relation> {
+        self.require_kind(name, expected)?;
+        self.refuse_if_depended_on(name)?;
+        // Its change stream goes with it (nothing uses it, or the check above refused).
+        self.streams.remove(&crate::change_stream::stream_name(name));
+        self.relations.remove(name).ok_or_else(|| SqlError::Catalog(format!("relation \"{name}\" does not exist")))
+    }
+
+    /// Refuses a relation of another kind than a statement names (`DROP TABLE` of a view).
+    pub fn require_kind(&self, name: &str, expected: RelationKind) -> Result<()> {
         let relation = self.require_relation(name)?;
         if relation.kind != expected {
             return Err(SqlError::Catalog(format!(
@@ -222,10 +231,58 @@ impl Catalog {
                 relation.kind.describe().to_uppercase()
             )));
         }
-        self.refuse_if_depended_on(name)?;
-        // Its change stream goes with it (nothing uses it, or the check above refused).
-        self.streams.remove(&crate::change_stream::stream_name(name));
-        self.relations.remove(name).ok_or_else(|| SqlError::Catalog(format!("relation \"{name}\" does not exist")))
+        Ok(())
+    }
+
+    /// What `DROP ... CASCADE` of `names` takes with it: the views that read them (through
+    /// other views and change streams too), dependents before what they read, and the sinks
+    /// that deliver any of them.
+    pub fn cascade_of(&self, names: &[String]) -> Cascade {
+        let mut views: Vec<String> = Vec::new();
+        let mut waiting: Vec<String> = names.to_vec();
+        let mut seen: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+        while let Some(name) = waiting.pop() {
+            let stream = crate::change_stream::stream_name(&name);
+            let mut dependents = self.dependents(&name);
+            dependents.extend(self.dependents(&stream));
+            dependents.sort();
+            for dependent in dependents {
+                if seen.insert(dependent.clone()) {
+                    views.push(dependent.clone());
+                    waiting.push(dependent);
+                }
+            }
+        }
+        // Each view after every view it reads: dropping in reverse drops readers first.
+        let mut ordered: Vec<String> = Vec::new();
+        while ordered.len() < views.len() {
+            let before = ordered.len();
+            for view in &views {
+                let ready = !ordered.contains(view)
+                    && self.relation(view).is_none_or(|r| {
+                        r.dependencies.iter().all(|d| {
+                            let read = crate::change_stream::base_of(d).unwrap_or(d);
+                            !views.contains(&read.to_string()) || ordered.iter().any(|o| o == read)
+                        })
+                    });
+                if ready {
+                    ordered.push(view.clone());
+                }
+            }
+            if ordered.len() == before {
+                // Not reachable with an acyclic catalog; keep the rest as found.
+                ordered.extend(views.iter().filter(|v| !ordered.contains(v)).cloned().collect::<Vec<_>>());
+            }
+        }
+        ordered.reverse();
+        let mut sinks = Vec::new();
+        for relation in names.iter().chain(&ordered) {
+            sinks.extend(self.sinks_of(relation));
+            sinks.extend(self.sinks_of(&crate::change_stream::stream_name(relation)));
+        }
+        sinks.sort();
+        sinks.dedup();
+        Cascade { sinks, views: ordered }
     }
 
     fn refuse_if_depended_on(&self, name: &str) -> Result<()> {
@@ -235,7 +292,7 @@ impl Catalog {
         sinks.extend(self.sinks_of(&stream));
         if !sinks.is_empty() {
             return Err(SqlError::Catalog(format!(
-                "cannot drop \"{name}\": sink{} {} deliver{} it; DROP SINK first",
+                "cannot drop \"{name}\": sink{} {} deliver{} it; DROP SINK first, or drop with CASCADE",
                 if sinks.len() == 1 { "" } else { "s" },
                 sinks.join(", "),
                 if sinks.len() == 1 { "s" } else { "" },
@@ -252,7 +309,7 @@ impl Catalog {
             return Ok(());
         }
         Err(SqlError::Catalog(format!(
-            "cannot drop \"{name}\": {} depend{} on it ({}); drop {} first",
+            "cannot drop \"{name}\": {} depend{} on it ({}); drop {} first, or drop with CASCADE",
             if dependents.len() == 1 { "a view" } else { "views" },
             if dependents.len() == 1 { "s" } else { "" },
             dependents.join(", "),
@@ -275,4 +332,12 @@ impl Catalog {
         }
         Ok(source)
     }
+}
+
+/// What a `DROP ... CASCADE` drops besides the objects it names, in the order to drop them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cascade {
+    pub sinks: Vec<String>,
+    /// Readers before what they read.
+    pub views: Vec<String>,
 }

@@ -41,7 +41,11 @@ pub fn new_session_state() -> SessionState {
     options.execution.time_zone = Some("+00:00".into());
     let mut state = SessionStateBuilder::new().with_config(config).with_default_features().build();
     // `SELECT version()` answers like PostgreSQL does, naming changeflow: clients parse it.
-    let version = format!("PostgreSQL 16.6 (changeflow {}), an incremental view engine", env!("CARGO_PKG_VERSION"));
+    let version = format!(
+        "PostgreSQL {} (changeflow {}), an incremental view engine",
+        crate::postgres_functions::SERVER_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
     let udf = datafusion::logical_expr::create_udf(
         "version",
         vec![],
@@ -96,6 +100,8 @@ impl<'a> PlanContext<'a> {
         let planner = SqlToRel::new_with_options(self, parser_options());
         let mut statement = statement.clone();
         crate::system_catalog::normalize(&mut statement);
+        crate::postgres_functions::call_session_functions(&mut statement);
+        crate::names::name_duplicate_items(&mut statement);
         Ok(planner.sql_statement_to_plan(statement)?)
     }
 

@@ -3,8 +3,10 @@
 //! else `?column?`. DataFusion names such columns after their expression (`count(*)`,
 //! `Int64(1)`), which users of a PostgreSQL-speaking system do not expect.
 
+use std::ops::ControlFlow;
+
 use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, Query, SelectItem, SetExpr, Statement, VisitMut, VisitorMut};
 
 /// The PostgreSQL name of each select item, or None where DataFusion's name is kept
 /// (aliases, and queries whose items cannot be matched to output columns one to one).
@@ -15,7 +17,7 @@ pub fn postgres_names(query: &Query) -> Option<Vec<Option<String>>> {
         .iter()
         .map(|item| match item {
             SelectItem::UnnamedExpr(expr) => Some(Some(expression_name(expr).unwrap_or_else(|| "?column?".into()))),
-            SelectItem::ExprWithAlias { .. } => Some(None),
+            SelectItem::ExprWithAlias { alias, .. } => Some(Some(crate::ddl::normalize_ident(alias))),
             _ => None,
         })
         .collect()
@@ -35,6 +37,56 @@ fn expression_name(expr: &Expr) -> Option<String> {
         Expr::Nested(inner) => expression_name(inner),
         Expr::Case { .. } => Some("case".into()),
         _ => None,
+    }
+}
+
+/// Gives the second and later of select items with the same name (`SELECT a + b, a + b`,
+/// `SELECT x AS n, y AS n`: legal in PostgreSQL, refused by DataFusion's planner) names of
+/// their own for planning; [`apply_postgres_names`] of the written query names the output
+/// columns as PostgreSQL does.
+pub fn name_duplicate_items(statement: &mut Statement) {
+    struct Namer;
+    impl VisitorMut for Namer {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            name_duplicates_in(&mut query.body);
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Namer);
+}
+
+fn name_duplicates_in(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => {
+            let mut seen = std::collections::HashSet::new();
+            for (position, item) in select.projection.iter_mut().enumerate() {
+                let key = match item {
+                    SelectItem::UnnamedExpr(Expr::Identifier(ident)) => crate::ddl::normalize_ident(ident),
+                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                        parts.last().map(crate::ddl::normalize_ident).unwrap_or_default()
+                    }
+                    SelectItem::UnnamedExpr(expr) => expr.to_string(),
+                    SelectItem::ExprWithAlias { alias, .. } => crate::ddl::normalize_ident(alias),
+                    _ => continue,
+                };
+                if seen.insert(key.clone()) {
+                    continue;
+                }
+                let alias = Ident::with_quote('"', format!("{key}#{}", position + 1));
+                *item = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
+                    SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                        SelectItem::ExprWithAlias { expr, alias }
+                    }
+                    other => other,
+                };
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            name_duplicates_in(left);
+            name_duplicates_in(right);
+        }
+        _ => {}
     }
 }
 

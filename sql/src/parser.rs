@@ -35,6 +35,8 @@ pub enum Statement {
     DropSource {
         name: String,
         if_exists: bool,
+        /// Drops the views and sinks that read its relations too.
+        cascade: bool,
     },
     Show(ShowKind),
     /// `EXPLAIN CREATE MATERIALIZED VIEW ...`: print the incremental dataflow.
@@ -549,8 +551,12 @@ fn parse_drop_source(text: &str) -> Result<Statement> {
     cursor.expect_word("SOURCE")?;
     let if_exists = cursor.accept_if_exists()?;
     let name = cursor.identifier("a source name")?;
+    let cascade = cursor.accept_word("CASCADE");
+    if !cascade {
+        cursor.accept_word("RESTRICT");
+    }
     cursor.expect_end()?;
-    Ok(Statement::DropSource { name, if_exists })
+    Ok(Statement::DropSource { name, if_exists, cascade })
 }
 
 fn parse_show(text: &str, words: &[String]) -> Result<Statement> {

@@ -1,7 +1,9 @@
 //! Functions PostgreSQL users reach for first that DataFusion lacks or names differently:
 //! `pg_typeof(x)`, a number times (or an interval divided by) a number for intervals
 //! (`3 * interval '1 day'`, planned by [`IntervalArithmetic`]), and `generate_series(a, b
-//! [, step])` as a table function whose column is named `generate_series`, as in PostgreSQL.
+//! [, step])` as a table function whose column is named `generate_series`, as in PostgreSQL;
+//! `current_user`, `session_user`, `user` and `current_catalog`, which a session binds to its
+//! own values ([`bind_session_user`]).
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::sql::sqlparser::ast::BinaryOperator;
+use datafusion::sql::sqlparser::ast::{self, BinaryOperator};
 
 /// Adds the functions and the interval arithmetic to a session.
 pub fn register(state: &mut SessionState) -> DFResult<()> {
@@ -27,7 +29,126 @@ pub fn register(state: &mut SessionState) -> DFResult<()> {
     state.register_udf(Arc::new(ScalarUDF::new_from_impl(PgTypeof::new())))?;
     state.register_udf(interval_times())?;
     state.register_expr_planner(Arc::new(IntervalArithmetic))?;
+    for name in SESSION_NAMES {
+        state.register_udf(Arc::new(datafusion::logical_expr::create_udf(
+            name,
+            vec![],
+            DataType::Utf8,
+            // Stable: a view may not use them (its rows would depend on who reads it).
+            Volatility::Stable,
+            Arc::new(move |_args: &[ColumnarValue]| {
+                let value = if name == "current_catalog" { DATABASE } else { DEFAULT_USER };
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.to_string()))))
+            }),
+        )))?;
+    }
     Ok(())
+}
+
+/// The PostgreSQL version changeflow answers as (`server_version`, `version()`): psql
+/// warns about servers newer than itself and picks its catalog queries by it.
+pub const SERVER_VERSION: &str = "15.18";
+
+/// [`SERVER_VERSION`] as `server_version_num`.
+pub const SERVER_VERSION_NUM: &str = "150018";
+
+/// The database name clients see (`current_database()`, `current_catalog`).
+pub const DATABASE: &str = "changeflow";
+
+/// The user of statements run outside a client session (`run`, the REPL).
+pub const DEFAULT_USER: &str = "changeflow";
+
+/// PostgreSQL's parenthesis-less functions about the session.
+const SESSION_NAMES: [&str; 4] = ["current_user", "session_user", "user", "current_catalog"];
+
+/// The session function a parenthesis-less call names (`current_user`, not `"current_user"`
+/// or `current_user()`).
+fn session_function(expr: &ast::Expr) -> Option<&'static str> {
+    let ast::Expr::Function(function) = expr else { return None };
+    if !matches!(function.args, ast::FunctionArguments::None) || function.name.0.len() != 1 {
+        return None;
+    }
+    let ast::ObjectNamePart::Identifier(ident) = &function.name.0[0] else { return None };
+    if ident.quote_style.is_some() {
+        return None;
+    }
+    SESSION_NAMES.into_iter().find(|name| ident.value.eq_ignore_ascii_case(name))
+}
+
+/// Replaces `current_user`, `session_user` and `user` in a query or a write by the session's
+/// user (PostgreSQL's values for a session without SET ROLE); `None` when the statement
+/// names none of them. Views are left alone: the planner refuses them there.
+pub fn bind_session_user(statement: &ast::Statement, user: &str) -> Option<ast::Statement> {
+    use std::ops::ControlFlow;
+    if !matches!(
+        statement,
+        ast::Statement::Query(_)
+            | ast::Statement::Insert(_)
+            | ast::Statement::Update { .. }
+            | ast::Statement::Delete(_)
+            | ast::Statement::Explain { .. }
+    ) {
+        return None;
+    }
+    let mentions = ast::visit_expressions(statement, |expr| match session_function(expr) {
+        Some(_) => ControlFlow::Break(()),
+        None => ControlFlow::Continue(()),
+    });
+    if mentions.is_continue() {
+        return None;
+    }
+    let mut bound = statement.clone();
+    if let ast::Statement::Query(query) = &mut bound {
+        name_session_columns(&mut query.body);
+    }
+    let _ = ast::visit_expressions_mut(&mut bound, |expr| {
+        match session_function(expr) {
+            Some("current_catalog") => *expr = ast::Expr::value(ast::Value::SingleQuotedString(DATABASE.into())),
+            Some(_) => *expr = ast::Expr::value(ast::Value::SingleQuotedString(user.into())),
+            None => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Some(bound)
+}
+
+/// Output columns that are a session function keep its name once it is bound to a value
+/// (`SELECT current_user` answers a column named `current_user`).
+fn name_session_columns(body: &mut ast::SetExpr) {
+    match body {
+        ast::SetExpr::Select(select) => {
+            for item in &mut select.projection {
+                if let ast::SelectItem::UnnamedExpr(expr) = item
+                    && let Some(name) = session_function(expr)
+                {
+                    *item = ast::SelectItem::ExprWithAlias { expr: expr.clone(), alias: ast::Ident::new(name) };
+                }
+            }
+        }
+        ast::SetExpr::SetOperation { left, right, .. } => {
+            name_session_columns(left);
+            name_session_columns(right);
+        }
+        ast::SetExpr::Query(query) => name_session_columns(&mut query.body),
+        _ => {}
+    }
+}
+
+/// Turns the parenthesis-less session functions left in a statement into calls DataFusion
+/// plans (it would read them as column names).
+pub fn call_session_functions(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if session_function(expr).is_some()
+            && let ast::Expr::Function(function) = expr
+        {
+            function.args = ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![],
+                clauses: vec![],
+            });
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 /// `pg_typeof(x)`: the PostgreSQL name of the argument's type.

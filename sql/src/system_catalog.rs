@@ -505,7 +505,7 @@ pub fn register_functions(state: &mut SessionState) {
         constant_udf("pg_get_userbyid", vec![DataType::Int64], text(OWNER)),
         constant_udf("pg_table_is_visible", vec![DataType::Int64], ScalarValue::Boolean(Some(true))),
         constant_udf("pg_type_is_visible", vec![DataType::Int64], ScalarValue::Boolean(Some(true))),
-        constant_udf("current_database", vec![], text("changeflow")),
+        constant_udf("current_database", vec![], text(crate::postgres_functions::DATABASE)),
         constant_udf("current_schema", vec![], text("public")),
         constant_udf("pg_backend_pid", vec![], ScalarValue::Int64(Some(0))),
         constant_udf("obj_description", vec![DataType::Int64, DataType::Utf8], ScalarValue::Utf8(None)),

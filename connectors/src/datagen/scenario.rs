@@ -101,6 +101,7 @@ impl SessionsScenario {
                 schema: Arc::clone(schema),
                 primary_key: vec![0],
                 expected_rows: 0,
+                upstream: None,
             })
             .collect()
     }

@@ -171,6 +171,13 @@ impl Encoder {
         };
         let transaction = epoch.origin.as_ref().and_then(|o| o.transaction);
         let text = |s: &str| Value::String(s.to_string()).to_string();
+        // The upstream table when the relation mirrors one; else the relation (the base of
+        // a change stream) in the source's (or changeflow's) database.
+        let relation = changeflow_sql::change_stream::base_of(&self.target.relation).unwrap_or(&self.target.relation);
+        let (db, schema, table) = match &self.target.upstream {
+            Some(upstream) => (upstream.database.as_str(), upstream.schema.as_str(), upstream.table.as_str()),
+            None => (db, "public", relation),
+        };
         object(&[
             ("version", text(env!("CARGO_PKG_VERSION"))),
             ("connector", text("changeflow")),
@@ -180,8 +187,8 @@ impl Encoder {
             ("snapshot", text(if epoch.snapshot { "true" } else { "false" })),
             ("db", text(db)),
             ("sequence", "null".into()),
-            ("schema", text("public")),
-            ("table", text(&self.target.relation)),
+            ("schema", text(schema)),
+            ("table", text(table)),
             ("txId", transaction.map_or("null".into(), |t| t.id.to_string())),
             ("lsn", lsn.map_or("null".into(), |l| l.to_string())),
             ("xmin", "null".into()),

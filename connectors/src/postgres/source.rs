@@ -60,6 +60,8 @@ impl SourceConnector for PostgresConnector {
         let client = config.connect().await?;
         check_server(&client, &config).await?;
         let tables = describe_tables(&client, &config).await?;
+        let database: String =
+            client.query_one("SELECT current_database()::text", &[]).await.map_err(PgError::from)?.get(0);
         Ok(tables
             .iter()
             .map(|t| SourceRelationDef {
@@ -67,6 +69,11 @@ impl SourceConnector for PostgresConnector {
                 schema: declared_schema(t),
                 primary_key: t.key.clone(),
                 expected_rows: t.estimated_rows as u64,
+                upstream: Some(changeflow_engine::connector::UpstreamTable {
+                    database: database.clone(),
+                    schema: t.schema.clone(),
+                    table: t.name.clone(),
+                }),
             })
             .collect())
     }

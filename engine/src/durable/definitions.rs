@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::ast;
 use serde_json::{Value, json};
 
 use super::ipc::{decode_schema, encode_schema};
-use crate::connector::SourceRelationDef;
+use crate::connector::{SourceRelationDef, UpstreamTable};
 use crate::error::{EngineError, Result};
 
 /// The statement that created a live object.
@@ -35,6 +35,9 @@ impl Definition {
                     "name": r.name,
                     "primary_key": r.primary_key,
                     "expected_rows": r.expected_rows,
+                    "upstream": r.upstream.as_ref().map(|u| json!({
+                        "database": u.database, "schema": u.schema, "table": u.table,
+                    })),
                     "schema": BASE64.encode(encode_schema(&r.schema)?),
                 }))
             })
@@ -63,6 +66,14 @@ impl Definition {
                     .map(|k| k.iter().filter_map(Value::as_u64).map(|i| i as usize).collect())
                     .unwrap_or_default(),
                 expected_rows: relation.get("expected_rows").and_then(Value::as_u64).unwrap_or(0),
+                upstream: match relation.get("upstream") {
+                    Some(upstream) if upstream.is_object() => Some(UpstreamTable {
+                        database: text(upstream, "database")?,
+                        schema: text(upstream, "schema")?,
+                        table: text(upstream, "table")?,
+                    }),
+                    _ => None,
+                },
             });
         }
         Ok(Self { name: text(value, "name")?, sql: text(value, "sql")?, relations })

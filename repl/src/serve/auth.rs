@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures_util::Sink;
-use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::driver::AuthDriver;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, ScramSecret, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
@@ -132,14 +132,33 @@ impl AuthSource for Users {
     }
 }
 
-/// Accepts everyone (no users configured).
-pub struct Trust {
-    connections: Arc<ConnectionManager>,
+/// What the server tells a client at startup: PostgreSQL's defaults, with the version
+/// changeflow answers as (psql warns about a server newer than itself, and picks its
+/// catalog queries by the version).
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut parameters = DefaultServerParameterProvider::default();
+    parameters.server_version = changeflow_sql::postgres_functions::SERVER_VERSION.to_string();
+    parameters
 }
 
-impl NoopStartupHandler for Trust {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(Arc::clone(&self.connections))
+/// Accepts everyone (no users configured).
+pub struct Trust {
+    driver: AuthDriver<DefaultServerParameterProvider>,
+}
+
+impl Trust {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            pgwire::api::auth::protocol_negotiation(client, startup).await?;
+            pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+            self.driver.complete_authentication(client, None).await?;
+        }
+        Ok(())
     }
 }
 
@@ -158,11 +177,13 @@ pub struct Startup {
 impl Startup {
     pub fn new(users: Option<Arc<Users>>, connections: Arc<ConnectionManager>, tls_required: bool) -> Self {
         let authentication = match users {
-            None => Authentication::Trust(Trust { connections }),
+            None => Authentication::Trust(Trust {
+                driver: AuthDriver::new(server_parameters()).with_connection_manager(connections),
+            }),
             Some(users) => {
                 let mut scram = ScramAuth::new(users);
                 scram.set_iterations(SCRAM_ITERATIONS);
-                let parameters = Arc::new(DefaultServerParameterProvider::default());
+                let parameters = Arc::new(server_parameters());
                 Authentication::Scram(
                     SASLAuthStartupHandler::new(parameters).with_scram(scram).with_connection_manager(connections),
                 )

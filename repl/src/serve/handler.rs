@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use changeflow_engine::interrupt::Interrupt;
-use changeflow_engine::{Output, RowStream, Session, Streamed};
+use changeflow_engine::{EngineError, Output, RowStream, Session, Streamed};
 use changeflow_sql::parser::split_statements;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures_util::{Sink, StreamExt, stream};
@@ -35,8 +35,8 @@ use super::subscribe;
 /// The server's own answers to `SHOW variable` when the client did not SET it.
 fn default_variable(name: &str) -> Option<&'static str> {
     Some(match name {
-        "server_version" => super::SERVER_VERSION,
-        "server_version_num" => "160006",
+        "server_version" => changeflow_sql::postgres_functions::SERVER_VERSION,
+        "server_version_num" => changeflow_sql::postgres_functions::SERVER_VERSION_NUM,
         "server_encoding" | "client_encoding" => "UTF8",
         "standard_conforming_strings" | "integer_datetimes" => "on",
         "datestyle" => "ISO, MDY",
@@ -61,6 +61,10 @@ pub struct Connection {
     interrupt: Arc<Interrupt>,
     /// The key cancel requests name this connection by, once known.
     backend_key: std::sync::OnceLock<BackendKey>,
+    /// The user the client started up as (`current_user`), once known.
+    user: std::sync::OnceLock<String>,
+    /// Notices of the statement just run, sent before its answer.
+    notices: std::sync::Mutex<Vec<String>>,
     variables: std::sync::Mutex<BTreeMap<String, String>>,
     parser: Arc<StatementParser>,
     /// Wakes the connection's supervisor to close the socket at once (a SUBSCRIBE client
@@ -82,6 +86,8 @@ impl Connection {
             session: Mutex::new(session),
             interrupt,
             backend_key: std::sync::OnceLock::new(),
+            user: std::sync::OnceLock::new(),
+            notices: Default::default(),
             variables: Default::default(),
             parser,
             severed: tokio::sync::Notify::new(),
@@ -116,8 +122,13 @@ impl Connection {
     }
 
     /// Makes the connection reachable by cancel requests (its key is known once the client
-    /// has started up).
-    fn register_for_cancel<C: ClientInfo>(&self, client: &C) {
+    /// has started up) and notes who the client is.
+    fn register_client<C: ClientInfo>(&self, client: &C) {
+        if self.user.get().is_none()
+            && let Some(user) = client.metadata().get(pgwire::api::METADATA_USER)
+        {
+            let _ = self.user.set(user.clone());
+        }
         if self.backend_key.get().is_none() {
             let (pid, secret) = client.pid_and_secret_key();
             let key = backend_key(pid, &secret);
@@ -142,6 +153,20 @@ impl Connection {
 
     fn duration_variable(&self, name: &str) -> Option<std::time::Duration> {
         self.variable(name).and_then(|t| parse_timeout(&t))
+    }
+
+    /// Sends the notices of the statement just run (PostgreSQL sends them before its answer).
+    async fn send_notices<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let notices = self.notices.lock().map(|mut n| std::mem::take(&mut *n)).unwrap_or_default();
+        for notice in notices {
+            let info = pgwire::error::ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
+            futures_util::SinkExt::feed(client, PgWireBackendMessage::NoticeResponse(info.into())).await?;
+        }
+        Ok(())
     }
 
     /// Runs one command; rows are encoded in `format`.
@@ -185,9 +210,26 @@ impl Connection {
     async fn run_command(&self, command: Command, format: &Format) -> PgWireResult<Response> {
         match command {
             Command::Engine(statement) => {
-                let streamed = self.session.lock().await.execute_streaming(&statement).await.map_err(engine_error)?;
+                let mut session = self.session.lock().await;
+                if let Some(user) = self.user.get() {
+                    session.set_user(user);
+                }
+                let streamed = match session.execute_streaming(&statement).await {
+                    // Drivers deallocate their protocol-level statements by name too.
+                    Err(EngineError::Prepared { sqlstate: "26000", .. }) if is_deallocate(&statement) => {
+                        Streamed::Output(Output::Command("DEALLOCATE".into()))
+                    }
+                    result => result.map_err(engine_error)?,
+                };
+                drop(session);
                 match streamed {
-                    Streamed::Output(output) => response(output, format),
+                    Streamed::Output(output) => {
+                        let (notices, output) = output.into_parts();
+                        if let Ok(mut pending) = self.notices.lock() {
+                            pending.extend(notices);
+                        }
+                        response(output, format)
+                    }
                     Streamed::Rows { schema, rows } => streamed_response(&schema, rows, format).await,
                 }
             }
@@ -245,6 +287,11 @@ pub(super) fn parse_timeout(value: &str) -> Option<std::time::Duration> {
     (millis <= i32::MAX as f64).then(|| std::time::Duration::from_millis(millis as u64))
 }
 
+fn is_deallocate(statement: &changeflow_sql::parser::ParsedStatement) -> bool {
+    matches!(&statement.statement, changeflow_sql::parser::Statement::Sql(sql)
+        if matches!(sql.as_ref(), datafusion::sql::sqlparser::ast::Statement::Deallocate { .. }))
+}
+
 /// The wire response to an engine output.
 fn response(output: Output, format: &Format) -> PgWireResult<Response> {
     match output {
@@ -253,6 +300,7 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
             let rows = encode::rows(&fields, &batches)?;
             Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)))))
         }
+        Output::Noticed { output, .. } => response(*output, format),
         Output::Command(tag) => Ok(match tag.as_str() {
             "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
             "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
@@ -313,7 +361,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.register_for_cancel(client);
+        self.register_client(client);
         self.shared.check_statement_size(&query.query)?;
         if let Some(target) = subscribe::target(&query.query) {
             return subscribe::simple(client, self, target).await;
@@ -321,7 +369,7 @@ impl SimpleQueryHandler for Connection {
         self._on_query(client, query).await
     }
 
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -338,6 +386,7 @@ impl SimpleQueryHandler for Connection {
                 Ok(command) => self.run(command, &Format::UnifiedText).await,
                 Err(error) => Err(error),
             };
+            self.send_notices(client).await?;
             match result {
                 Ok(response) => responses.push(response),
                 Err(error) => {
@@ -400,7 +449,7 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.register_for_cancel(client);
+        self.register_client(client);
         let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
         if let Some(pgwire::api::store::Entry::Value(portal)) = client.portal_store().get_portal(name)
             && let Command::Subscribe { relation, snapshot } = &portal.statement.statement.command
@@ -419,7 +468,7 @@ impl ExtendedQueryHandler for Connection {
         self._on_execute(client, message).await
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Prepared>,
@@ -431,7 +480,9 @@ impl ExtendedQueryHandler for Connection {
         if let Command::Engine(statement) = &mut command {
             super::params::bind(statement, portal, &prepared.parameters)?;
         }
-        self.run(command, &portal.result_column_format).await
+        let response = self.run(command, &portal.result_column_format).await;
+        self.send_notices(client).await?;
+        response
     }
 
     async fn do_describe_statement<C>(

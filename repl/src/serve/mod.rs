@@ -26,8 +26,6 @@ use self::auth::{Startup, Users};
 use self::handler::Connection;
 use self::metrics::Metrics;
 
-/// What `SHOW server_version` and `SELECT version()` report.
-pub const SERVER_VERSION: &str = "16.6";
 
 #[derive(Debug, clap::Args)]
 pub struct ServeOptions {

@@ -71,7 +71,6 @@ pub fn command(source: &StatementText) -> Result<Command, PgWireError> {
         "SET" => return Ok(parse_set(text)),
         "RESET" => return Ok(Command::Acknowledge("RESET")),
         "DISCARD" => return Ok(Command::Acknowledge("DISCARD ALL")),
-        "DEALLOCATE" => return Ok(Command::Acknowledge("DEALLOCATE")),
         "SHOW" if !matches!(second, "TABLES" | "VIEWS" | "MATERIALIZED" | "SOURCES" | "SINKS") => {
             let rest = after_keyword(text, "SHOW").unwrap_or_default();
             let name = rest.trim().trim_end_matches(';').trim().to_ascii_lowercase();

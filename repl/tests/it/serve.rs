@@ -129,7 +129,7 @@ async fn statements_parameters_types_and_errors_over_tokio_postgres() {
     );
     assert_eq!(rows[2][0].as_deref(), Some("sessions"), "SHOW TABLES: {rows:?}");
     let version = simple_rows(&client.simple_query("SELECT version()").await.expect("version"));
-    assert!(version[0][0].as_deref().unwrap_or("").starts_with("PostgreSQL 16"), "{version:?}");
+    assert!(version[0][0].as_deref().unwrap_or("").starts_with("PostgreSQL 15.18 (changeflow "), "{version:?}");
 
     // Drivers' metadata queries.
     let tables: Vec<(String, String)> = client
@@ -334,6 +334,30 @@ async fn psql_runs_statements_and_reports_errors() {
         stdout.contains(" id            | integer                     |           | not null |         | plain"),
         "{stdout}"
     );
+
+    // The server reports a version psql accepts without its "server major version" warning
+    // (psql warns about servers newer than itself); current_user is who connected; a DROP
+    // ... CASCADE names what it drops in NOTICEs.
+    let output = Command::new(&psql)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-d", &server.url("psql_user")])
+        .args(["-c", "\\echo :SERVER_VERSION_NUM", "-c", "SELECT current_user || '/' || session_user"])
+        .args(["-c", "CREATE MATERIALIZED VIEW busy AS SELECT id FROM sessions WHERE sold > 0"])
+        .args(["-c", "CREATE MATERIALIZED VIEW busy_count AS SELECT count(*) AS n FROM busy"])
+        .args(["-c", "DROP MATERIALIZED VIEW busy CASCADE"])
+        .output()
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "psql failed: {stderr}");
+    let psql_version = Command::new(&psql).arg("--version").output().expect("psql --version");
+    let psql_major: u32 = String::from_utf8_lossy(&psql_version.stdout)
+        .split_whitespace()
+        .find_map(|word| word.split('.').next()?.parse().ok())
+        .expect("psql's major version");
+    let server_number: u32 = stdout.lines().next().and_then(|l| l.trim().parse().ok()).expect("SERVER_VERSION_NUM");
+    assert!(server_number / 10_000 <= psql_major && server_number >= 90_200, "server {server_number}, psql {psql_major}");
+    assert!(stdout.contains("psql_user/psql_user"), "{stdout}");
+    assert!(stderr.contains("NOTICE:  drop cascades to materialized view busy_count"), "{stderr}");
 
     let output = Command::new(&psql)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &server.url("psql_user")])

@@ -438,6 +438,12 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     assert_eq!(update["after"], recorded["after"]);
     assert_eq!(update["source"]["lsn"], ours["source"]["lsn"]);
     assert_eq!(update["source"]["txId"], xid);
+    // source.db / schema / table name the upstream table, for the relation and its stream.
+    let upstream_db: String = client.query_one("SELECT current_database()::text", &[]).await.expect("db").get(0);
+    for message in [ours, update] {
+        let source = &message["source"];
+        assert_eq!((&source["db"], &source["schema"], &source["table"]), (&upstream_db.clone().into(), &"public".into(), &"orders".into()), "{message}");
+    }
 
     // Transactions committed back to back stay apart: one message per upstream transaction,
     // each with its own id, even when they reach the source together.
