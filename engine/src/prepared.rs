@@ -47,7 +47,9 @@ impl PreparedStatements {
             ast::Statement::Execute { name: Some(name), parameters, immediate: false, .. } => {
                 self.bind(&name.to_string(), parameters, statement).map(PreparedAction::Run)
             }
-            ast::Statement::Deallocate { name, .. } => self.deallocate(name).map(|()| PreparedAction::Done("DEALLOCATE")),
+            ast::Statement::Deallocate { name, .. } => {
+                self.deallocate(name).map(|()| PreparedAction::Done("DEALLOCATE"))
+            }
             _ => return None,
         })
     }
@@ -67,10 +69,7 @@ impl PreparedStatements {
             ControlFlow::<()>::Continue(())
         });
         if parameters > types.len() && !types.is_empty() {
-            return Err(error(
-                "42P18",
-                format!("could not determine data type of parameter ${}", types.len() + 1),
-            ));
+            return Err(error("42P18", format!("could not determine data type of parameter ${}", types.len() + 1)));
         }
         let parameters = parameters.max(types.len());
         let prepared = Prepared { types: types.to_vec(), statement: statement.clone(), parameters };

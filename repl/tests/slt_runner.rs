@@ -89,10 +89,11 @@ async fn main() {
     assert!(!files.is_empty(), "no .slt files found under {}", root.display());
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let make_db =
-            || async { Ok::<_, SltError>(Changeflow {
+        let make_db = || async {
+            Ok::<_, SltError>(Changeflow {
                 session: Session::new(std::sync::Arc::new(Database::new(changeflow_connectors::registry()))),
-            }) };
+            })
+        };
         let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
         let result = if complete {
             let mut runner = sqllogictest::Runner::new(make_db);

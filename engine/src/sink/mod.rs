@@ -169,9 +169,8 @@ impl Engine {
             relation: relation.name.clone(),
             schema: std::sync::Arc::clone(&relation.schema),
             key,
-            upstream: self.upstream_of(
-                changeflow_sql::change_stream::base_of(&relation.name).unwrap_or(&relation.name),
-            ),
+            upstream: self
+                .upstream_of(changeflow_sql::change_stream::base_of(&relation.name).unwrap_or(&relation.name)),
         };
         connector.validate(&writer_options(create), &target)?;
         if let OnError::DeadLetter { connector: name, options, .. } = &create.on_error {

@@ -26,7 +26,6 @@ use self::auth::{Startup, Users};
 use self::handler::Connection;
 use self::metrics::Metrics;
 
-
 #[derive(Debug, clap::Args)]
 pub struct ServeOptions {
     /// Address of the Postgres wire protocol.

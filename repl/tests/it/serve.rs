@@ -355,7 +355,10 @@ async fn psql_runs_statements_and_reports_errors() {
         .find_map(|word| word.split('.').next()?.parse().ok())
         .expect("psql's major version");
     let server_number: u32 = stdout.lines().next().and_then(|l| l.trim().parse().ok()).expect("SERVER_VERSION_NUM");
-    assert!(server_number / 10_000 <= psql_major && server_number >= 90_200, "server {server_number}, psql {psql_major}");
+    assert!(
+        server_number / 10_000 <= psql_major && server_number >= 90_200,
+        "server {server_number}, psql {psql_major}"
+    );
     assert!(stdout.contains("psql_user/psql_user"), "{stdout}");
     assert!(stderr.contains("NOTICE:  drop cascades to materialized view busy_count"), "{stderr}");
 

@@ -442,7 +442,11 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     let upstream_db: String = client.query_one("SELECT current_database()::text", &[]).await.expect("db").get(0);
     for message in [ours, update] {
         let source = &message["source"];
-        assert_eq!((&source["db"], &source["schema"], &source["table"]), (&upstream_db.clone().into(), &"public".into(), &"orders".into()), "{message}");
+        assert_eq!(
+            (&source["db"], &source["schema"], &source["table"]),
+            (&upstream_db.clone().into(), &"public".into(), &"orders".into()),
+            "{message}"
+        );
     }
 
     // Transactions committed back to back stay apart: one message per upstream transaction,
