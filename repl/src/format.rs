@@ -38,6 +38,15 @@ pub fn text_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<Vec<Option<Strin
                 .map(|(column, formatter)| {
                     // A Null-typed column (`SELECT NULL`) has no validity bitmap.
                     let null = column.data_type().is_null() || column.is_null(row);
+                    if !null && matches!(column.data_type(), DataType::List(_)) {
+                        // Arrays as PostgreSQL prints them: `{a,"b c",NULL}`.
+                        let element = |values: &dyn Array, i: usize| {
+                            ArrayFormatter::try_new(values, &options)
+                                .map(|f| f.value(i).to_string())
+                                .unwrap_or_default()
+                        };
+                        return changeflow_sql::arrays::array_text(column.as_ref(), row, &element);
+                    }
                     (!null).then(|| formatter.value(row).to_string())
                 })
                 .collect();

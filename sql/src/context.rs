@@ -102,6 +102,7 @@ impl<'a> PlanContext<'a> {
         crate::system_catalog::normalize(&mut statement);
         crate::postgres_functions::call_session_functions(&mut statement);
         crate::names::name_duplicate_items(&mut statement);
+        crate::arrays::read_array_literals(&mut statement, self.catalog)?;
         Ok(planner.sql_statement_to_plan(statement)?)
     }
 

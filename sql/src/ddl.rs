@@ -15,6 +15,21 @@ pub const UTC: &str = "+00:00";
 ///
 /// NUMERIC without a precision maps to NUMERIC(38, 10): Arrow decimals have a fixed scale.
 pub fn arrow_type(sql_type: &ast::DataType) -> Result<DataType> {
+    if let ast::DataType::Array(element) = sql_type {
+        let inner = match element {
+            ast::ArrayElemTypeDef::SquareBracket(inner, _)
+            | ast::ArrayElemTypeDef::AngleBracket(inner)
+            | ast::ArrayElemTypeDef::Parenthesis(inner) => inner,
+            ast::ArrayElemTypeDef::None => {
+                return Err(SqlError::Unsupported("ARRAY needs an element type (TEXT[], INT[])".into()));
+            }
+        };
+        let item = arrow_type(inner)?;
+        if matches!(item, DataType::List(_)) {
+            return Err(SqlError::Unsupported(format!("{sql_type}: only one-dimensional arrays are supported")));
+        }
+        return Ok(DataType::List(Arc::new(Field::new("item", item, true))));
+    }
     let text = sql_type.to_string().to_ascii_uppercase();
     let (base, args) = match text.find('(') {
         Some(i) => (text[..i].trim().to_string(), Some(text[i + 1..].trim_end_matches(')').to_string())),
@@ -47,7 +62,7 @@ pub fn arrow_type(sql_type: &ast::DataType) -> Result<DataType> {
         _ => {
             return Err(SqlError::Unsupported(format!(
                 "type {text} is not supported; use BOOLEAN, SMALLINT, INT, BIGINT, REAL, DOUBLE PRECISION, \
-                 NUMERIC(p,s), TEXT, VARCHAR, DATE, TIMESTAMP, TIMESTAMPTZ or JSONB"
+                 NUMERIC(p,s), TEXT, VARCHAR, DATE, TIMESTAMP, TIMESTAMPTZ, JSONB or arrays of them (TEXT[])"
             )));
         }
     };

@@ -11,6 +11,7 @@
 //! - [`ddl`] maps `CREATE TABLE` to Arrow schemas; [`explain`] renders dataflows.
 //! - [`system_catalog`] answers `pg_catalog` queries (psql's `\d`, drivers) from the catalog.
 
+pub mod arrays;
 pub mod catalog;
 pub mod change_stream;
 pub mod context;

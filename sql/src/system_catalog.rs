@@ -57,6 +57,10 @@ pub fn type_oid(data_type: &DataType) -> (i64, i64) {
         DataType::Timestamp(_, Some(_)) => (1184, -1),
         DataType::Time32(_) | DataType::Time64(_) => (1083, -1),
         DataType::Interval(_) | DataType::Duration(TimeUnit::Microsecond) => (1186, -1),
+        DataType::List(item) => {
+            let (element, modifier) = type_oid(item.data_type());
+            (array_type_oid(element), modifier)
+        }
         _ => (25, -1),
     }
 }
@@ -79,12 +83,36 @@ const TYPES: &[(i64, &str, &str, i64)] = &[
     (1186, "interval", "interval", 16),
     (1700, "numeric", "numeric", -1),
     (3802, "jsonb", "jsonb", -1),
+    (1000, "boolean[]", "_bool", -1),
+    (1001, "bytea[]", "_bytea", -1),
+    (1005, "smallint[]", "_int2", -1),
+    (1007, "integer[]", "_int4", -1),
+    (1009, "text[]", "_text", -1),
+    (1015, "character varying[]", "_varchar", -1),
+    (1016, "bigint[]", "_int8", -1),
+    (1021, "real[]", "_float4", -1),
+    (1022, "double precision[]", "_float8", -1),
+    (1115, "timestamp without time zone[]", "_timestamp", -1),
+    (1182, "date[]", "_date", -1),
+    (1183, "time without time zone[]", "_time", -1),
+    (1185, "timestamp with time zone[]", "_timestamptz", -1),
+    (1187, "interval[]", "_interval", -1),
+    (1231, "numeric[]", "_numeric", -1),
+    (3807, "jsonb[]", "_jsonb", -1),
 ];
+
+/// The oid of the array type of an element type's oid (text's is 1009).
+fn array_type_oid(element: i64) -> i64 {
+    let element_name = TYPES.iter().find(|t| t.0 == element).map_or("text", |t| t.2);
+    let array_name = format!("_{element_name}");
+    TYPES.iter().find(|t| t.2 == array_name).map_or(1009, |t| t.0)
+}
 
 fn format_type(oid: Option<i64>, modifier: Option<i64>) -> Option<String> {
     let (_, name, _, _) = TYPES.iter().find(|t| Some(t.0) == oid)?;
     Some(match (*name, modifier) {
         ("numeric", Some(m)) if m >= 4 => format!("numeric({},{})", (m - 4) >> 16, (m - 4) & 0xffff),
+        ("numeric[]", Some(m)) if m >= 4 => format!("numeric({},{})[]", (m - 4) >> 16, (m - 4) & 0xffff),
         _ => name.to_string(),
     })
 }

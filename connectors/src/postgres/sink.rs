@@ -397,6 +397,11 @@ impl Plan {
                             let hex: String = binary.value(r).iter().map(|b| format!("{b:02x}")).collect();
                             return Some(format!("\\x{hex}"));
                         }
+                        if matches!(array.data_type(), DataType::List(_)) {
+                            let element =
+                                |values: &dyn Array, i: usize| array_value_to_string(values, i).unwrap_or_default();
+                            return changeflow_sql::arrays::array_text(array.as_ref(), r, &element);
+                        }
                         array_value_to_string(array.as_ref(), r).ok()
                     })
                     .collect()

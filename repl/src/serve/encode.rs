@@ -232,8 +232,13 @@ fn encode_value<E: FieldSink>(encoder: &mut E, array: &ArrayRef, row: usize, tex
             let micros = array.as_primitive::<DurationMicrosecondType>().value(row);
             encoder.put(&pg_interval::Interval::new(0, 0, micros))
         }
+        DataType::List(_) => {
+            // PostgreSQL's array text (`{a,"b c",NULL}`), sent as text (see pg_type).
+            let element = |values: &dyn Array, i: usize| array_value_to_string(values, i).unwrap_or_default();
+            encoder.put(&changeflow_sql::arrays::array_text(array.as_ref(), row, &element).unwrap_or_default())
+        }
         _ => {
-            // Sent as text (see pg_type): lists, structs and other Arrow-only types.
+            // Sent as text (see pg_type): structs and other Arrow-only types.
             let text = array_value_to_string(array, row).map_err(|e| encode_error(e.to_string()))?;
             encoder.put(&text)
         }

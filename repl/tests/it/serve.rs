@@ -344,6 +344,9 @@ async fn psql_runs_statements_and_reports_errors() {
         .args(["-c", "CREATE MATERIALIZED VIEW busy AS SELECT id FROM sessions WHERE sold > 0"])
         .args(["-c", "CREATE MATERIALIZED VIEW busy_count AS SELECT count(*) AS n FROM busy"])
         .args(["-c", "DROP MATERIALIZED VIEW busy CASCADE"])
+        .args(["-c", "CREATE TABLE tagged (id INT PRIMARY KEY, tags TEXT[])"])
+        .args(["-c", "INSERT INTO tagged VALUES (1, ARRAY['a', 'b c']), (2, '{x,NULL}')"])
+        .args(["-c", "\\d tagged", "-c", "SELECT id, tags FROM tagged ORDER BY id"])
         .output()
         .expect("run psql");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -361,6 +364,9 @@ async fn psql_runs_statements_and_reports_errors() {
     );
     assert!(stdout.contains("psql_user/psql_user"), "{stdout}");
     assert!(stderr.contains("NOTICE:  drop cascades to materialized view busy_count"), "{stderr}");
+    // Arrays: psql's \d names the type, values print as PostgreSQL prints them.
+    assert!(stdout.contains("tags|text[]|"), "{stdout}");
+    assert!(stdout.contains("1|{a,\"b c\"}\n2|{x,NULL}"), "{stdout}");
 
     let output = Command::new(&psql)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &server.url("psql_user")])

@@ -467,3 +467,45 @@ async fn debezium_transaction_and_changes_formats_from_a_postgres_source() {
     database.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_sink_writes_array_columns() {
+    use crate::support::execute_ok;
+    let cluster = PostgresCluster::start();
+    let client = cluster.connect().await;
+    client
+        .batch_execute("CREATE TABLE posts_copy (id int PRIMARY KEY, tags text[], scores int[])")
+        .await
+        .expect("target table");
+    let database = changeflow_engine::Database::new(changeflow_connectors::registry());
+    execute_ok(
+        &database,
+        &format!(
+            "CREATE TABLE posts (id INT PRIMARY KEY, tags TEXT[], scores INT[]);
+             CREATE SINK copy FROM posts INTO POSTGRES WITH (url = '{}', table = 'posts_copy');
+             INSERT INTO posts VALUES (1, ARRAY['a', 'b c'], ARRAY[1, 2]), (2, '{{\"x,y\",NULL,\"\"}}', NULL),
+               (3, '{{}}', '{{}}');",
+            cluster.url()
+        ),
+    )
+    .await;
+    let expected = vec![
+        vec![Some("1".to_string()), Some("{a,\"b c\"}".to_string()), Some("{1,2}".to_string()), Some("a".to_string())],
+        vec![Some("2".to_string()), Some("{\"x,y\",NULL,\"\"}".to_string()), None, Some("x,y".to_string())],
+        vec![Some("3".to_string()), Some("{}".to_string()), Some("{}".to_string()), None],
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = client
+            .query("SELECT id::text, tags::text, scores::text, tags[1] FROM posts_copy ORDER BY id", &[])
+            .await
+            .expect("read the target");
+        let rows: Vec<Vec<Option<String>>> = rows.iter().map(|r| (0..4).map(|i| r.get(i)).collect()).collect();
+        if rows == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the target holds {rows:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    database.shutdown().await;
+}
