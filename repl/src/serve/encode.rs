@@ -148,7 +148,7 @@ fn encode_error(message: String) -> PgWireError {
 
 /// Encodes one value. Dates and times in text format are written the way PostgreSQL writes
 /// them (`2026-12-01 18:00:00`, fractional seconds only when there are some, `+00` zones).
-fn encode_value<E: FieldSink>(encoder: &mut E, array: &ArrayRef, row: usize, text: bool) -> PgWireResult<()> {
+pub fn encode_value<E: FieldSink>(encoder: &mut E, array: &ArrayRef, row: usize, text: bool) -> PgWireResult<()> {
     // An untyped NULL (`SELECT NULL`) is a Null-typed column, which has no validity bitmap.
     if array.data_type().is_null() || array.is_null(row) {
         return encoder.put(&None::<i32>);

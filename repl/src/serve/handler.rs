@@ -210,6 +210,10 @@ impl Connection {
     async fn run_command(&self, command: Command, format: &Format) -> PgWireResult<Response> {
         match command {
             Command::Engine(statement) => {
+                let (statement, copy) = match super::copy::copy_out(&statement)? {
+                    Some((query, format)) => (query, Some(format)),
+                    None => (statement, None),
+                };
                 let mut session = self.session.lock().await;
                 if let Some(user) = self.user.get() {
                     session.set_user(user);
@@ -230,7 +234,10 @@ impl Connection {
                         }
                         response(output, format)
                     }
-                    Streamed::Rows { schema, rows } => streamed_response(&schema, rows, format).await,
+                    Streamed::Rows { schema, rows } => match copy {
+                        Some(copy) => super::copy::response(&schema, rows, copy).await,
+                        None => streamed_response(&schema, rows, format).await,
+                    },
                 }
             }
             Command::Set { name, value } => {

@@ -4,6 +4,7 @@
 mod admission;
 mod auth;
 mod cancel;
+mod copy;
 mod encode;
 mod handler;
 mod metrics;

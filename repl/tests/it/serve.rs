@@ -563,3 +563,85 @@ async fn tls_when_given_a_certificate_and_json_logs() {
     assert!(!output.status.success(), "sslmode=require must fail without TLS");
     assert!(String::from_utf8_lossy(&output.stderr).contains("SSL"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// Everything a COPY ... TO STDOUT sends, as text.
+async fn copy_text(client: &tokio_postgres::Client, statement: &str) -> String {
+    let stream = client.copy_out(statement).await.unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    let chunks: Vec<bytes::Bytes> = pin!(stream).map(|chunk| chunk.expect("copy data")).collect::<Vec<_>>().await;
+    String::from_utf8(chunks.concat()).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_exports_tables_and_queries_in_text_csv_and_binary() {
+    let schema = sql_file(
+        "copy.sql",
+        "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT, tags TEXT[], at TIMESTAMPTZ);
+         INSERT INTO notes VALUES (1, 'plain', ARRAY['a', 'b c'], '2026-12-01 10:00+00'), (2, NULL, NULL, NULL),
+           (3, E'tab\\there, \"quoted\"', '{}', '2026-12-01 10:00:00.5+00');",
+    );
+    let server = Server::start(&[&schema]);
+    let client = server.client().await;
+
+    // Text: tab-separated, \N for NULL, backslash escapes; values as PostgreSQL writes them.
+    assert_eq!(
+        copy_text(&client, "COPY notes TO STDOUT").await,
+        "1\tplain\t{a,\"b c\"}\t2026-12-01 10:00:00+00\n2\t\\N\t\\N\t\\N\n\
+         3\ttab\\there, \"quoted\"\t{}\t2026-12-01 10:00:00.5+00\n"
+    );
+    // CSV with a header, of a query, and of chosen columns with options.
+    assert_eq!(
+        copy_text(
+            &client,
+            "COPY (SELECT id, body FROM notes WHERE id <> 1 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)"
+        )
+        .await,
+        "id,body\n2,\n3,\"tab\there, \"\"quoted\"\"\"\n"
+    );
+    assert_eq!(
+        copy_text(&client, "COPY notes (id, body) TO STDOUT (FORMAT csv, DELIMITER ';', NULL 'null')").await,
+        "1;plain\n2;null\n3;\"tab\there, \"\"quoted\"\"\"\n"
+    );
+    // The header alone when there are no rows.
+    assert_eq!(copy_text(&client, "COPY (SELECT id FROM notes WHERE id > 9) TO STDOUT CSV HEADER").await, "id\n");
+    // Binary: PostgreSQL's PGCOPY framing, read back by PostgreSQL's own binary reader.
+    let binary = client
+        .copy_out("COPY (SELECT id, body FROM notes ORDER BY id) TO STDOUT (FORMAT binary)")
+        .await
+        .expect("binary");
+    let reader = tokio_postgres::binary_copy::BinaryCopyOutStream::new(binary, &[Type::INT4, Type::TEXT]);
+    let rows: Vec<(i32, Option<String>)> = pin!(reader)
+        .map(|row| {
+            let row = row.expect("binary row");
+            (row.get(0), row.get(1))
+        })
+        .collect()
+        .await;
+    assert_eq!(rows, vec![(1, Some("plain".into())), (2, None), (3, Some("tab\there, \"quoted\"".into()))]);
+
+    // psql's \copy counts rows, header aside.
+    let target = std::env::temp_dir().join(format!("changeflow-copy-{}.csv", std::process::id()));
+    let output = Command::new(postgres_bin().join("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &server.url("psql_user")])
+        .args(["-c", &format!("\\copy (SELECT id FROM notes ORDER BY id) TO '{}' CSV HEADER", target.display())])
+        .output()
+        .expect("run psql");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "COPY 3");
+    assert_eq!(std::fs::read_to_string(&target).expect("the exported file"), "id\n1\n2\n3\n");
+    let _ = std::fs::remove_file(&target);
+
+    // What COPY does not do is refused by name; a failing query is an error, not a COPY.
+    for (statement, code, words) in [
+        ("COPY notes FROM STDIN", "0A000", "COPY FROM is not supported"),
+        ("COPY notes TO '/tmp/notes'", "0A000", "to a file or a program is not supported"),
+        ("COPY notes TO STDOUT (FORMAT xml)", "22023", "COPY format \"xml\" not recognized"),
+        ("COPY notes TO STDOUT (HEADER)", "0A000", "HEADER is available only in CSV mode"),
+        ("COPY nothing TO STDOUT", "42P01", "nothing"),
+    ] {
+        let error = client.copy_out(statement).await.err().unwrap_or_else(|| panic!("{statement} ran"));
+        let db = error.as_db_error().unwrap_or_else(|| panic!("{statement}: {error:?}"));
+        assert_eq!(db.code().code(), code, "{statement}: {db:?}");
+        assert!(db.message().contains(words), "{statement}: {db:?}");
+    }
+    assert_eq!(copy_text(&client, "COPY (SELECT 1 AS still_serving) TO STDOUT").await, "1\n");
+}
