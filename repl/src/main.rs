@@ -1,5 +1,6 @@
 //! The `changeflow` binary: the REPL (no arguments), `run`, `check` and `serve`.
 
+mod complete;
 mod format;
 mod meta;
 mod repl;

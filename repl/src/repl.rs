@@ -17,73 +17,9 @@ use rustyline::error::ReadlineError;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper, Highlighter, Hinter};
 
+use crate::complete::KnownRelation;
 use crate::format::Format;
 use crate::run::render;
-
-const KEYWORDS: &[&str] = &[
-    "SELECT",
-    "FROM",
-    "WHERE",
-    "GROUP BY",
-    "ORDER BY",
-    "HAVING",
-    "LIMIT",
-    "JOIN",
-    "LEFT JOIN",
-    "RIGHT JOIN",
-    "FULL JOIN",
-    "INNER JOIN",
-    "ON",
-    "AND",
-    "OR",
-    "NOT",
-    "NULL",
-    "IS",
-    "AS",
-    "DISTINCT",
-    "UNION ALL",
-    "CASE",
-    "WHEN",
-    "THEN",
-    "ELSE",
-    "END",
-    "COALESCE",
-    "CREATE",
-    "TABLE",
-    "VIEW",
-    "MATERIALIZED",
-    "SOURCE",
-    "DROP",
-    "INSERT",
-    "INTO",
-    "VALUES",
-    "UPDATE",
-    "SET",
-    "DELETE",
-    "BEGIN",
-    "COMMIT",
-    "ROLLBACK",
-    "SHOW",
-    "TABLES",
-    "VIEWS",
-    "SOURCES",
-    "EXPLAIN",
-    "PRIMARY KEY",
-    "INT",
-    "BIGINT",
-    "TEXT",
-    "NUMERIC",
-    "TIMESTAMP",
-    "BOOLEAN",
-    "DATAGEN",
-    "WITH",
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "date_trunc",
-];
 
 const HELP: &str = "\
 Type SQL statements ending with ';'. A statement may span several lines.
@@ -102,34 +38,16 @@ Try:
 
 #[derive(Helper, Hinter, Highlighter)]
 struct SqlHelper {
-    relations: Arc<Mutex<Vec<String>>>,
+    relations: Arc<Mutex<Vec<KnownRelation>>>,
 }
 
 impl Completer for SqlHelper {
     type Candidate = Pair;
 
     fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let start = line[..pos].rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map(|i| i + 1).unwrap_or(0);
-        let word = &line[start..pos];
-        if word.is_empty() {
-            return Ok((pos, Vec::new()));
-        }
-        let lower = word.to_ascii_lowercase();
-        let mut candidates: Vec<Pair> = Vec::new();
-        if let Ok(relations) = self.relations.lock() {
-            for name in relations.iter().filter(|n| n.starts_with(&lower)) {
-                candidates.push(Pair { display: name.clone(), replacement: name.clone() });
-            }
-        }
-        for keyword in KEYWORDS.iter().filter(|k| k.to_ascii_lowercase().starts_with(&lower)) {
-            let replacement = if word.chars().next().is_some_and(|c| c.is_lowercase()) {
-                keyword.to_ascii_lowercase()
-            } else {
-                keyword.to_string()
-            };
-            candidates.push(Pair { display: keyword.to_string(), replacement });
-        }
-        Ok((start, candidates))
+        let relations = self.relations.lock().map(|r| r.clone()).unwrap_or_default();
+        let (start, candidates) = crate::complete::complete(line, pos, &relations);
+        Ok((start, candidates.into_iter().map(|c| Pair { display: c.clone(), replacement: c }).collect()))
     }
 }
 
@@ -165,7 +83,7 @@ fn history_path() -> Option<PathBuf> {
 pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()> {
     let database = Arc::new(storage.open(None, false).await?);
     let mut session = Session::new(Arc::clone(&database));
-    let relations = Arc::new(Mutex::new(Vec::new()));
+    let relations = Arc::new(Mutex::new(known_relations(&database).await));
     let mut editor: Editor<SqlHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(SqlHelper { relations: Arc::clone(&relations) }));
     let history = history_path();
@@ -235,7 +153,7 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
             _ => {}
         }
         execute_text(&mut session, input, timing).await;
-        let names: Vec<String> = database.engine().await.catalog().relations().map(|r| r.name.clone()).collect();
+        let names = known_relations(&database).await;
         if let Ok(mut known) = relations.lock() {
             *known = names;
         }
@@ -246,6 +164,19 @@ pub async fn run(storage: &crate::storage::StorageOptions) -> anyhow::Result<()>
     session.close().await;
     database.shutdown().await;
     Ok(())
+}
+
+/// The relations and their columns, for completion.
+async fn known_relations(database: &changeflow_engine::Database) -> Vec<KnownRelation> {
+    let engine = database.engine().await;
+    engine
+        .catalog()
+        .relations()
+        .map(|r| KnownRelation {
+            name: r.name.clone(),
+            columns: r.schema.fields().iter().map(|f| f.name().clone()).collect(),
+        })
+        .collect()
 }
 
 async fn execute_text(session: &mut Session, text: &str, timing: bool) {
