@@ -370,7 +370,7 @@ impl SimpleQueryHandler for Connection {
     {
         self.register_client(client);
         self.shared.check_statement_size(&query.query)?;
-        if let Some(target) = subscribe::target(&query.query) {
+        if let Some(target) = subscribe::target(&query.query)? {
             return subscribe::simple(client, self, target).await;
         }
         self._on_query(client, query).await

@@ -44,21 +44,33 @@ pub struct Target {
     pub delivery: Delivery,
 }
 
-/// The subscription a simple query asks for, if it is one.
-pub fn target(query: &str) -> Option<Target> {
+/// The subscription a simple query asks for, if it is one. A `COPY (SUBSCRIBE ...)` that
+/// changeflow cannot run (another target or format, a bad option) is an error saying what
+/// runs.
+pub fn target(query: &str) -> PgWireResult<Option<Target>> {
     let trimmed = query.trim().trim_end_matches(';').trim();
     if let Some(copied) = after_keyword(trimmed, "COPY") {
-        let inner = copied.trim_start().strip_prefix('(')?;
-        let close = inner.rfind(')')?;
+        let Some(inner) = copied.trim_start().strip_prefix('(') else { return Ok(None) };
+        if after_keyword(inner.trim_start(), "SUBSCRIBE").is_none() {
+            return Ok(None);
+        }
+        let Some(close) = inner.rfind(')') else { return Ok(None) };
         let tail: String = inner[close + 1..].split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase();
         if tail != "TO STDOUT" {
-            return None;
+            return Err(user_error(
+                "0A000",
+                format!(
+                    "COPY (SUBSCRIBE ...) {tail} is not supported: a subscription runs as COPY (SUBSCRIBE TO name \
+                     [WITH (snapshot = false)]) TO STDOUT, in COPY's text format"
+                ),
+            ));
         }
-        let (relation, snapshot) = subscribe_statement(&inner[..close])?;
-        return Some(Target { relation, snapshot, delivery: Delivery::Copy });
+        // The subscription's own errors (a bad option) as the parser words them.
+        changeflow_sql::parser::parse_sql(&inner[..close]).map_err(|e| engine_error(e.into()))?;
+        let Some((relation, snapshot)) = subscribe_statement(&inner[..close]) else { return Ok(None) };
+        return Ok(Some(Target { relation, snapshot, delivery: Delivery::Copy }));
     }
-    let (relation, snapshot) = subscribe_statement(trimmed)?;
-    Some(Target { relation, snapshot, delivery: Delivery::Rows })
+    Ok(subscribe_statement(trimmed).map(|(relation, snapshot)| Target { relation, snapshot, delivery: Delivery::Rows }))
 }
 
 fn subscribe_statement(text: &str) -> Option<(String, bool)> {

@@ -643,5 +643,14 @@ async fn copy_to_stdout_exports_tables_and_queries_in_text_csv_and_binary() {
         assert_eq!(db.code().code(), code, "{statement}: {db:?}");
         assert!(db.message().contains(words), "{statement}: {db:?}");
     }
+    // psql sends COPY (SUBSCRIBE ...) as a simple query: what does not run says what does.
+    for (statement, words) in [
+        ("COPY (SUBSCRIBE TO notes) TO STDOUT WITH (FORMAT csv)", "a subscription runs as COPY (SUBSCRIBE TO name"),
+        ("COPY (SUBSCRIBE TO notes WITH (colour = 'red')) TO STDOUT", "unknown SUBSCRIBE option 'colour'"),
+    ] {
+        let error = client.simple_query(statement).await.err().unwrap_or_else(|| panic!("{statement} ran"));
+        let db = error.as_db_error().unwrap_or_else(|| panic!("{statement}: {error:?}"));
+        assert!(db.message().contains(words), "{statement}: {db:?}");
+    }
     assert_eq!(copy_text(&client, "COPY (SELECT 1 AS still_serving) TO STDOUT").await, "1\n");
 }
