@@ -118,18 +118,8 @@ fn copy_format(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) ->
 
 /// The COPY OUT response of a query's rows: one COPY data message per row (after a CSV
 /// header line, when asked for). An error before the first rows answers the statement.
-pub async fn response(schema: &SchemaRef, mut rows: RowStream, format: CopyFormat) -> PgWireResult<Response> {
-    let first = match rows.next().await {
-        Some(Err(error)) => return Err(engine_error(error)),
-        first => first,
-    };
-    let batches = stream::unfold((first, rows), |(mut pending, mut rows)| async move {
-        let batch = match pending.take() {
-            Some(batch) => batch,
-            None => rows.next().await?,
-        };
-        Some((batch, (None, rows)))
-    });
+pub async fn response(schema: &SchemaRef, rows: RowStream, format: CopyFormat) -> PgWireResult<Response> {
+    let batches = super::handler::batches_once_started(rows).await?;
     let binary = format == CopyFormat::Binary;
     let wire_format = if binary { Format::UnifiedBinary } else { Format::UnifiedText };
     let fields = Arc::new(encode::fields(schema, &wire_format));

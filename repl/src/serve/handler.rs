@@ -319,19 +319,9 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
 /// The wire response to a query's rows, encoded batch by batch as the client reads them.
 /// An error before the first batch (a cancel, a timeout) answers the query alone, with its
 /// SQLSTATE; one after rows were sent ends them, as in PostgreSQL.
-async fn streamed_response(schema: &SchemaRef, mut rows: RowStream, format: &Format) -> PgWireResult<Response> {
+async fn streamed_response(schema: &SchemaRef, rows: RowStream, format: &Format) -> PgWireResult<Response> {
     let fields = Arc::new(encode::fields(schema, format));
-    let first = match rows.next().await {
-        Some(Err(error)) => return Err(engine_error(error)),
-        first => first,
-    };
-    let batches = stream::unfold((first, rows), |(mut pending, mut rows)| async move {
-        let batch = match pending.take() {
-            Some(batch) => batch,
-            None => rows.next().await?,
-        };
-        Some((batch, (None, rows)))
-    });
+    let batches = batches_once_started(rows).await?;
     let encode_fields = Arc::clone(&fields);
     let data_rows = batches.flat_map(move |batch| {
         let encoded = batch.map_err(engine_error).and_then(|batch| encode::rows(&encode_fields, &[batch]));
@@ -341,6 +331,24 @@ async fn streamed_response(schema: &SchemaRef, mut rows: RowStream, format: &For
         })
     });
     Ok(Response::Query(QueryResponse::new(fields, data_rows)))
+}
+
+/// A query's batches as a stream, once the first has come: an error before it (a cancel, a
+/// timeout, a failing plan) is the statement's error, not part of its answer.
+pub async fn batches_once_started(
+    mut rows: RowStream,
+) -> PgWireResult<impl futures_util::Stream<Item = changeflow_engine::Result<datafusion::arrow::array::RecordBatch>>> {
+    let first = match rows.next().await {
+        Some(Err(error)) => return Err(engine_error(error)),
+        first => first,
+    };
+    Ok(stream::unfold((first, rows), |(mut pending, mut rows)| async move {
+        let batch = match pending.take() {
+            Some(batch) => batch,
+            None => rows.next().await?,
+        };
+        Some((batch, (None, rows)))
+    }))
 }
 
 /// `INSERT 0 3` -> tag INSERT with oid 0 and 3 rows; `UPDATE 2` -> UPDATE with 2 rows.
