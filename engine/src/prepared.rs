@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use changeflow_sql::parser::{ParsedStatement, Statement};
+use changeflow_sql::parser::{ParsedStatement, Statement, placeholder_number as placeholder};
 use datafusion::sql::sqlparser::ast;
 
 use crate::error::{EngineError, Result};
@@ -58,8 +58,15 @@ impl PreparedStatements {
         if self.statements.contains_key(name) {
             return Err(error("42P05", format!("prepared statement \"{name}\" already exists")));
         }
-        if matches!(statement, ast::Statement::Prepare { .. } | ast::Statement::Execute { .. }) {
-            return Err(error("42601", "PREPARE cannot prepare PREPARE or EXECUTE".into()));
+        // PostgreSQL's preparable statements.
+        if !matches!(
+            statement,
+            ast::Statement::Query(_)
+                | ast::Statement::Insert(_)
+                | ast::Statement::Update(_)
+                | ast::Statement::Delete(_)
+        ) {
+            return Err(error("42601", "PREPARE takes SELECT, VALUES, INSERT, UPDATE or DELETE".into()));
         }
         let mut parameters = 0;
         let _ = ast::visit_expressions(statement, |expr| {
@@ -126,16 +133,5 @@ impl PreparedStatements {
             Some(_) => Ok(()),
             None => Err(error("26000", format!("prepared statement \"{}\" does not exist", name.value))),
         }
-    }
-}
-
-/// The parameter number of a `$n` placeholder.
-fn placeholder(expr: &ast::Expr) -> Option<usize> {
-    match expr {
-        ast::Expr::Value(value) => match &value.value {
-            ast::Value::Placeholder(name) => name.strip_prefix('$')?.parse().ok().filter(|n| *n > 0),
-            _ => None,
-        },
-        _ => None,
     }
 }

@@ -11,10 +11,15 @@ use datafusion::sql::sqlparser::ast;
 use crate::catalog::Catalog;
 use crate::error::{Result, SqlError};
 
-/// The elements of a one-dimensional array literal (`None` for an unquoted NULL).
+/// The elements of a one-dimensional array literal (`None` for an unquoted NULL), with or
+/// without explicit bounds (`[0:1]={a,b}`).
 pub fn parse_array_text(text: &str) -> Result<Vec<Option<String>>> {
     let malformed = |why: &str| SqlError::Unsupported(format!("malformed array literal: \"{text}\" ({why})"));
-    let inner = text
+    let body = match text.find('=') {
+        Some(at) if text.trim_start().starts_with('[') => &text[at + 1..],
+        _ => text,
+    };
+    let inner = body
         .trim()
         .strip_prefix('{')
         .and_then(|t| t.strip_suffix('}'))
@@ -69,8 +74,8 @@ pub fn parse_array_text(text: &str) -> Result<Vec<Option<String>>> {
     Ok(elements)
 }
 
-/// `ARRAY[...]` of an array literal's elements, each cast to `element` when given.
-fn array_expr(text: &str, element: Option<&ast::DataType>) -> Result<ast::Expr> {
+/// `ARRAY[...]` of an array literal's elements, each cast to `element`.
+fn array_expr(text: &str, element: &ast::DataType) -> Result<ast::Expr> {
     let elements = parse_array_text(text)?
         .into_iter()
         .map(|value| {
@@ -78,15 +83,12 @@ fn array_expr(text: &str, element: Option<&ast::DataType>) -> Result<ast::Expr> 
                 Some(value) => ast::Expr::value(ast::Value::SingleQuotedString(value)),
                 None => ast::Expr::value(ast::Value::Null),
             };
-            match element {
-                Some(data_type) => ast::Expr::Cast {
-                    kind: ast::CastKind::DoubleColon,
-                    expr: Box::new(literal),
-                    data_type: data_type.clone(),
-                    array: false,
-                    format: None,
-                },
-                None => literal,
+            ast::Expr::Cast {
+                kind: ast::CastKind::DoubleColon,
+                expr: Box::new(literal),
+                data_type: element.clone(),
+                array: false,
+                format: None,
             }
         })
         .collect();
@@ -125,7 +127,7 @@ pub fn read_array_literals(statement: &mut ast::Statement, catalog: &Catalog) ->
             && let Some(element) = element_type(data_type)
             && let Some(text) = string_literal(inner)
         {
-            match array_expr(&text, Some(element)) {
+            match array_expr(&text, element) {
                 Ok(array) => *expr = array,
                 Err(error) => {
                     failure = Some(error);
@@ -184,7 +186,7 @@ pub fn read_array_literals(statement: &mut ast::Statement, catalog: &Catalog) ->
         if let Some(element) = element
             && let Some(text) = string_literal(expr)
         {
-            *expr = array_expr(&text, Some(&element))?;
+            *expr = array_expr(&text, &element)?;
         }
     }
     Ok(())
@@ -257,6 +259,7 @@ mod tests {
             parse_array_text(r#"{"x, y","",NULL,"NULL",a\,b,"q\"q"}"#).expect("quoted"),
             vec![some("x, y"), some(""), None, some("NULL"), some("a,b"), some("q\"q")]
         );
+        assert_eq!(parse_array_text("[0:1]={x,y}").expect("bounds"), vec![some("x"), some("y")]);
         assert!(parse_array_text("a,b").is_err());
         assert!(parse_array_text("{{1,2},{3,4}}").is_err());
         assert!(parse_array_text("{a,,b}").is_err());

@@ -682,3 +682,14 @@ mod tests {
         assert!(error.to_string().contains("unknown SUBSCRIBE option 'since'"), "{error}");
     }
 }
+
+/// The number of a `$n` parameter placeholder (1 for `$1`), or None for any other expression.
+pub fn placeholder_number(expr: &ast::Expr) -> Option<usize> {
+    match expr {
+        ast::Expr::Value(value) => match &value.value {
+            ast::Value::Placeholder(name) => name.strip_prefix('$')?.parse().ok().filter(|n| *n > 0),
+            _ => None,
+        },
+        _ => None,
+    }
+}

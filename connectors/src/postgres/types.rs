@@ -341,58 +341,17 @@ fn convert_array(element: &PgType, text: &StringArray) -> Result<ArrayRef, PgErr
     Ok(Arc::new(ListArray::try_new(field, OffsetBuffer::new(offsets.into()), values, nulls)?))
 }
 
-/// Appends the elements of one array literal; returns how many there were.
+/// Appends the elements of one array literal (PostgreSQL's text, read by the parser local
+/// tables use too); returns how many there were.
 fn parse_array_literal(value: &str, out: &mut StringBuilder) -> Result<i32, PgError> {
-    let bad = |why: &str| PgError::Value(format!("array '{value}': {why}"));
-    // A literal may start with explicit bounds: [0:2]={...}.
-    let body = match value.find('=') {
-        Some(at) if value.starts_with('[') => &value[at + 1..],
-        _ => value,
-    };
-    let inner = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).ok_or_else(|| bad("not an array literal"))?;
-    if inner.is_empty() {
-        return Ok(0);
-    }
-    if inner.starts_with('{') {
-        return Err(bad("multi-dimensional arrays are not supported"));
-    }
-    let mut count = 0;
-    let mut chars = inner.chars().peekable();
-    loop {
-        let mut item = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('\\') => item.push(chars.next().ok_or_else(|| bad("unfinished escape"))?),
-                    Some('"') => break,
-                    Some(c) => item.push(c),
-                    None => return Err(bad("unterminated quote")),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                item.push(c);
-                chars.next();
-            }
-        }
-        if !quoted && item == "NULL" {
-            out.append_null();
-        } else {
-            out.append_value(&item);
-        }
-        count += 1;
-        match chars.next() {
-            Some(',') => continue,
-            None => break,
-            Some(other) => return Err(bad(&format!("unexpected '{other}'"))),
+    let elements = changeflow_sql::arrays::parse_array_text(value).map_err(|e| PgError::Value(e.to_string()))?;
+    for element in &elements {
+        match element {
+            Some(text) => out.append_value(text),
+            None => out.append_null(),
         }
     }
-    Ok(count)
+    i32::try_from(elements.len()).map_err(|_| PgError::Value(format!("array '{value}' has too many elements")))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use changeflow_sql::Catalog;
-use changeflow_sql::parser::{ParsedStatement, Statement};
+use changeflow_sql::parser::{ParsedStatement, Statement, placeholder_number as placeholder};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::sql::sqlparser::ast::{self, Expr, visit_expressions, visit_expressions_mut};
@@ -18,17 +18,6 @@ use pgwire::error::{PgWireError, PgWireResult};
 use rust_decimal::Decimal;
 
 use super::encode::pg_type;
-
-/// The parameter number of a `$n` placeholder expression.
-fn placeholder(expr: &Expr) -> Option<usize> {
-    match expr {
-        Expr::Value(value) => match &value.value {
-            ast::Value::Placeholder(name) => name.strip_prefix('$')?.parse().ok(),
-            _ => None,
-        },
-        _ => None,
-    }
-}
 
 /// The highest `$n` in a statement (0 when it has none).
 pub fn count(statement: &ParsedStatement) -> usize {
